@@ -1,0 +1,68 @@
+//! Length-prefixed frames on QUIC streams.
+//!
+//! A frame is a `u32` big-endian payload length followed by the payload.
+//! The reader enforces a maximum *before* allocating, so a peer cannot make
+//! us allocate more than `max_frame_bytes` per stream (quinn bounds the
+//! number of concurrent streams).
+
+use bytes::Bytes;
+
+/// Bytes in a frame header.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// Why a frame could not be read. The stream is unusable afterwards.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The header announced more than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Announced payload length.
+        len: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// The stream ended inside a header or payload.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The stream failed (reset, connection lost).
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+}
+
+impl FrameError {
+    /// Whether the peer broke the framing rules (as opposed to the stream
+    /// merely failing), which makes it a misbehaving peer (SPEC §8).
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, FrameError::TooLarge { .. } | FrameError::Truncated)
+    }
+}
+
+/// The header for a payload of `len` bytes; the caller has checked
+/// `len <= max_frame_bytes <= u32::MAX`.
+pub fn header(len: usize) -> Bytes {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    Bytes::copy_from_slice(&len.to_be_bytes())
+}
+
+/// Reads one frame. `Ok(None)` means the stream ended cleanly between
+/// frames.
+pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame_bytes: u32) -> Result<Option<Bytes>, FrameError> {
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    match recv.read_exact(&mut head).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Read(e)),
+    }
+    let len = u32::from_be_bytes(head);
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(max_frame_bytes) });
+    }
+    let mut payload = vec![0u8; len as usize];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => Ok(Some(Bytes::from(payload))),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(FrameError::Read(e)),
+    }
+}

@@ -1,0 +1,41 @@
+//! Sans-IO set reconciliation for chorus anti-entropy (SPEC §3).
+//!
+//! Two nodes each hold, for one namespace, a set of items `(key, digest)`,
+//! where the digest is the caller's hash of the key's current CRDT state.
+//! A session finds exactly the keys whose items differ — present on one side
+//! only, or present on both with different digests — with traffic that grows
+//! with the number of differences `d` and not with the set size `n`.
+//!
+//! The method is range-based set reconciliation (Meyer, "Range-Based Set
+//! Reconciliation", SRDS 2023; the negentropy protocol) over a hash-ordered
+//! keyspace, where ranges are bit prefixes of a 64-bit item tag, so range
+//! boundaries are implicit, and where a range that differs in exactly one item
+//! is decoded directly from the fingerprint difference, as a pure cell of an
+//! invertible Bloom lookup table (Eppstein et al., "What's the Difference?",
+//! SIGCOMM 2011). See `docs/design/anti-entropy.md`.
+//!
+//! - [`ItemIndex`]: the per-namespace summary, updated in `O(log n)` on every
+//!   insert, update and remove, rebuildable from a full item list.
+//! - [`Reconciler`]: one side of one session; [`Reconciler::initiate`] and
+//!   [`Reconciler::handle`] consume and produce [`Message`]s, never I/O.
+//! - [`Message::encode`] / [`Message::decode`]: the versioned wire format.
+//! - [`bench_compare`]: the anti-entropy benchmark against negentropy and a
+//!   full-state transfer.
+
+mod bench;
+mod index;
+mod session;
+mod wire;
+
+pub use bench::{BenchReport, bench_compare};
+pub use index::{
+    DEFAULT_BUCKET_BITS, Digest, IndexError, ItemIndex, Key, MAX_BUCKET_BITS, MAX_KEY_BYTES, Prefix, RangeFingerprint,
+    item_tag, tag_check, tag_sum_bytes, tag_sum_mask,
+};
+pub use session::{
+    FANOUT_BITS, MAX_MESSAGES_PER_SESSION, MAX_SESSION_ITEMS, ROOT_FANOUT_BITS, ReconcileError, Reconciler, Step,
+};
+pub use wire::{
+    DecodeError, Group, MAX_ACKS_PER_MESSAGE, MAX_CELLS_PER_MESSAGE, MAX_FANOUT_BITS, MAX_KEY_BYTES_PER_MESSAGE,
+    MAX_KEYS_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_WANTS_PER_MESSAGE, Message, WIRE_VERSION, Want,
+};
