@@ -785,9 +785,8 @@ impl Node {
             self.stats.rejected_forged += 1;
             seen.clamp_origin(self.id, own);
         }
-        if delta.entries.is_empty() && seen.contiguous().is_empty() && !self.namespaces.contains_key(&delta.namespace) {
-            return;
-        }
+        // Namespaces propagate through anti-entropy even before their first
+        // write, so one created on any node soon exists on every node.
         if !self.ensure_namespace(&delta.namespace, delta.value_type, batch) {
             return;
         }

@@ -1,0 +1,1 @@
+//! The chorus daemon (being built).
