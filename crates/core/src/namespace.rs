@@ -54,13 +54,7 @@ impl GcEpoch {
         self.own.raise(node, seen_prefix.get(node));
         self.min = Some(match self.min.take() {
             None => seen_prefix.clone(),
-            Some(m) => {
-                let mut out = VersionVector::new();
-                for (n, c) in m.iter() {
-                    out.raise(n, c.min(seen_prefix.get(n)));
-                }
-                out
-            }
+            Some(m) => m.meet(seen_prefix),
         });
     }
 

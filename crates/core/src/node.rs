@@ -216,6 +216,9 @@ pub struct Node {
     rng: Rng,
     namespaces: BTreeMap<String, Namespace>,
     peers: BTreeMap<NodeId, Peer>,
+    /// Alive peers in talking range, recomputed on membership changes so
+    /// that gossip target selection costs O(fanout), not O(peers).
+    live: Vec<NodeId>,
     urgent_sync: VecDeque<NodeId>,
     actions: VecDeque<Action>,
     next_anti_entropy_us: Option<u64>,
@@ -233,6 +236,7 @@ impl Node {
             rng: Rng::new(seed),
             namespaces: BTreeMap::new(),
             peers: BTreeMap::new(),
+            live: Vec::new(),
             urgent_sync: VecDeque::new(),
             actions: VecDeque::new(),
             next_anti_entropy_us: None,
@@ -385,20 +389,18 @@ impl Node {
             );
         }
         self.peers = next;
+        self.live = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.state == MemberState::Alive && tiers_may_talk(self.config.tier, p.tier))
+            .map(|(&id, _)| id)
+            .collect();
         if !self.urgent_sync.is_empty() {
             self.next_anti_entropy_us = Some(now_us);
         } else if self.next_anti_entropy_us.is_none() {
             let jitter = self.rng.below(self.config.anti_entropy_interval_us.max(1));
             self.next_anti_entropy_us = Some(now_us + jitter);
         }
-    }
-
-    fn live_peers(&self) -> Vec<NodeId> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.state == MemberState::Alive && tiers_may_talk(self.config.tier, p.tier))
-            .map(|(&id, _)| id)
-            .collect()
     }
 
     fn ceil_log2_peers(&self) -> u32 {
@@ -454,7 +456,8 @@ impl Node {
         // entry's own clock entry, from which recovery rebuilds the seen set.
         self.persist_hlc(&mut batch);
         self.actions.push_back(Action::Persist(batch));
-        let targets = self.rng.choose_distinct(&self.live_peers(), self.fanout());
+        let fanout = self.fanout();
+        let targets = self.rng.sample_where(&self.live, fanout, |_| true);
         self.send_push(&targets, 0, items);
         results
     }
@@ -628,9 +631,8 @@ impl Node {
         self.finish_persist(batch);
         let next_hops = push.hops.saturating_add(1);
         if next_hops < self.hop_limit() && !forward.is_empty() {
-            let candidates: Vec<NodeId> =
-                self.live_peers().into_iter().filter(|p| *p != from && !origins.contains(p)).collect();
-            let targets = self.rng.choose_distinct(&candidates, self.fanout());
+            let fanout = self.fanout();
+            let targets = self.rng.sample_where(&self.live, fanout, |p| *p != from && !origins.contains(p));
             self.stats.push_items_forwarded += forward.len() as u64;
             self.send_push(&targets, next_hops, forward);
         }
@@ -671,10 +673,13 @@ impl Node {
     }
 
     fn least_recently_synced(&mut self) -> Option<NodeId> {
-        let live = self.live_peers();
-        let oldest = live.iter().filter_map(|id| self.peers.get(id).map(|p| p.last_sync_us)).min()?;
-        let candidates: Vec<NodeId> =
-            live.into_iter().filter(|id| self.peers.get(id).is_some_and(|p| p.last_sync_us == oldest)).collect();
+        let oldest = self.live.iter().filter_map(|id| self.peers.get(id).map(|p| p.last_sync_us)).min()?;
+        let candidates: Vec<NodeId> = self
+            .live
+            .iter()
+            .copied()
+            .filter(|id| self.peers.get(id).is_some_and(|p| p.last_sync_us == oldest))
+            .collect();
         self.rng.choose_distinct(&candidates, 1).pop()
     }
 

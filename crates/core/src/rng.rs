@@ -57,6 +57,32 @@ impl Rng {
         pool
     }
 
+    /// Up to `k` distinct elements of `items` that `allowed` accepts, by
+    /// rejection sampling: O(k) expected when k is small relative to the
+    /// accepted items (gossip fanout among thousands of peers), falling
+    /// back to a filtered partial shuffle when rejections pile up.
+    pub fn sample_where<T: Copy + PartialEq>(&mut self, items: &[T], k: usize, allowed: impl Fn(&T) -> bool) -> Vec<T> {
+        let mut out: Vec<T> = Vec::with_capacity(k);
+        if items.is_empty() || k == 0 {
+            return out;
+        }
+        let mut attempts = 0usize;
+        let attempts_max = 4 * k + 16;
+        while out.len() < k && attempts < attempts_max {
+            attempts += 1;
+            let candidate = items[self.below(items.len() as u64) as usize];
+            if allowed(&candidate) && !out.contains(&candidate) {
+                out.push(candidate);
+            }
+        }
+        if out.len() < k {
+            let rest: Vec<T> = items.iter().copied().filter(|x| allowed(x) && !out.contains(x)).collect();
+            let more = self.choose_distinct(&rest, k - out.len());
+            out.extend(more);
+        }
+        out
+    }
+
     /// A fresh generator whose stream is independent of this one's.
     pub fn fork(&mut self) -> Rng {
         Rng::new(self.next_u64() ^ 0xD1B5_4A32_D192_ED03)

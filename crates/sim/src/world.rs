@@ -42,6 +42,8 @@ pub struct SimConfig {
     pub detection_ms: u64,
     /// Fanout override (0: protocol default).
     pub fanout: u32,
+    /// Writes issued in the broadcast probe phase (see [`SimReport`]).
+    pub probe_writes: u32,
     pub injected_bug: Option<InjectedBug>,
 }
 
@@ -62,11 +64,12 @@ impl SimConfig {
             jitter_ms: 5,
             chaos_ms: 10_000,
             heal_max_ms: 120_000,
-            writes: (nodes * 2).clamp(100, 2000),
+            writes: nodes.clamp(100, 1000),
             keys_per_namespace: 32,
             anti_entropy_interval_ms: 1000,
             detection_ms: 1500,
             fanout: 0,
+            probe_writes: 20,
             injected_bug: None,
         }
     }
@@ -115,8 +118,15 @@ pub struct SimReport {
     pub nodes: u32,
     pub seed: u64,
     pub converged: bool,
-    /// Gossip rounds (hops) a write needed to reach the last node that got
-    /// it by push; the maximum over all writes.
+    /// Gossip rounds (hops) a probe write needed to reach the last node,
+    /// the maximum over the probe writes that reached every node by push.
+    ///
+    /// Broadcast is measured in a probe phase after the cluster converged:
+    /// the chaos phase's loss is back on, anti-entropy messages are held
+    /// (a node that got a write by anti-entropy first would not forward
+    /// its push, confounding the measurement), and `probe_writes` writes
+    /// are issued 500 ms apart. Then anti-entropy resumes, loss stops, and
+    /// the checkers run after a second convergence.
     pub rounds_to_converge: u32,
     /// Virtual time from the start of the heal phase until every node held
     /// identical state.
@@ -128,9 +138,11 @@ pub struct SimReport {
     pub peak_rss_bytes: u64,
     pub writes_attempted: u64,
     pub writes_acked: u64,
-    /// Fraction of acknowledged writes that reached every node by push
-    /// alone (the rest were completed by anti-entropy).
+    /// Fraction of probe writes that reached every node by push alone.
     pub push_complete_fraction: f64,
+    pub probe_writes: u32,
+    /// Propagation latencies are those of the probe writes' push
+    /// deliveries, in virtual time.
     /// Push rounds allowed (the protocol's hop limit): log2(N) + 3.
     pub push_round_limit: u32,
     pub propagation_p50_ms: f64,
@@ -153,6 +165,7 @@ enum Event {
     Membership,
     Heal,
     Check,
+    ProbeEnd,
 }
 
 struct Scheduled {
@@ -203,6 +216,8 @@ const EPOCH_US: u64 = 1_000_000_000_000;
 const TORN_WRITE_CRASH_P: f64 = 0.002;
 /// How often the heal phase looks for convergence.
 const CHECK_INTERVAL_US: u64 = 100_000;
+/// Spacing of the broadcast probe writes.
+const PROBE_SPACING_US: u64 = 500_000;
 
 struct World {
     cfg: SimConfig,
@@ -213,8 +228,12 @@ struct World {
     nodes: Vec<SimNode>,
     faults: Faults,
     healing: bool,
+    probing: bool,
+    probed: bool,
+    probe_dots: BTreeSet<(String, Dot)>,
     heal_at_us: u64,
     converged_at_us: Option<u64>,
+    final_converged: bool,
     acked: Vec<AckedWrite>,
     violations: Vec<String>,
     propagation: HashMap<(String, Dot), Propagation>,
@@ -267,8 +286,12 @@ impl World {
             nodes,
             faults: Faults::default(),
             healing: false,
+            probing: false,
+            probed: false,
+            probe_dots: BTreeSet::new(),
             heal_at_us: cfg.chaos_ms * 1000,
             converged_at_us: None,
+            final_converged: false,
             acked: Vec::new(),
             violations: Vec::new(),
             propagation: HashMap::new(),
@@ -385,6 +408,9 @@ impl World {
                 return;
             }
         };
+        if self.probing && !matches!(message, Message::Push(_)) {
+            return;
+        }
         if let (Message::Push(p), Some(node)) = (&message, self.nodes[to].node.as_ref()) {
             for item in &p.items {
                 let fresh = node.namespace(&item.namespace).is_none_or(|ns| !ns.seen().contains(item.dot));
@@ -454,10 +480,13 @@ impl World {
                     self.violations.push(format!("node {i}: HLC went backwards: issued {} after {last}", receipt.ts));
                 }
                 self.nodes[i].last_issued = Some(receipt.ts);
-                self.propagation.insert(
-                    (ns.to_string(), receipt.dot),
-                    Propagation { at_us: self.now_us, reached_by_push: 0, max_round: 0 },
-                );
+                if self.probing {
+                    self.probe_dots.insert((ns.to_string(), receipt.dot));
+                    self.propagation.insert(
+                        (ns.to_string(), receipt.dot),
+                        Propagation { at_us: self.now_us, reached_by_push: 0, max_round: 0 },
+                    );
+                }
                 self.acked.push(AckedWrite {
                     node: i,
                     namespace: ns.to_string(),
@@ -552,9 +581,10 @@ impl World {
         self.faults.loss = self.cfg.loss;
         self.faults.duplicate = self.cfg.duplicate;
         self.schedule(chaos_us, Event::Heal);
-        let deadline = chaos_us + self.cfg.heal_max_ms * 1000;
+        let deadline =
+            chaos_us + self.cfg.heal_max_ms * 1000 + u64::from(self.cfg.probe_writes) * PROBE_SPACING_US + 1_000_000;
         while let Some(Reverse(s)) = self.queue.pop() {
-            if s.at_us > deadline || self.converged_at_us.is_some() {
+            if s.at_us > deadline || self.final_converged {
                 break;
             }
             self.now_us = s.at_us;
@@ -607,11 +637,30 @@ impl World {
                     self.schedule(self.now_us, Event::Check);
                 }
                 Event::Check => {
-                    if self.converged_now() {
-                        self.converged_at_us = Some(self.now_us);
-                    } else {
+                    if !self.converged_now() {
                         self.schedule(self.now_us + CHECK_INTERVAL_US, Event::Check);
+                    } else if self.probed || self.cfg.probe_writes == 0 {
+                        self.final_converged = true;
+                        if self.converged_at_us.is_none() {
+                            self.converged_at_us = Some(self.now_us);
+                        }
+                    } else {
+                        self.converged_at_us = Some(self.now_us);
+                        self.probing = true;
+                        self.faults.loss = self.cfg.loss;
+                        for k in 0..u64::from(self.cfg.probe_writes) {
+                            let node = self.rng.below(n as u64) as u32;
+                            self.schedule(self.now_us + 1 + k * PROBE_SPACING_US, Event::Write { node });
+                        }
+                        let end = self.now_us + u64::from(self.cfg.probe_writes) * PROBE_SPACING_US + 1_000_000;
+                        self.schedule(end, Event::ProbeEnd);
                     }
+                }
+                Event::ProbeEnd => {
+                    self.probing = false;
+                    self.probed = true;
+                    self.faults = Faults::default();
+                    self.schedule(self.now_us, Event::Check);
                 }
             }
         }
@@ -620,7 +669,7 @@ impl World {
 
     fn finish(mut self) -> SimReport {
         let n = self.nodes.len();
-        let converged = self.converged_at_us.is_some();
+        let converged = self.final_converged;
         let live: Vec<&Node> = self.nodes.iter().filter_map(|x| x.node.as_ref()).collect();
         let mut violations = std::mem::take(&mut self.violations);
         if !converged {
@@ -673,6 +722,7 @@ impl World {
                 complete as f64 / self.propagation.len() as f64
             },
             push_round_limit,
+            probe_writes: self.probe_dots.len() as u32,
             propagation_p50_ms: pct(0.5),
             propagation_p99_ms: pct(0.99),
             crashes: self.crashes,

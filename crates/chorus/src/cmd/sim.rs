@@ -29,7 +29,7 @@ pub struct SimArgs {
     /// Clock skew per node, up to ± this many milliseconds.
     #[arg(long, default_value_t = 0)]
     skew_ms: u64,
-    /// Client writes during the chaos phase (default: 2 per node, 100..2000).
+    /// Client writes during the chaos phase (default: one per node, 100..1000).
     #[arg(long)]
     writes: Option<u32>,
     /// Length of the chaos phase in virtual milliseconds.
