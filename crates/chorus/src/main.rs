@@ -4,6 +4,7 @@
 mod cmd;
 
 use clap::{Parser, Subcommand};
+use cmd::client::Target;
 
 #[derive(Parser)]
 #[command(name = "chorus", version, about = "Keyed state kept in sync across many nodes.")]
@@ -14,6 +15,77 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a node: `chorus agent --config chorus.toml`.
+    Agent(cmd::agent::AgentArgs),
+    /// Start a local cluster on loopback (default 3 nodes) and print its URLs.
+    Dev(cmd::dev::DevArgs),
+    /// Cluster CA and node certificates.
+    Ca(cmd::ca::CaArgs),
+    /// Write a value (lww or mv namespaces).
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a key's value alone (one line per sibling or member); exit 1 if absent.
+    Get {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key.
+    Del {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List keys (and values) starting with PREFIX.
+    Scan {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Keys per request.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add N (default 1, may be negative) to a counter.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        amount: i64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a member to a set.
+    Sadd {
+        key: String,
+        member: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a member from a set.
+    Srem {
+        key: String,
+        member: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the members of the cluster as a node sees them.
+    Members {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A node's status (JSON).
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Create or list namespaces.
+    Ns(cmd::client::NsArgs),
+    /// Benchmarks against a local cluster.
+    Bench(cmd::bench::BenchArgs),
     /// Simulate a cluster with the real protocol code, in virtual time.
     Sim(cmd::sim::SimArgs),
 }
@@ -21,6 +93,20 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Agent(args) => cmd::agent::run(args),
+        Command::Dev(args) => cmd::dev::run(args),
+        Command::Ca(args) => cmd::ca::run(args),
+        Command::Put { key, value, target } => cmd::client::put(&target, &key, &value),
+        Command::Get { key, target } => cmd::client::get(&target, &key),
+        Command::Del { key, target } => cmd::client::del(&target, &key),
+        Command::Scan { prefix, limit, target } => cmd::client::scan(&target, &prefix, limit),
+        Command::Incr { key, amount, target } => cmd::client::incr(&target, &key, amount),
+        Command::Sadd { key, member, target } => cmd::client::set_op(&target, &key, "add", &member),
+        Command::Srem { key, member, target } => cmd::client::set_op(&target, &key, "remove", &member),
+        Command::Members { target } => cmd::client::members(&target),
+        Command::Status { target } => cmd::client::status(&target),
+        Command::Ns(args) => cmd::client::ns(args),
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Sim(args) => cmd::sim::run(args),
     };
     match result {

@@ -1,1 +1,261 @@
-//! The chorus daemon (being built).
+//! # chorus-daemon
+//!
+//! The driver that runs the sans-IO replication core (`chorus-core`) for
+//! real: a redb store with group commit (`chorus-storage`), QUIC with mutual
+//! TLS and SWIM membership (`chorus-net`), the OS clock, and the HTTP/JSON
+//! API. See `docs/design/daemon.md` for the task structure and data path,
+//! and `docs/design/http-api.md` for the routes.
+//!
+//! Tasks of a running node:
+//! * the **node task** ([`runtime`]) owns the `Node`; everything else talks
+//!   to it through a bounded command channel;
+//! * the HTTP server (axum), one task per connection;
+//! * chorus-net's transport and membership tasks;
+//! * the metrics upkeep task;
+//! * the group-commit writer thread of chorus-storage.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod runtime;
+pub mod telemetry;
+pub mod token;
+
+pub use clock::{Clock, SystemClock};
+pub use config::{Config, ConfigError};
+
+use anyhow::Context;
+use chorus_core::persist::RecoveryImage;
+use chorus_core::{Node, NodeId, ValueType};
+use chorus_net::{Membership, MembershipConfig, NodeCredentials, NodeIdentity, Transport, TransportConfig};
+use chorus_storage::{GroupCommitter, RedbStorage, Storage, WriteBatch};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The store file inside `data_dir`.
+pub const STORE_FILE: &str = "chorus.redb";
+/// Space of the daemon's own records (the core ignores it at recovery).
+pub const DAEMON_SPACE: &str = "daemon";
+/// Key of the membership generation, a big-endian u64.
+pub const GENERATION_KEY: &[u8] = b"generation";
+/// The namespace every cluster has from the start (SPEC §10).
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// How long a graceful leave may take at shutdown.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+/// Period of the metrics upkeep task.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// A running node.
+pub struct Daemon {
+    api_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    node_task: tokio::task::JoinHandle<Result<(), runtime::DriverError>>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    membership: Membership,
+    transport: Transport,
+}
+
+impl Daemon {
+    /// The bound HTTP API address (the real port when configured as 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Run until `stop` resolves (then leave gracefully) or the node task
+    /// fails (then return its error: the node must not keep serving).
+    pub async fn run_until(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let outcome = tokio::select! {
+            _ = stop => None,
+            r = &mut self.node_task => Some(r),
+        };
+        match outcome {
+            None => {
+                self.shutdown().await;
+                Ok(())
+            }
+            Some(r) => {
+                let _ = self.shutdown.send(true);
+                self.transport.shutdown().await;
+                match r {
+                    Ok(Ok(())) => anyhow::bail!("node task stopped"),
+                    Ok(Err(e)) => Err(e).context("node task failed; stopping"),
+                    Err(e) => Err(e).context("node task panicked"),
+                }
+            }
+        }
+    }
+
+    /// Leave the cluster gracefully and stop every task.
+    pub async fn shutdown(self) {
+        let _ = tokio::time::timeout(LEAVE_DEADLINE, self.membership.leave()).await;
+        let _ = self.shutdown.send(true);
+        let _ = self.http_task.await;
+        let _ = self.node_task.await;
+        self.transport.shutdown().await;
+    }
+}
+
+/// Read every space of the store into a recovery image.
+fn load_image(store: &RedbStorage) -> anyhow::Result<RecoveryImage> {
+    let mut image = RecoveryImage::new();
+    for space in store.spaces().context("listing store spaces")? {
+        let mut entries = std::collections::BTreeMap::new();
+        store
+            .for_each(&space, &mut |k, v| {
+                entries.insert(k.to_vec(), v.to_vec());
+                ControlFlow::Continue(())
+            })
+            .with_context(|| format!("reading space {space:?}"))?;
+        image.insert(space, entries);
+    }
+    Ok(image)
+}
+
+/// The membership generation must grow across restarts (chorus-net), even
+/// when the clock stepped back: one more than the stored one, or the boot
+/// time in µs if that is larger. Durable before membership starts.
+fn next_generation(store: &RedbStorage, now_us: u64) -> anyhow::Result<u64> {
+    let stored = match store.get(DAEMON_SPACE, GENERATION_KEY).context("reading the generation")? {
+        Some(bytes) => {
+            let arr: [u8; 8] = bytes.as_slice().try_into().context("stored generation is not 8 bytes")?;
+            u64::from_be_bytes(arr)
+        }
+        None => 0,
+    };
+    let generation = stored.saturating_add(1).max(now_us);
+    let mut batch = WriteBatch::new();
+    batch.put(DAEMON_SPACE, GENERATION_KEY, generation.to_be_bytes().to_vec());
+    store.commit(batch).context("storing the generation")?;
+    Ok(generation)
+}
+
+/// Start a node: recover the store, bind QUIC and HTTP, join the cluster.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daemon> {
+    config.validate()?;
+    let creds = NodeCredentials::load(&config.tls_dir)
+        .with_context(|| format!("loading node.pem, node.key and ca.pem from {}", config.tls_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    let path = config.data_dir.join(STORE_FILE);
+    let now_us = clock.now_us();
+    let (store, image, generation) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let store = RedbStorage::open(&path).with_context(|| format!("opening store {}", path.display()))?;
+        let image = load_image(&store)?;
+        let generation = next_generation(&store, now_us)?;
+        Ok((store, image, generation))
+    })
+    .await
+    .context("store loader panicked")??;
+
+    let id = NodeId::from_name(&config.name);
+    let seed = now_us ^ id.0 ^ generation.rotate_left(17);
+    let mut node =
+        Node::recover(id, config.node_config(), seed, &image).context("recovering the node from its store")?;
+    drop(image);
+    if node.namespace(DEFAULT_NAMESPACE).is_none() {
+        node.create_namespace(DEFAULT_NAMESPACE, ValueType::Lww).context("creating the default namespace")?;
+    }
+    let store = Arc::new(store);
+    let committer = Arc::new(GroupCommitter::start(store).context("starting the group-commit writer")?);
+
+    let mut tconfig = TransportConfig::new(config.name.clone(), config.peer_addr);
+    tconfig.max_frame_bytes = chorus_core::limits::FRAME_BYTES_MAX as u32;
+    let (transport, incoming) =
+        Transport::bind(tconfig, &creds).with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
+    let peer_addr = config.advertised_peer_addr();
+    let mconfig = MembershipConfig {
+        probe_period_ms: config.probe_period_ms,
+        probe_rtt_ms: (config.probe_period_ms / 3).max(10),
+        suspect_to_down_after_ms: config.suspect_to_down_after_ms,
+        ..MembershipConfig::default()
+    };
+    let identity = NodeIdentity { name: config.name.clone(), addr: peer_addr, generation };
+    let membership =
+        Membership::start(transport.clone(), identity, config.seeds.clone(), mconfig).context("starting membership")?;
+
+    let mut driver = runtime::Driver {
+        node,
+        clock: clock.clone(),
+        committer,
+        transport: transport.clone(),
+        tier: config.tier,
+        value_bytes_max: config.max_value_bytes as usize,
+        group_writes_max: config.group_commit_writes_max,
+        alive_peers: Vec::new(),
+    };
+    // The default namespace's record is durable before anyone can write.
+    driver.execute_actions(&HashMap::new()).await.context("persisting the default namespace")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (handle, node_task) = runtime::spawn(
+        driver,
+        incoming,
+        membership.watch_members(),
+        shutdown_rx.clone(),
+        config.command_queue_max,
+        Duration::from_millis(config.request_timeout_ms),
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", config.api_addr))?;
+    let api_addr = listener.local_addr()?;
+    let metrics = telemetry::install();
+    let info = Arc::new(api::NodeInfo {
+        name: config.name.clone(),
+        node_id: id,
+        cluster_name: config.cluster_name.clone(),
+        tier: config.tier,
+        generation,
+        api_addr,
+        peer_addr,
+        value_bytes_max: config.max_value_bytes as usize,
+        started: Instant::now(),
+    });
+    let state = api::ApiState { node: handle.clone(), membership: membership.clone(), info, metrics: metrics.clone() };
+    let app = api::router(state);
+    let mut http_stop = shutdown_rx.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tokio::spawn(upkeep(handle, membership.clone(), transport.clone(), metrics, shutdown_rx));
+    tracing::info!(name = %config.name, %api_addr, %peer_addr, generation, "chorus node started");
+    Ok(Daemon { api_addr, shutdown: shutdown_tx, node_task, http_task, membership, transport })
+}
+
+async fn upkeep(
+    node: runtime::NodeHandle,
+    membership: Membership,
+    transport: Transport,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(UPKEEP_PERIOD);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Ok(stats) = node.inspect(|n: &Node| n.stats().clone()).await {
+            telemetry::upkeep(&stats, transport.stats(), api::is_partitioned(&membership));
+        }
+        if let Some(m) = &metrics {
+            m.run_upkeep();
+        }
+    }
+}
+
+/// Install a `tracing` subscriber: `RUST_LOG` if set, else `default_filter`.
+pub fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

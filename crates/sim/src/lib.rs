@@ -16,3 +16,11 @@ mod net;
 mod world;
 
 pub use world::{SimConfig, SimReport, run};
+
+/// The clock-service scenario (issue 6): N nodes with true offsets and
+/// drifts, asymmetric jittery delays and lying clocks, running the real
+/// `chorus-clock` estimator. Lives in `chorus-clock`; re-exported here so
+/// every simulation is reachable from one place.
+pub mod clock {
+    pub use chorus_clock::{ClockScenarioParams, ClockScenarioReport, run_clock_scenario};
+}

@@ -1,0 +1,237 @@
+//! Client commands: talk to a node's HTTP/JSON API (`docs/design/http-api.md`).
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Deadline of one client request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pages `scan` follows at most (each up to 1,000 keys).
+const SCAN_PAGES_MAX: usize = 10_000;
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The node's API URL.
+    #[arg(long, env = "CHORUS_NODE", default_value = "http://127.0.0.1:7101", global = true)]
+    pub node: String,
+    /// Namespace.
+    #[arg(long, default_value = "default", global = true)]
+    pub ns: String,
+}
+
+#[derive(Args)]
+pub struct NsArgs {
+    #[command(subcommand)]
+    command: NsCommand,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+enum NsCommand {
+    /// Create a namespace.
+    Create {
+        name: String,
+        /// eventual (CRDTs, always writable) or strong (Raft; not in this build).
+        #[arg(long, default_value = "eventual")]
+        mode: String,
+        /// lww, mv, counter or set.
+        #[arg(long = "type", default_value = "lww")]
+        value_type: String,
+    },
+    /// List namespaces.
+    List,
+}
+
+/// A small blocking HTTP client for one node.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// Percent-encode a key for a URL path, keeping `/` (keys may contain it;
+/// the routes capture the rest of the path).
+pub fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client { agent, base: base.trim_end_matches('/').to_string() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The status and JSON body of a request (`body` given: sent as JSON).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let url = self.url(path);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", Some(b)) => self.agent.put(&url).send_json(b),
+            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
+            _ => bail!("unsupported request {method} {path}"),
+        };
+        let mut response = response.with_context(|| format!("{method} {url}"))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// Like [`Client::call`] but a non-2xx answer is an error with its message.
+    pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let (status, value) = self.call(method, path, body)?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        bail!("{}", describe_error(status, &value))
+    }
+}
+
+pub fn describe_error(status: u16, body: &Value) -> String {
+    match (body.get("error").and_then(Value::as_str), body.get("message").and_then(Value::as_str)) {
+        (Some(code), Some(message)) => format!("{message} ({code}, HTTP {status})"),
+        _ => format!("HTTP {status}: {body}"),
+    }
+}
+
+fn kv_path(t: &Target, kind: &str, key: &str) -> String {
+    format!("/v1/ns/{}/{kind}/{}", encode_key(&t.ns), encode_key(key))
+}
+
+/// One line per value of a read (the value alone: scripts use it).
+fn value_lines(v: &Value) -> Vec<String> {
+    let text = |x: &Value| match x {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("mv") => {
+            v.get("values").and_then(Value::as_array).map(|a| a.iter().map(text).collect()).unwrap_or_default()
+        }
+        Some("set") => {
+            v.get("members").and_then(Value::as_array).map(|a| a.iter().map(text).collect()).unwrap_or_default()
+        }
+        _ => vec![v.get("value").map(text).unwrap_or_default()],
+    }
+}
+
+pub fn put(t: &Target, key: &str, value: &str) -> Result<ExitCode> {
+    Client::new(&t.node).ok("PUT", &kv_path(t, "kv", key), Some(&json!({ "value": value })))?;
+    println!("OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn get(t: &Target, key: &str) -> Result<ExitCode> {
+    let (status, body) = Client::new(&t.node).call("GET", &kv_path(t, "kv", key), None)?;
+    if status == 404 && body.get("error").and_then(Value::as_str) == Some("not_found") {
+        eprintln!("key {key:?} not found in namespace {:?}", t.ns);
+        return Ok(ExitCode::from(1));
+    }
+    if !(200..300).contains(&status) {
+        bail!("{}", describe_error(status, &body));
+    }
+    for line in value_lines(&body) {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn del(t: &Target, key: &str) -> Result<ExitCode> {
+    Client::new(&t.node).ok("DELETE", &kv_path(t, "kv", key), None)?;
+    println!("OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn scan(t: &Target, prefix: &str, limit: usize) -> Result<ExitCode> {
+    let client = Client::new(&t.node);
+    let mut after: Option<String> = None;
+    for _ in 0..SCAN_PAGES_MAX {
+        let mut path = format!("/v1/ns/{}/scan?prefix={}&limit={limit}", encode_key(&t.ns), encode_query(prefix));
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", encode_query(a)));
+        }
+        let page = client.ok("GET", &path, None)?;
+        for item in page.get("items").and_then(Value::as_array).into_iter().flatten() {
+            let key = item.get("key").and_then(Value::as_str).unwrap_or_default();
+            println!("{key}\t{}", value_lines(item).join(","));
+        }
+        match page.get("next").and_then(Value::as_str) {
+            Some(n) => after = Some(n.to_string()),
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+    bail!("scan stopped after {SCAN_PAGES_MAX} pages")
+}
+
+fn encode_query(s: &str) -> String {
+    encode_key(s).replace('/', "%2F")
+}
+
+pub fn incr(t: &Target, key: &str, amount: i64) -> Result<ExitCode> {
+    Client::new(&t.node).ok("POST", &kv_path(t, "counter", key), Some(&json!({ "amount": amount })))?;
+    println!("OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn set_op(t: &Target, key: &str, op: &str, member: &str) -> Result<ExitCode> {
+    Client::new(&t.node).ok("POST", &kv_path(t, "set", key), Some(&json!({ "op": op, "member": member })))?;
+    println!("OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn members(t: &Target) -> Result<ExitCode> {
+    let v = Client::new(&t.node).ok("GET", "/v1/members", None)?;
+    println!("{:<24} {:<8} {:<22} generation", "name", "state", "address");
+    let me = v.get("self").into_iter();
+    for m in me.chain(v.get("members").and_then(Value::as_array).into_iter().flatten()) {
+        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let generation = m.get("generation").and_then(Value::as_u64).unwrap_or(0);
+        println!("{:<24} {:<8} {:<22} {generation}", s("name"), s("state"), s("addr"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(t: &Target) -> Result<ExitCode> {
+    let v = Client::new(&t.node).ok("GET", "/v1/status", None)?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn ns(args: NsArgs) -> Result<ExitCode> {
+    let client = Client::new(&args.target.node);
+    match args.command {
+        NsCommand::Create { name, mode, value_type } => {
+            let v = client.ok("POST", "/v1/ns", Some(&json!({ "name": name, "mode": mode, "type": value_type })))?;
+            println!("created {} ({}, {})", name, v["mode"].as_str().unwrap_or("?"), v["type"].as_str().unwrap_or("?"));
+        }
+        NsCommand::List => {
+            let v = client.ok("GET", "/v1/ns", None)?;
+            println!("{:<32} {:<9} {:<8} keys", "name", "mode", "type");
+            for n in v.get("namespaces").and_then(Value::as_array).into_iter().flatten() {
+                let s = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+                println!("{:<32} {:<9} {:<8} {}", s("name"), s("mode"), s("type"), n["keys"]);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

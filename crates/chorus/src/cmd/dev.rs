@@ -1,0 +1,239 @@
+//! `chorus dev`: a throwaway local cluster on loopback in one command.
+
+use crate::cmd::client::Client;
+use anyhow::{Context, Result, bail};
+use chorus_net::{ClusterCa, NodeCredentials};
+use clap::Args;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long each node may take to answer `/health` after it is spawned.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest cluster `chorus dev` starts.
+const DEV_NODES_MAX: u16 = 32;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Nodes in the local cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// Directory for certificates, configs, data and logs (default: a fresh
+    /// temporary directory, deleted on exit). Reusing a directory keeps the data.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Node i serves its HTTP API on 127.0.0.1:(base-port + i - 1) and QUIC on
+    /// 127.0.0.1:(base-port + 100 + i).
+    #[arg(long, default_value_t = 7101)]
+    base_port: u16,
+}
+
+/// Where a dev cluster puts its nodes.
+#[derive(Clone, Debug)]
+pub struct DevLayout {
+    pub nodes: u16,
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub ip: Ipv4Addr,
+    /// Extra config lines for every node (TOML).
+    pub extra_config: String,
+}
+
+/// Running agent processes; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct DevCluster {
+    pub children: Vec<Child>,
+    pub urls: Vec<String>,
+}
+
+impl DevLayout {
+    pub fn api_addr(&self, i: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), self.base_port + i - 1)
+    }
+
+    pub fn peer_addr(&self, i: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip), self.base_port + 100 + i)
+    }
+
+    fn node_dir(&self, i: u16) -> PathBuf {
+        self.dir.join(format!("node{i}"))
+    }
+
+    /// Write the CA, certificates and configs (reusing existing ones).
+    pub fn prepare(&self) -> Result<()> {
+        if self.nodes == 0 || self.nodes > DEV_NODES_MAX {
+            bail!("--nodes must be in 1..={DEV_NODES_MAX}");
+        }
+        if u32::from(self.base_port) + 100 + u32::from(self.nodes) > u32::from(u16::MAX) {
+            bail!("--base-port {} leaves no room for {} nodes", self.base_port, self.nodes);
+        }
+        let ca_dir = self.dir.join("ca");
+        let ca = if ca_dir.join("ca.key").exists() {
+            ClusterCa::load(&ca_dir)?
+        } else {
+            let ca = ClusterCa::generate("chorus-dev")?;
+            ca.save(&ca_dir)?;
+            ca
+        };
+        for i in 1..=self.nodes {
+            let dir = self.node_dir(i);
+            let tls = dir.join("tls");
+            let name = format!("node{i}");
+            if NodeCredentials::load(&tls).is_err() {
+                ca.issue_node(&name, &[IpAddr::V4(self.ip)])?.save(&tls)?;
+            }
+            let config = format!(
+                "name = \"{name}\"\ncluster_name = \"chorus-dev\"\ndata_dir = {data:?}\ntls_dir = {tls:?}\n\
+                 api_addr = \"{api}\"\npeer_addr = \"{peer}\"\nseeds = [\"{seed}\"]\n{extra}\n",
+                data = dir.join("data").display().to_string(),
+                tls = tls.display().to_string(),
+                api = self.api_addr(i),
+                peer = self.peer_addr(i),
+                seed = self.peer_addr(1),
+                extra = self.extra_config,
+            );
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("chorus.toml"), config)?;
+        }
+        Ok(())
+    }
+
+    /// Spawn every node and wait until each answers `/health`.
+    pub fn start(&self) -> Result<DevCluster> {
+        self.prepare()?;
+        let exe = std::env::current_exe().context("locating the chorus binary")?;
+        let mut cluster = DevCluster { children: Vec::new(), urls: Vec::new() };
+        for i in 1..=self.nodes {
+            let dir = self.node_dir(i);
+            cluster.children.push(spawn_agent(&exe, &dir.join("chorus.toml"), &dir.join("agent.log"))?);
+            cluster.urls.push(format!("http://{}", self.api_addr(i)));
+        }
+        for (i, url) in cluster.urls.iter().enumerate() {
+            wait_healthy(url, &mut cluster.children[i], &self.node_dir(i as u16 + 1).join("agent.log"))?;
+        }
+        Ok(cluster)
+    }
+}
+
+/// Spawn `chorus agent --config config`, logging to `log`. On Linux the
+/// agent receives SIGTERM if the spawning thread dies, so no agent outlives
+/// a crashed `chorus dev`.
+pub fn spawn_agent(exe: &Path, config: &Path, log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("agent").arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().with_context(|| format!("spawning {}", exe.display()))
+}
+
+/// Poll `url/health` until it answers, the child exits, or the deadline passes.
+pub fn wait_healthy(url: &str, child: &mut Child, log: &Path) -> Result<()> {
+    let client = Client::new(url);
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if let Ok((200, _)) = client.call("GET", "/health", None) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            bail!(
+                "node at {url} exited ({status}); log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("node at {url} did not answer /health within {START_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Ask a child to stop (SIGTERM), kill it after [`STOP_DEADLINE`].
+pub fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain syscall on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + STOP_DEADLINE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: plain syscall on our own child's pid; stop all first, wait after.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+        for child in &mut self.children {
+            stop_child(child);
+        }
+    }
+}
+
+pub fn run(args: DevArgs) -> Result<ExitCode> {
+    let (dir, _temp) = match args.dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix("chorus-dev-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let layout = DevLayout {
+        nodes: args.nodes,
+        dir: dir.clone(),
+        base_port: args.base_port,
+        ip: Ipv4Addr::LOCALHOST,
+        extra_config: String::new(),
+    };
+    let cluster = layout.start()?;
+    println!("chorus dev: {} nodes, data and logs in {}", args.nodes, dir.display());
+    for (i, url) in cluster.urls.iter().enumerate() {
+        println!("node{}: {url}", i + 1);
+    }
+    println!(
+        "try: chorus put hello world && chorus get hello --node {}",
+        cluster.urls.last().map_or("", String::as_str)
+    );
+    println!("press Ctrl-C to stop");
+    let _ = stop_rx.recv();
+    // Whoever read our stdout may be gone by now; that must not stop the cleanup.
+    let _ = writeln!(std::io::stdout(), "stopping...");
+    drop(cluster);
+    Ok(ExitCode::SUCCESS)
+}

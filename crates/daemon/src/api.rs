@@ -1,0 +1,654 @@
+//! The HTTP/JSON API (axum). Only this module knows JSON: it has its own
+//! request and response types and never serializes core structs
+//! (STYLE §5). Routes and fields are documented in `docs/design/http-api.md`.
+
+use crate::runtime::{CallError, NodeHandle};
+use crate::telemetry;
+use crate::token;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use chorus_core::node::NamespaceError;
+use chorus_core::{LocalWrite, Node, NodeId, Op, ReadValue, ValueType, WriteError, WriteReceipt};
+use chorus_net::{MemberState, Membership};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Keys one scan returns at most (the default is [`SCAN_LIMIT_DEFAULT`]).
+pub const SCAN_LIMIT_MAX: usize = 1000;
+pub const SCAN_LIMIT_DEFAULT: usize = 100;
+
+/// Facts about this node that do not change while it runs.
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub name: String,
+    pub node_id: NodeId,
+    pub cluster_name: String,
+    pub tier: u8,
+    pub generation: u64,
+    pub api_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub value_bytes_max: usize,
+    pub started: Instant,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: NodeHandle,
+    pub membership: Membership,
+    pub info: Arc<NodeInfo>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The router with every route of the API.
+pub fn router(state: ApiState) -> Router {
+    // Base64 inflates values by 4/3 and JSON escaping can double text; the
+    // extra 64 KiB covers keys, contexts and field names.
+    let body_max = state.info.value_bytes_max.saturating_mul(2).saturating_add(64 << 10);
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
+        .route("/v1/ns", get(list_namespaces).post(create_namespace))
+        .route("/v1/ns/{ns}", get(get_namespace))
+        .route("/v1/ns/{ns}/scan", get(scan))
+        .route("/v1/ns/{ns}/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/ns/{ns}/counter/{*key}", get(get_key).post(increment))
+        .route("/v1/ns/{ns}/set/{*key}", get(get_key).post(set_op))
+        .fallback(not_found_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+/// An API error: an HTTP status and `{"error": code, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.code, message: self.message })).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    message: String,
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        let code = match e {
+            CallError::Timeout => "timeout",
+            CallError::Stopped => "stopping",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+    }
+}
+
+fn write_error(e: WriteError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        WriteError::NoSuchNamespace(_) => ApiError::new(StatusCode::NOT_FOUND, "no_such_namespace", message),
+        WriteError::KeyTooLarge { .. } => ApiError::bad_request("key_too_large", message),
+        WriteError::ValueTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message),
+        WriteError::Op(chorus_core::crdt::OpError::WrongType { .. }) => ApiError::bad_request("wrong_type", message),
+        WriteError::Op(_) => ApiError::new(StatusCode::CONFLICT, "operation_refused", message),
+        WriteError::Clock(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "clock_unsafe", message),
+        WriteError::DotsExhausted => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "dots_exhausted", message),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_refused", message),
+    }
+}
+
+async fn not_found_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_such_route", "no such route; see docs/design/http-api.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
+}
+
+fn parse_query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+}
+
+/// Bytes given either as UTF-8 text or as standard base64 (exactly one).
+fn text_or_base64(text: Option<String>, b64: Option<String>, field: &str) -> Result<Vec<u8>, ApiError> {
+    match (text, b64) {
+        (Some(t), None) => Ok(t.into_bytes()),
+        (None, Some(b)) => BASE64
+            .decode(b.as_bytes())
+            .map_err(|_| ApiError::bad_request("bad_base64", format!("`{field}_base64` is not standard base64"))),
+        (Some(_), Some(_)) => {
+            Err(ApiError::bad_request("bad_request", format!("give `{field}` or `{field}_base64`, not both")))
+        }
+        (None, None) => Err(ApiError::bad_request("bad_request", format!("missing `{field}` (or `{field}_base64`)"))),
+    }
+}
+
+fn parse_context(token: Option<&str>) -> Result<Option<chorus_core::VersionVector>, ApiError> {
+    token.map(|t| token::decode(t).map_err(|e| ApiError::bad_request("bad_context", e.to_string()))).transpose()
+}
+
+// ---------------------------------------------------------------- health
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: &'static str,
+    score: f64,
+    reasons: Vec<String>,
+    members_known: usize,
+    members_reachable: usize,
+}
+
+/// Health from the membership view: `partitioned` when this node reaches
+/// fewer than half of the known members (itself included, SPEC §5),
+/// `degraded` when any member is suspect or down.
+fn health_of(membership: &Membership) -> HealthBody {
+    let others = membership.members();
+    let known = others.len() + 1;
+    let reachable = 1 + others.iter().filter(|m| m.state == MemberState::Alive).count();
+    let mut reasons: Vec<String> = others
+        .iter()
+        .filter(|m| m.state != MemberState::Alive)
+        .map(|m| format!("member {} is {}", m.name, member_state(m.state)))
+        .collect();
+    let status = if reachable * 2 < known {
+        reasons.insert(0, format!("only {reachable} of {known} known members are reachable"));
+        "partitioned"
+    } else if reachable < known {
+        "degraded"
+    } else {
+        "ok"
+    };
+    HealthBody {
+        status,
+        score: reachable as f64 / known as f64,
+        reasons,
+        members_known: known,
+        members_reachable: reachable,
+    }
+}
+
+pub fn is_partitioned(membership: &Membership) -> bool {
+    health_of(membership).status == "partitioned"
+}
+
+async fn health(State(s): State<ApiState>) -> Json<HealthBody> {
+    Json(health_of(&s.membership))
+}
+
+async fn metrics_text(State(s): State<ApiState>) -> Response {
+    match &s.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder owns this process",
+        )
+        .into_response(),
+    }
+}
+
+fn member_state(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Down => "down",
+    }
+}
+
+#[derive(Serialize)]
+struct MemberBody {
+    name: String,
+    node_id: String,
+    addr: String,
+    state: &'static str,
+    generation: u64,
+}
+
+async fn members(State(s): State<ApiState>) -> Json<Value> {
+    let me = MemberBody {
+        name: s.info.name.clone(),
+        node_id: s.info.node_id.to_string(),
+        addr: s.info.peer_addr.to_string(),
+        state: "alive",
+        generation: s.info.generation,
+    };
+    let others: Vec<MemberBody> = s
+        .membership
+        .members()
+        .into_iter()
+        .map(|m| MemberBody {
+            node_id: NodeId::from_name(&m.name).to_string(),
+            name: m.name,
+            addr: m.addr.to_string(),
+            state: member_state(m.state),
+            generation: m.generation,
+        })
+        .collect();
+    Json(json!({ "self": me, "members": others }))
+}
+
+#[derive(Serialize)]
+struct NamespaceBody {
+    name: String,
+    mode: &'static str,
+    #[serde(rename = "type")]
+    value_type: &'static str,
+    keys: usize,
+}
+
+fn namespace_body(ns: &chorus_core::namespace::Namespace) -> NamespaceBody {
+    NamespaceBody {
+        name: ns.name().to_string(),
+        mode: "eventual",
+        value_type: ns.value_type().as_str(),
+        keys: ns.len().saturating_sub(ns.tombstone_count()),
+    }
+}
+
+async fn status(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let (namespaces, stats, hlc) = s
+        .node
+        .inspect(|node: &Node| {
+            let ns: Vec<NamespaceBody> = node.namespaces().map(namespace_body).collect();
+            (ns, node.stats().clone(), node.hlc_high_water())
+        })
+        .await?;
+    let health = health_of(&s.membership);
+    let others = s.membership.members();
+    let count = |st: MemberState| others.iter().filter(|m| m.state == st).count();
+    Ok(Json(json!({
+        "name": s.info.name,
+        "node_id": s.info.node_id.to_string(),
+        "cluster_name": s.info.cluster_name,
+        "tier": s.info.tier,
+        "generation": s.info.generation,
+        "api_addr": s.info.api_addr.to_string(),
+        "peer_addr": s.info.peer_addr.to_string(),
+        "uptime_s": s.info.started.elapsed().as_secs(),
+        "health": health,
+        "members": { "alive": count(MemberState::Alive), "suspect": count(MemberState::Suspect), "down": count(MemberState::Down) },
+        "namespaces": namespaces,
+        "hlc": { "physical_us": hlc.physical_us, "logical": hlc.logical },
+        "stats": {
+            "local_writes": stats.local_writes,
+            "push_messages_sent": stats.push_messages_sent,
+            "push_items_received": stats.push_items_received,
+            "push_duplicates": stats.push_duplicates,
+            "sync_rounds_started": stats.sync_rounds_started,
+            "sync_entries_repaired": stats.sync_entries_repaired,
+            "lww_overwrites": stats.lww_overwrites,
+            "rejected_clock": stats.rejected_clock,
+            "rejected_forged": stats.rejected_forged,
+            "tombstones_collected": stats.tombstones_collected,
+        },
+    })))
+}
+
+// ------------------------------------------------------------ namespaces
+
+async fn list_namespaces(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let list: Vec<NamespaceBody> =
+        s.node.inspect(|node: &Node| node.namespaces().map(namespace_body).collect()).await?;
+    Ok(Json(json!({ "namespaces": list })))
+}
+
+async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> Result<Json<NamespaceBody>, ApiError> {
+    let name = ns.clone();
+    let found = s.node.inspect(move |node: &Node| node.namespace(&name).map(namespace_body)).await?;
+    found.map(Json).ok_or_else(|| no_such_namespace(&ns))
+}
+
+fn no_such_namespace(ns: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no_such_namespace", format!("namespace {ns:?} does not exist"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateNamespaceRequest {
+    name: String,
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(rename = "type", default = "default_type")]
+    value_type: String,
+}
+
+fn default_mode() -> String {
+    "eventual".into()
+}
+
+fn default_type() -> String {
+    "lww".into()
+}
+
+async fn create_namespace(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<NamespaceBody>), ApiError> {
+    let req: CreateNamespaceRequest = parse_body(body)?;
+    let value_type = ValueType::parse(&req.value_type).ok_or_else(|| {
+        ApiError::bad_request("bad_type", format!("unknown type {:?}: use lww, mv, counter or set", req.value_type))
+    })?;
+    match req.mode.as_str() {
+        "eventual" => {}
+        "strong" => {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "strong_unavailable",
+                "strong (Raft) namespaces are not available in this build; use mode \"eventual\"",
+            ));
+        }
+        other => {
+            return Err(ApiError::bad_request("bad_mode", format!("unknown mode {other:?}: use eventual or strong")));
+        }
+    }
+    match s.node.create_namespace(req.name.clone(), value_type).await? {
+        Ok(()) => Ok((
+            StatusCode::CREATED,
+            Json(NamespaceBody { name: req.name, mode: "eventual", value_type: value_type.as_str(), keys: 0 }),
+        )),
+        Err(e @ NamespaceError::TypeConflict { .. }) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "type_conflict", e.to_string()))
+        }
+        Err(e @ NamespaceError::InvalidName(_)) => Err(ApiError::bad_request("bad_namespace_name", e.to_string())),
+        Err(e) => Err(ApiError::bad_request("namespace_refused", e.to_string())),
+    }
+}
+
+// ------------------------------------------------------------------ reads
+
+/// A value as JSON: text when it is UTF-8, always also base64.
+fn bytes_fields(out: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
+    out.insert(field.to_string(), std::str::from_utf8(bytes).map_or(Value::Null, |t| Value::String(t.to_string())));
+    out.insert(format!("{field}_base64"), Value::String(BASE64.encode(bytes)));
+}
+
+fn list_fields(out: &mut serde_json::Map<String, Value>, field: &str, items: &[Vec<u8>]) {
+    let text: Vec<Value> =
+        items.iter().map(|b| std::str::from_utf8(b).map_or(Value::Null, |t| Value::String(t.to_string()))).collect();
+    let b64: Vec<Value> = items.iter().map(|b| Value::String(BASE64.encode(b))).collect();
+    out.insert(field.to_string(), Value::Array(text));
+    out.insert(format!("{field}_base64"), Value::Array(b64));
+}
+
+/// The JSON of one read: `type`, the value fields of that type, `context`.
+fn read_json(key: &[u8], value: &ReadValue, context: &chorus_core::VersionVector) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("key".into(), Value::String(String::from_utf8_lossy(key).into_owned()));
+    match value {
+        ReadValue::Lww(v) => {
+            out.insert("type".into(), "lww".into());
+            match v {
+                Some(v) => bytes_fields(&mut out, "value", v),
+                None => {
+                    out.insert("value".into(), Value::Null);
+                }
+            }
+        }
+        ReadValue::Mv(vs) => {
+            out.insert("type".into(), "mv".into());
+            list_fields(&mut out, "values", vs);
+        }
+        ReadValue::Counter(n) => {
+            out.insert("type".into(), "counter".into());
+            out.insert("value".into(), Value::from(*n));
+        }
+        ReadValue::Set(ms) => {
+            out.insert("type".into(), "set".into());
+            list_fields(&mut out, "members", ms);
+        }
+    }
+    out.insert("context".into(), Value::String(token::encode(context)));
+    Value::Object(out)
+}
+
+async fn get_key(State(s): State<ApiState>, Path((ns, key)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let (ns2, key2) = (ns.clone(), key.clone());
+    let found = s
+        .node
+        .inspect(move |node: &Node| {
+            if node.namespace(&ns2).is_none() {
+                return Err(());
+            }
+            Ok(node.get(&ns2, key2.as_bytes()).map(|r| read_json(key2.as_bytes(), &r.value, &r.context)))
+        })
+        .await?;
+    match found {
+        Err(()) => {
+            telemetry::read_answered("no_namespace");
+            Err(no_such_namespace(&ns))
+        }
+        Ok(None) => {
+            telemetry::read_answered("not_found");
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key {key:?} not found in namespace {ns:?}")))
+        }
+        Ok(Some(mut v)) => {
+            telemetry::read_answered("ok");
+            if let Value::Object(o) = &mut v {
+                o.insert("namespace".into(), Value::String(ns));
+            }
+            Ok(Json(v))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn scan(
+    State(s): State<ApiState>,
+    Path(ns): Path<String>,
+    q: Result<Query<ScanQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_query(q)?;
+    let limit = q.limit.unwrap_or(SCAN_LIMIT_DEFAULT);
+    if limit == 0 || limit > SCAN_LIMIT_MAX {
+        return Err(ApiError::bad_request("bad_limit", format!("limit must be in 1..={SCAN_LIMIT_MAX}")));
+    }
+    let ns2 = ns.clone();
+    let page = s
+        .node
+        .inspect(move |node: &Node| {
+            let namespace = node.namespace(&ns2)?;
+            let mut items = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            // Tombstones are skipped but still count towards the page, so
+            // one page's work stays bounded by `limit`.
+            for (k, e) in namespace.scan(q.prefix.as_bytes(), q.after.as_deref().map(str::as_bytes), limit) {
+                last = Some(k.clone());
+                if !e.is_tombstone() {
+                    items.push(read_json(k, &e.read(), e.clock()));
+                }
+            }
+            let next = if last.is_some() && namespace.scan(q.prefix.as_bytes(), last.as_deref(), 1).next().is_some() {
+                last.map(|k| String::from_utf8_lossy(&k).into_owned())
+            } else {
+                None
+            };
+            Some((items, next))
+        })
+        .await?;
+    let (items, next) = page.ok_or_else(|| no_such_namespace(&ns))?;
+    telemetry::read_answered("ok");
+    Ok(Json(json!({ "namespace": ns, "items": items, "next": next })))
+}
+
+// ----------------------------------------------------------------- writes
+
+#[derive(Serialize)]
+struct WriteBody {
+    namespace: String,
+    key: String,
+    dot: DotBody,
+    timestamp: TimestampBody,
+    context: String,
+}
+
+#[derive(Serialize)]
+struct DotBody {
+    node: String,
+    counter: u64,
+}
+
+#[derive(Serialize)]
+struct TimestampBody {
+    physical_us: u64,
+    logical: u32,
+    node: String,
+}
+
+async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Json<WriteBody>, ApiError> {
+    let started = Instant::now();
+    let op_name = op.name();
+    let write = LocalWrite { namespace: ns.clone(), key: key.clone().into_bytes(), op };
+    let result = s.node.write(write).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let receipt: WriteReceipt = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            telemetry::write_answered(op_name, "refused", elapsed);
+            return Err(write_error(e));
+        }
+        Err(e) => {
+            telemetry::write_answered(op_name, "unavailable", elapsed);
+            return Err(e.into());
+        }
+    };
+    telemetry::write_answered(op_name, "ok", elapsed);
+    Ok(Json(WriteBody {
+        namespace: ns,
+        key,
+        dot: DotBody { node: receipt.dot.node.to_string(), counter: receipt.dot.counter },
+        timestamp: TimestampBody {
+            physical_us: receipt.ts.physical_us,
+            logical: receipt.ts.logical,
+            node: receipt.ts.node.to_string(),
+        },
+        context: token::encode(&receipt.context),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRequest {
+    value: Option<String>,
+    value_base64: Option<String>,
+    context: Option<String>,
+}
+
+async fn put_key(
+    State(s): State<ApiState>,
+    Path((ns, key)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WriteBody>, ApiError> {
+    let req: PutRequest = parse_body(body)?;
+    let value = text_or_base64(req.value, req.value_base64, "value")?;
+    let context = parse_context(req.context.as_deref())?;
+    do_write(&s, ns, key, Op::Put { value, context }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    context: Option<String>,
+}
+
+async fn delete_key(
+    State(s): State<ApiState>,
+    Path((ns, key)): Path<(String, String)>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Json<WriteBody>, ApiError> {
+    let q = parse_query(q)?;
+    let context = parse_context(q.context.as_deref())?;
+    do_write(&s, ns, key, Op::Delete { context }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrementRequest {
+    #[serde(default = "one")]
+    amount: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+async fn increment(
+    State(s): State<ApiState>,
+    Path((ns, key)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WriteBody>, ApiError> {
+    let req: IncrementRequest = parse_body(body)?;
+    do_write(&s, ns, key, Op::Increment { amount: req.amount }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRequest {
+    op: String,
+    member: Option<String>,
+    member_base64: Option<String>,
+    context: Option<String>,
+}
+
+async fn set_op(
+    State(s): State<ApiState>,
+    Path((ns, key)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<WriteBody>, ApiError> {
+    let req: SetRequest = parse_body(body)?;
+    let member = text_or_base64(req.member, req.member_base64, "member")?;
+    let op = match req.op.as_str() {
+        "add" => {
+            if req.context.is_some() {
+                return Err(ApiError::bad_request("bad_request", "`context` applies to remove only"));
+            }
+            Op::Add { member }
+        }
+        "remove" => Op::Remove { member, context: parse_context(req.context.as_deref())? },
+        other => return Err(ApiError::bad_request("bad_op", format!("unknown set op {other:?}: use add or remove"))),
+    };
+    do_write(&s, ns, key, op).await
+}

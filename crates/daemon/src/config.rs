@@ -1,0 +1,202 @@
+//! The daemon's configuration: one TOML file, every key has a default, and an
+//! unknown key is an error naming it (SPEC §10).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `chorus agent --config FILE` reads. Field names are the TOML
+/// keys and a stable interface.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name: a DNS-style label (`node1`, `edge-42.eu`). It must
+    /// equal the name in the node certificate and is the node's identity
+    /// across restarts (`NodeId::from_name`).
+    pub name: String,
+    /// Cluster name (informational; trust comes from the CA).
+    pub cluster_name: String,
+    /// Where the store (`chorus.redb`) lives.
+    pub data_dir: PathBuf,
+    /// HTTP/JSON API address.
+    pub api_addr: SocketAddr,
+    /// QUIC address peers connect to (bind address).
+    pub peer_addr: SocketAddr,
+    /// Address advertised to peers; defaults to `peer_addr` (which must then
+    /// not be a wildcard address).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Peer addresses of nodes to join through (any live member will do).
+    pub seeds: Vec<SocketAddr>,
+    /// Directory holding `node.pem`, `node.key` and `ca.pem`.
+    pub tls_dir: PathBuf,
+    /// Tier 0–8 (SPEC §3 "Tiers").
+    pub tier: u8,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: u32,
+    /// Period of anti-entropy rounds.
+    pub anti_entropy_interval_ms: u64,
+    /// Peers a new write is pushed to; 0 = ceil(log2(peers + 1)).
+    pub fanout: u32,
+    /// Hops a write is forwarded at most; 0 = ceil(log2(peers + 1)) + 3.
+    pub hop_limit: u8,
+    /// Remote timestamps further ahead of our clock are refused.
+    pub max_offset_ms: u64,
+    /// Deadline of every HTTP request inside the daemon.
+    pub request_timeout_ms: u64,
+    /// Bound of the command queue into the node task; a full queue answers
+    /// 503 rather than queueing without limit.
+    pub command_queue_max: usize,
+    /// Most client writes merged into one group commit.
+    pub group_commit_writes_max: usize,
+    /// SWIM probe period.
+    pub probe_period_ms: u64,
+    /// SWIM: a suspect that does not refute within this is declared down.
+    pub suspect_to_down_after_ms: u64,
+    /// `tracing` filter when `RUST_LOG` is unset.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "node1".into(),
+            cluster_name: "chorus".into(),
+            data_dir: PathBuf::from("chorus-data"),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 7201)),
+            advertise_addr: None,
+            seeds: Vec::new(),
+            tls_dir: PathBuf::from("chorus-tls"),
+            tier: 0,
+            max_value_bytes: chorus_core::limits::VALUE_BYTES_DEFAULT as u32,
+            anti_entropy_interval_ms: 1_000,
+            fanout: 0,
+            hop_limit: 0,
+            max_offset_ms: 500,
+            request_timeout_ms: 5_000,
+            command_queue_max: 16_384,
+            group_commit_writes_max: 4_096,
+            probe_period_ms: 250,
+            suspect_to_down_after_ms: 750,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration was refused. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Syntax errors, wrong types and unknown keys (the message names the key).
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Parse a TOML document and check every value.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read and parse a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Check the values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if let Err(e) = chorus_net::ca::validate_node_name(&self.name) {
+            return invalid("name", e.to_string());
+        }
+        if self.tier > 8 {
+            return invalid("tier", format!("{} is above 8", self.tier));
+        }
+        let cap = chorus_core::limits::VALUE_BYTES_CAP as u32;
+        if self.max_value_bytes == 0 || self.max_value_bytes > cap {
+            return invalid("max_value_bytes", format!("must be in 1..={cap}"));
+        }
+        if self.anti_entropy_interval_ms == 0 {
+            return invalid("anti_entropy_interval_ms", "must be > 0".into());
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms", "must be > 0".into());
+        }
+        if self.command_queue_max == 0 {
+            return invalid("command_queue_max", "must be > 0".into());
+        }
+        if self.group_commit_writes_max == 0 {
+            return invalid("group_commit_writes_max", "must be > 0".into());
+        }
+        if self.probe_period_ms < 20 {
+            return invalid("probe_period_ms", "must be at least 20".into());
+        }
+        if self.suspect_to_down_after_ms == 0 {
+            return invalid("suspect_to_down_after_ms", "must be > 0".into());
+        }
+        if self.advertise_addr.is_none() && self.peer_addr.ip().is_unspecified() {
+            return invalid("advertise_addr", "required when peer_addr is a wildcard address".into());
+        }
+        Ok(())
+    }
+
+    /// The address peers reach us at.
+    pub fn advertised_peer_addr(&self) -> SocketAddr {
+        self.advertise_addr.unwrap_or(self.peer_addr)
+    }
+
+    /// The replication tunables handed to the core.
+    pub fn node_config(&self) -> chorus_core::NodeConfig {
+        chorus_core::NodeConfig {
+            tier: self.tier,
+            fanout: self.fanout,
+            hop_limit: self.hop_limit,
+            anti_entropy_interval_us: self.anti_entropy_interval_ms.saturating_mul(1000),
+            max_offset_us: self.max_offset_ms.saturating_mul(1000),
+            value_bytes_max: self.max_value_bytes,
+            ..chorus_core::NodeConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_every_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let err = Config::from_toml("name = \"n1\"\nfanuot = 3\n").unwrap_err().to_string();
+        assert!(err.contains("fanuot"), "{err}");
+    }
+
+    #[test]
+    fn values_are_read_and_checked() {
+        let c = Config::from_toml(
+            "name = \"edge-7\"\ntier = 2\nseeds = [\"127.0.0.1:7201\"]\napi_addr = \"127.0.0.2:8000\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.name, "edge-7");
+        assert_eq!(c.tier, 2);
+        assert_eq!(c.seeds, vec![SocketAddr::from(([127, 0, 0, 1], 7201))]);
+        let err = Config::from_toml("tier = 9").unwrap_err().to_string();
+        assert!(err.contains("tier"), "{err}");
+        let err = Config::from_toml("name = \"Bad Name\"").unwrap_err().to_string();
+        assert!(err.contains("name"), "{err}");
+    }
+}

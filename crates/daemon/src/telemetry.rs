@@ -1,0 +1,145 @@
+//! Prometheus metrics (SPEC §9). Names and help texts are an interface.
+//!
+//! Counters that the core or the transport already keep (`NodeStats`,
+//! `TransportStats`) are copied in as absolute values by a periodic upkeep
+//! task; events only the daemon sees are counted where they happen.
+
+use chorus_core::NodeStats;
+use chorus_core::wire::Message;
+use chorus_net::{MemberInfo, MemberState, TransportStats};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the process-wide recorder once and describe every metric.
+/// Returns `None` when another recorder was installed first (then `/metrics`
+/// says so instead of serving numbers).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle =
+                PrometheusBuilder::new().set_quantiles(&[0.5, 0.9, 0.99, 1.0]).ok()?.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!("chorus_writes_total", "Client writes answered, by value type and result.");
+    describe_counter!("chorus_reads_total", "Client reads answered (get and scan), by result.");
+    describe_histogram!(
+        "chorus_write_ack_seconds",
+        Unit::Seconds,
+        "Time from receiving a client write to its durable acknowledgement, inside the daemon."
+    );
+    describe_histogram!(
+        "chorus_propagation_seconds",
+        Unit::Seconds,
+        "Remote writes: local apply time minus the write's HLC physical timestamp (taken on the \
+         originating node). Includes the clock offset between the two nodes; measured on pushed \
+         writes only, not on writes repaired by anti-entropy."
+    );
+    describe_counter!("chorus_group_commits_total", "Store commits (one fsync each) made by the node task.");
+    describe_histogram!("chorus_group_commit_ops", "Store operations per group commit.");
+    describe_histogram!(
+        "chorus_group_commit_seconds",
+        Unit::Seconds,
+        "Time the node task waits for one group commit (queueing in the writer thread plus the redb commit and fsync)."
+    );
+    describe_counter!("chorus_messages_sent_total", "Replication messages handed to the transport, by kind.");
+    describe_counter!("chorus_messages_received_total", "Replication messages decoded from peers, by kind.");
+    describe_counter!(
+        "chorus_send_dropped_total",
+        "Replication messages not sent, by reason (repaired by anti-entropy)."
+    );
+    describe_counter!("chorus_decode_errors_total", "Undecodable replication messages, by peer.");
+    describe_counter!("chorus_broadcasts_sent_total", "Push (broadcast) messages sent (core counter).");
+    describe_counter!("chorus_broadcast_items_received_total", "Pushed write items received (core counter).");
+    describe_counter!("chorus_broadcast_duplicates_total", "Pushed items already seen (core counter).");
+    describe_counter!("chorus_anti_entropy_rounds_total", "Anti-entropy rounds started (core counter).");
+    describe_counter!("chorus_anti_entropy_entries_repaired_total", "Entries changed by anti-entropy (core counter).");
+    describe_counter!("chorus_lww_overwrites_total", "LWW values replaced by a remote write (conflicts).");
+    describe_counter!("chorus_rejected_total", "Remote entries refused, by reason (clock, type, tier, forged).");
+    describe_counter!("chorus_tombstones_collected_total", "Tombstones collected once causally stable.");
+    describe_counter!("chorus_peer_bytes_sent_total", "Bytes sent to each peer (transport counter).");
+    describe_counter!("chorus_peer_bytes_received_total", "Bytes received from each peer (transport counter).");
+    describe_counter!("chorus_transport_handshake_failures_total", "Failed TLS handshakes (transport counter).");
+    describe_gauge!("chorus_members", "Other members known, by SWIM state.");
+    describe_gauge!("chorus_partitioned", "1 when fewer than half the known members are reachable.");
+}
+
+pub fn group_committed(ops: usize, seconds: f64) {
+    counter!("chorus_group_commits_total").increment(1);
+    histogram!("chorus_group_commit_seconds").record(seconds);
+    histogram!("chorus_group_commit_ops").record(ops as f64);
+}
+
+pub fn write_answered(value_type: &'static str, result: &'static str, seconds: f64) {
+    counter!("chorus_writes_total", "type" => value_type, "result" => result).increment(1);
+    histogram!("chorus_write_ack_seconds").record(seconds);
+}
+
+pub fn read_answered(result: &'static str) {
+    counter!("chorus_reads_total", "result" => result).increment(1);
+}
+
+pub fn propagation(us: u64) {
+    histogram!("chorus_propagation_seconds").record(us as f64 / 1e6);
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Push(_) => "push",
+        Message::SyncRequest(_) => "sync_request",
+        Message::SyncReply(_) => "sync_reply",
+        Message::SyncPush(_) => "sync_push",
+    }
+}
+
+pub fn message_sent(message: &Message) {
+    counter!("chorus_messages_sent_total", "kind" => kind(message)).increment(1);
+}
+
+pub fn message_received(message: &Message) {
+    counter!("chorus_messages_received_total", "kind" => kind(message)).increment(1);
+}
+
+pub fn send_dropped(reason: &'static str) {
+    counter!("chorus_send_dropped_total", "reason" => reason).increment(1);
+}
+
+pub fn decode_error(peer: &str) {
+    counter!("chorus_decode_errors_total", "peer" => peer.to_string()).increment(1);
+}
+
+pub fn members(view: &[MemberInfo]) {
+    let count = |s: MemberState| view.iter().filter(|m| m.state == s).count() as f64;
+    gauge!("chorus_members", "state" => "alive").set(count(MemberState::Alive));
+    gauge!("chorus_members", "state" => "suspect").set(count(MemberState::Suspect));
+    gauge!("chorus_members", "state" => "down").set(count(MemberState::Down));
+}
+
+/// Copy the core's and the transport's counters in.
+pub fn upkeep(stats: &NodeStats, transport: &TransportStats, partitioned: bool) {
+    counter!("chorus_broadcasts_sent_total").absolute(stats.push_messages_sent);
+    counter!("chorus_broadcast_items_received_total").absolute(stats.push_items_received);
+    counter!("chorus_broadcast_duplicates_total").absolute(stats.push_duplicates);
+    counter!("chorus_anti_entropy_rounds_total").absolute(stats.sync_rounds_started);
+    counter!("chorus_anti_entropy_entries_repaired_total").absolute(stats.sync_entries_repaired);
+    counter!("chorus_lww_overwrites_total").absolute(stats.lww_overwrites);
+    counter!("chorus_tombstones_collected_total").absolute(stats.tombstones_collected);
+    counter!("chorus_rejected_total", "reason" => "clock").absolute(stats.rejected_clock);
+    counter!("chorus_rejected_total", "reason" => "type").absolute(stats.rejected_type);
+    counter!("chorus_rejected_total", "reason" => "tier").absolute(stats.rejected_tier);
+    counter!("chorus_rejected_total", "reason" => "forged").absolute(stats.rejected_forged);
+    for (peer, s) in transport.peers_snapshot() {
+        counter!("chorus_peer_bytes_sent_total", "peer" => peer.clone()).absolute(s.bytes_sent);
+        counter!("chorus_peer_bytes_received_total", "peer" => peer).absolute(s.bytes_received);
+    }
+    let failures = transport.handshake_failures.load(std::sync::atomic::Ordering::Relaxed);
+    counter!("chorus_transport_handshake_failures_total").absolute(failures);
+    gauge!("chorus_partitioned").set(if partitioned { 1.0 } else { 0.0 });
+}
