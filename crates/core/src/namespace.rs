@@ -5,7 +5,13 @@
 use crate::causal::{Dot, SeenSet, VersionVector};
 use crate::crdt::{Entry, JoinError, ValueType};
 use crate::types::{Key, NodeId};
+use chorus_reconcile::{ItemIndex, RangeFingerprint};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Initial Fenwick size of a namespace's reconciliation index: small, since
+/// most namespaces are small and a simulated cluster holds thousands; the
+/// index regrows as the namespace does.
+const RECONCILE_BUCKET_BITS_INITIAL: u8 = 4;
 
 /// Per-namespace state.
 ///
@@ -14,6 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 ///   clock entry of every key is indexed once).
 /// * `tombstones` holds exactly the keys whose entry `has_tombstone_parts()`.
 /// * The seen-set invariant of [`SeenSet`].
+/// * `recon` holds `(key, entry.digest())` for exactly the live
+///   (non-tombstone) entries: what range-based reconciliation compares when
+///   seen sets cannot tell two replicas apart.
 #[derive(Clone, Debug)]
 pub struct Namespace {
     name: String,
@@ -22,6 +31,7 @@ pub struct Namespace {
     seen: SeenSet,
     index: BTreeMap<NodeId, BTreeMap<u64, Key>>,
     tombstones: BTreeSet<Key>,
+    recon: ItemIndex,
     pub(crate) gc: GcEpoch,
 }
 
@@ -89,6 +99,7 @@ impl Namespace {
             seen: SeenSet::new(),
             index: BTreeMap::new(),
             tombstones: BTreeSet::new(),
+            recon: ItemIndex::with_bucket_bits(RECONCILE_BUCKET_BITS_INITIAL),
             gc: GcEpoch::default(),
         }
     }
@@ -186,6 +197,13 @@ impl Namespace {
         } else {
             self.tombstones.remove(&key);
         }
+        if entry.is_tombstone() {
+            self.recon.remove(&key);
+        } else {
+            // Keys are at most limits::KEY_BYTES_MAX, the index's own limit,
+            // so this cannot fail for a key that passed validation.
+            let _ = self.recon.insert(key.clone(), entry.digest());
+        }
         self.entries.insert(key, entry);
     }
 
@@ -221,23 +239,36 @@ impl Namespace {
     }
 
     /// Entries a peer whose seen set is `peer` lacks: those with a clock
-    /// entry the peer has not seen. Returns at most `entries_max` entries
-    /// and `bytes_max` encoded bytes, and whether that was all of them.
+    /// entry the peer has not seen. Scans the index in (origin, counter)
+    /// order from `start` (inclusive; `None`: the beginning) and returns at
+    /// most `entries_max` entries and about `bytes_max` encoded bytes, the
+    /// position to resume from when it stopped early (`None` when it
+    /// reached the end).
     ///
     /// Cost: proportional to the entries indexed above the peer's prefix,
     /// i.e. to the gap, not to the namespace's size.
     pub(crate) fn missing_for(
         &self,
         peer: &SeenSet,
+        start: Option<(NodeId, u64)>,
         entries_max: usize,
         bytes_max: usize,
-    ) -> (Vec<(Key, Entry)>, bool) {
+    ) -> (Vec<(Key, Entry)>, Option<(NodeId, u64)>) {
         let mut keys: BTreeSet<&Key> = BTreeSet::new();
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (&origin, per) in &self.index {
+        let origins = match start {
+            Some((o, _)) => self.index.range(o..),
+            None => self.index.range(..),
+        };
+        for (&origin, per) in origins {
             // A peer may claim any counter; u64::MAX means it lacks nothing.
-            let Some(from) = peer.contiguous().get(origin).checked_add(1) else { continue };
+            let Some(mut from) = peer.contiguous().get(origin).checked_add(1) else { continue };
+            if let Some((o, c)) = start
+                && o == origin
+            {
+                from = from.max(c);
+            }
             for (&counter, key) in per.range(from..) {
                 if peer.contains(Dot { node: origin, counter }) || keys.contains(key) {
                     continue;
@@ -245,14 +276,14 @@ impl Namespace {
                 let Some(entry) = self.entries.get(key) else { continue };
                 let size = key.len() + entry.canonical_bytes().len();
                 if out.len() >= entries_max || (bytes + size > bytes_max && !out.is_empty()) {
-                    return (out, false);
+                    return (out, Some((origin, counter)));
                 }
                 bytes += size;
                 keys.insert(key);
                 out.push((key.clone(), entry.clone()));
             }
         }
-        (out, true)
+        (out, None)
     }
 
     /// Collect what the completed GC epoch proves stable: whole tombstones
@@ -285,6 +316,7 @@ impl Namespace {
                     }
                 }
                 self.tombstones.remove(&k);
+                self.recon.remove(&k);
                 out.push((k, None));
             } else {
                 let mut pruned = entry.clone();
@@ -299,6 +331,17 @@ impl Namespace {
             self.gc.completed = None;
         }
         out
+    }
+
+    /// The reconciliation index of the live entries.
+    pub fn reconcile_index(&self) -> &ItemIndex {
+        &self.recon
+    }
+
+    /// Fingerprint of every live entry (order-independent; equal live states
+    /// have equal fingerprints).
+    pub fn fingerprint(&self) -> RangeFingerprint {
+        self.recon.fingerprint()
     }
 
     /// BLAKE3 over the semantic state ([`Entry::semantic_bytes`]) of every

@@ -28,8 +28,10 @@ use crate::persist::{self, PersistBatch, RecoverError, RecoveryImage, StoreOp};
 use crate::rng::Rng;
 use crate::types::{Key, NodeId, limits};
 use crate::wire::{
-    Message, NamespaceDelta, NamespaceSummary, Push, PushItem, SyncPush, SyncReply, SyncRequest, WireSeen,
+    Message, NamespaceDelta, NamespaceSummary, Push, PushItem, ReconcileStep, SyncPush, SyncReply, SyncRequest,
+    WireFingerprint, WireSeen,
 };
+use chorus_reconcile::Reconciler;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Tunables of the replication protocol. Every one has a default.
@@ -88,6 +90,37 @@ pub enum InjectedBug {
 /// partition heals a node sees half the cluster return at once; syncing with
 /// a few of them is enough, since each of those brings the other side's state.
 pub const URGENT_SYNC_MAX: usize = 4;
+
+/// Reconciliation sessions in progress at once (as initiator or responder).
+pub const RECONCILE_SESSIONS_MAX: usize = 4;
+
+/// A session with no message for this long is abandoned (the peer died or
+/// messages were lost); the next anti-entropy round starts a fresh one.
+pub const RECONCILE_SESSION_IDLE_MAX_US: u64 = 10_000_000;
+
+struct ReconcileSession {
+    reconciler: Reconciler,
+    started_us: u64,
+    last_activity_us: u64,
+}
+
+/// Sync requests remembered for their replies (one per peer, newest wins).
+const PENDING_SYNC_REQUESTS_MAX: usize = 16;
+
+/// Catch-up streams kept at once (see [`Node::deltas_for`]); evicting one
+/// only restarts that peer's catch-up from the beginning.
+const STREAMS_MAX: usize = 64;
+
+/// A catch-up larger than one message: our seen set when it started and
+/// where the next chunk resumes.
+struct Stream {
+    seen_at_start: SeenSet,
+    cursor: (NodeId, u64),
+    last_used_us: u64,
+}
+
+/// (peer, namespace, session id, whether we initiated it).
+type SessionKey = (NodeId, String, u64, bool);
 
 /// Whether nodes of these tiers may exchange data directly (SPEC §3 "Tiers").
 pub fn tiers_may_talk(a: u8, b: u8) -> bool {
@@ -199,6 +232,16 @@ pub struct NodeStats {
     pub tombstones_collected: u64,
     /// LWW registers whose value a remote write replaced.
     pub lww_overwrites: u64,
+    /// Stored entries that failed their checksum at recovery (repaired
+    /// from peers by reconciliation).
+    pub corrupt_entries_dropped: u64,
+    pub reconcile_sessions_started: u64,
+    pub reconcile_sessions_completed: u64,
+    pub reconcile_sessions_failed: u64,
+    /// Entries sent because a reconciliation session found them differing.
+    pub reconcile_entries_sent: u64,
+    /// Total duration of completed sessions (µs, by the node's clock).
+    pub reconcile_duration_us: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +265,12 @@ pub struct Node {
     urgent_sync: VecDeque<NodeId>,
     actions: VecDeque<Action>,
     next_anti_entropy_us: Option<u64>,
+    sessions: BTreeMap<SessionKey, ReconcileSession>,
+    /// Our seen prefixes as sent in the last request to each peer: a reply
+    /// saying "in sync" means the peer's prefix equalled exactly these,
+    /// which is what its GC report must be (never our later, larger one).
+    pending_sync: BTreeMap<NodeId, (u64, BTreeMap<String, VersionVector>)>,
+    streams: BTreeMap<(NodeId, String), Stream>,
     stats: NodeStats,
 }
 
@@ -240,6 +289,9 @@ impl Node {
             urgent_sync: VecDeque::new(),
             actions: VecDeque::new(),
             next_anti_entropy_us: None,
+            sessions: BTreeMap::new(),
+            pending_sync: BTreeMap::new(),
+            streams: BTreeMap::new(),
             stats: NodeStats::default(),
         }
     }
@@ -269,11 +321,21 @@ impl Node {
                 let space = persist::entries_space(&name);
                 if let Some(entries) = image.get(&space) {
                     for (key, bytes) in entries {
-                        let er = persist::decode_entry(bytes).map_err(|r| corrupt(&space, key, r))?;
-                        if er.entry.value_type() != rec.value_type {
-                            return Err(corrupt(&space, key, "entry type differs from namespace".into()));
-                        }
-                        er.entry.validate(value_max).map_err(|e| corrupt(&space, key, e.to_string()))?;
+                        // A corrupt entry is dropped, not fatal: the seen set
+                        // still claims its dots, so equal seen sets with
+                        // unequal fingerprints make reconciliation fetch it
+                        // back from a peer.
+                        let er = match persist::decode_entry(bytes) {
+                            Ok(er)
+                                if er.entry.value_type() == rec.value_type && er.entry.validate(value_max).is_ok() =>
+                            {
+                                er
+                            }
+                            _ => {
+                                node.stats.corrupt_entries_dropped += 1;
+                                continue;
+                            }
+                        };
                         // Timestamps inside stored entries are ours or were
                         // accepted before; the HLC must stay above them.
                         let ts = er.entry.max_timestamp();
@@ -535,6 +597,7 @@ impl Node {
             Message::Push(p) => self.on_push(now_us, from, p),
             Message::SyncRequest(r) => self.on_sync_request(now_us, from, r),
             Message::SyncReply(r) => self.on_sync_reply(now_us, from, r),
+            Message::Reconcile(r) => self.on_reconcile(now_us, from, r),
             Message::SyncPush(p) => {
                 let mut batch = PersistBatch::default();
                 for d in &p.deltas {
@@ -657,6 +720,9 @@ impl Node {
         let jitter = self.rng.below(interval / 5 + 1);
         self.next_anti_entropy_us = Some(now_us + interval - interval / 10 + jitter);
         self.collect_garbage();
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| now_us.saturating_sub(s.last_activity_us) <= RECONCILE_SESSION_IDLE_MAX_US);
+        self.stats.reconcile_sessions_failed += (before - self.sessions.len()) as u64;
         let peer = loop {
             match self.urgent_sync.pop_front() {
                 Some(p) if self.peers.get(&p).is_some_and(|x| x.state == MemberState::Alive) => break Some(p),
@@ -694,6 +760,15 @@ impl Node {
             let prefix = ns.seen().contiguous().clone();
             ns.gc.report(me, &prefix);
         }
+        let prefixes: BTreeMap<String, VersionVector> =
+            self.namespaces.values().map(|ns| (ns.name().to_string(), ns.seen().contiguous().clone())).collect();
+        self.pending_sync.insert(peer, (now_us, prefixes));
+        while self.pending_sync.len() > PENDING_SYNC_REQUESTS_MAX {
+            let oldest = self.pending_sync.iter().min_by_key(|(_, (at, _))| *at).map(|(p, _)| *p);
+            if let Some(p) = oldest {
+                self.pending_sync.remove(&p);
+            }
+        }
         let summaries = self
             .namespaces
             .values()
@@ -701,38 +776,80 @@ impl Node {
                 namespace: ns.name().to_string(),
                 value_type: ns.value_type(),
                 seen: WireSeen::from(ns.seen()),
+                fingerprint: wire_fingerprint(ns),
             })
             .collect();
         self.actions.push_back(Action::Send { to: peer, message: Message::SyncRequest(SyncRequest { summaries }) });
     }
 
-    fn deltas_for(&mut self, peer_seen: &BTreeMap<String, (ValueType, SeenSet)>) -> Vec<NamespaceDelta> {
+    /// What `peer` lacks, per namespace: every namespace the peer named,
+    /// plus (with `include_unnamed`) every namespace of ours it did not name.
+    ///
+    /// A delta may carry only part of what the peer lacks (message bounds).
+    /// The peer may fold our seen set into its own only after receiving
+    /// *everything* it lacked relative to that seen set — chunks alone never
+    /// let it, because dots superseded on the same key appear in no entry's
+    /// clock. So a truncated delta starts a *stream*: we remember our seen
+    /// set at its start and where the scan stopped; later deltas to the same
+    /// peer resume from there, and the delta that reaches the end carries
+    /// the start's seen set with `complete`. Every entry that had a clock
+    /// entry the peer had not seen at the start is in some chunk (an entry
+    /// that changes meanwhile only moves to a later index position), which
+    /// makes that merge sound.
+    fn deltas_for(
+        &mut self,
+        now_us: u64,
+        peer: NodeId,
+        peer_seen: &BTreeMap<String, (ValueType, SeenSet)>,
+        include_unnamed: bool,
+    ) -> Vec<NamespaceDelta> {
         let mut budget_entries = self.config.sync_entries_max as usize;
         let mut budget_bytes = self.config.sync_bytes_max as usize;
         let empty = SeenSet::new();
-        let mut names: BTreeSet<&String> = self.namespaces.keys().collect();
-        names.extend(peer_seen.keys());
+        let mut names: BTreeSet<String> =
+            if include_unnamed { self.namespaces.keys().cloned().collect() } else { BTreeSet::new() };
+        names.extend(peer_seen.keys().cloned());
         let mut deltas = Vec::new();
         for name in names {
-            match self.namespaces.get(name) {
+            match self.namespaces.get(&name) {
                 Some(ns) => {
-                    let theirs = peer_seen.get(name).map(|(_, s)| s).unwrap_or(&empty);
-                    let (entries, complete) = ns.missing_for(theirs, budget_entries, budget_bytes);
+                    let theirs = peer_seen.get(&name).map(|(_, s)| s).unwrap_or(&empty);
+                    let stream_key = (peer, name.clone());
+                    let resume = self.streams.get(&stream_key).map(|s| s.cursor);
+                    let (entries, stopped) = ns.missing_for(theirs, resume, budget_entries, budget_bytes);
                     budget_entries = budget_entries.saturating_sub(entries.len());
                     let bytes: usize = entries.iter().map(|(k, e)| k.len() + e.canonical_bytes().len()).sum();
                     budget_bytes = budget_bytes.saturating_sub(bytes);
                     self.stats.sync_entries_sent += entries.len() as u64;
+                    let value_type = ns.value_type();
+                    let current = ns.seen().clone();
+                    let (seen, complete) = match stopped {
+                        None => match self.streams.remove(&stream_key) {
+                            Some(stream) => (stream.seen_at_start, true),
+                            None => (current, true),
+                        },
+                        Some(cursor) => {
+                            let stream = self.streams.entry(stream_key).or_insert(Stream {
+                                seen_at_start: current.clone(),
+                                cursor,
+                                last_used_us: now_us,
+                            });
+                            stream.cursor = cursor;
+                            stream.last_used_us = now_us;
+                            (current, false)
+                        }
+                    };
                     deltas.push(NamespaceDelta {
                         namespace: name.clone(),
-                        value_type: ns.value_type(),
+                        value_type,
                         entries,
                         complete,
-                        seen: WireSeen::from(ns.seen()),
+                        seen: WireSeen::from(&seen),
                     });
                 }
                 None => {
                     // We lack it entirely: an empty seen set asks for everything.
-                    if let Some((ty, _)) = peer_seen.get(name) {
+                    if let Some((ty, _)) = peer_seen.get(&name) {
                         deltas.push(NamespaceDelta {
                             namespace: name.clone(),
                             value_type: *ty,
@@ -744,23 +861,165 @@ impl Node {
                 }
             }
         }
+        // A catch-up in progress continues at once instead of waiting for
+        // the next round to pick this peer again.
+        if deltas.iter().any(|d| !d.complete) && !self.urgent_sync.contains(&peer) {
+            if self.urgent_sync.len() >= URGENT_SYNC_MAX {
+                self.urgent_sync.pop_back();
+            }
+            self.urgent_sync.push_front(peer);
+            self.next_anti_entropy_us = Some(now_us);
+        }
+        while self.streams.len() > STREAMS_MAX {
+            let oldest = self.streams.iter().min_by_key(|(_, s)| s.last_used_us).map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.streams.remove(&k);
+            }
+        }
         deltas
     }
 
-    fn on_sync_request(&mut self, _now_us: u64, from: NodeId, request: SyncRequest) {
+    fn on_sync_request(&mut self, now_us: u64, from: NodeId, request: SyncRequest) {
         let mut peer_seen = BTreeMap::new();
+        let mut in_sync: BTreeSet<String> = BTreeSet::new();
+        let mut diverged: Vec<String> = Vec::new();
         for s in request.summaries {
             let seen = s.seen.to_seen();
             if let Some(ns) = self.namespaces.get_mut(&s.namespace) {
                 ns.gc.report(from, seen.contiguous());
+                if WireSeen::from(ns.seen()) == s.seen {
+                    // Equal seen sets: nothing to send by version vector.
+                    // Equal fingerprints too: the fast path, nothing at all.
+                    // Unequal fingerprints: silent divergence (a corrupt or
+                    // stale entry) that only reconciliation can find.
+                    in_sync.insert(s.namespace.clone());
+                    if wire_fingerprint(ns) != s.fingerprint {
+                        diverged.push(s.namespace.clone());
+                    }
+                }
             }
             peer_seen.insert(s.namespace, (s.value_type, seen));
         }
-        let deltas = self.deltas_for(&peer_seen);
-        self.actions.push_back(Action::Send { to: from, message: Message::SyncReply(SyncReply { deltas }) });
+        let deltas: Vec<NamespaceDelta> = self
+            .deltas_for(now_us, from, &peer_seen, true)
+            .into_iter()
+            .filter(|d| !in_sync.contains(&d.namespace))
+            .collect();
+        let in_sync: Vec<String> = in_sync.into_iter().collect();
+        self.actions.push_back(Action::Send { to: from, message: Message::SyncReply(SyncReply { deltas, in_sync }) });
+        for name in diverged {
+            self.start_reconcile(now_us, from, &name);
+        }
+    }
+
+    /// Start a reconciliation session for one namespace with `peer`.
+    pub fn start_reconcile(&mut self, now_us: u64, peer: NodeId, namespace: &str) {
+        if self.sessions.len() >= RECONCILE_SESSIONS_MAX
+            || self.sessions.keys().any(|(p, n, _, _)| *p == peer && n == namespace)
+        {
+            return;
+        }
+        let Some(ns) = self.namespaces.get(namespace) else { return };
+        let (reconciler, first) = Reconciler::initiate(ns.reconcile_index());
+        let session = self.rng.next_u64();
+        self.stats.reconcile_sessions_started += 1;
+        self.sessions.insert(
+            (peer, namespace.to_string(), session, true),
+            ReconcileSession { reconciler, started_us: now_us, last_activity_us: now_us },
+        );
+        self.actions.push_back(Action::Send {
+            to: peer,
+            message: Message::Reconcile(ReconcileStep {
+                namespace: namespace.to_string(),
+                session,
+                from_initiator: true,
+                body: first.encode(),
+            }),
+        });
+    }
+
+    fn on_reconcile(&mut self, now_us: u64, from: NodeId, step: ReconcileStep) {
+        let key: SessionKey = (from, step.namespace.clone(), step.session, !step.from_initiator);
+        let Some(ns) = self.namespaces.get(&step.namespace) else { return };
+        let body = match chorus_reconcile::Message::decode(&step.body) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.reconcile_sessions_failed += 1;
+                self.sessions.remove(&key);
+                return;
+            }
+        };
+        if !self.sessions.contains_key(&key) {
+            if !step.from_initiator || self.sessions.len() >= RECONCILE_SESSIONS_MAX {
+                // A reply for a session we abandoned, or too many sessions:
+                // the initiator's session will expire and a later round retry.
+                return;
+            }
+            self.stats.reconcile_sessions_started += 1;
+            self.sessions.insert(
+                key.clone(),
+                ReconcileSession { reconciler: Reconciler::responder(), started_us: now_us, last_activity_us: now_us },
+            );
+        }
+        let Some(session) = self.sessions.get_mut(&key) else { return };
+        session.last_activity_us = now_us;
+        let result = session.reconciler.handle(ns.reconcile_index(), body);
+        let started_us = session.started_us;
+        match result {
+            Ok(out) => {
+                if let Some(reply) = out.reply {
+                    self.actions.push_back(Action::Send {
+                        to: from,
+                        message: Message::Reconcile(ReconcileStep {
+                            namespace: step.namespace.clone(),
+                            session: step.session,
+                            from_initiator: !step.from_initiator,
+                            body: reply.encode(),
+                        }),
+                    });
+                }
+                // Send our version of every key found to differ; the peer
+                // sends its own for the same keys, and both join.
+                if !out.have.is_empty() {
+                    let entries: Vec<(Key, Entry)> =
+                        out.have.iter().filter_map(|k| ns.get(k).map(|e| (k.clone(), e.clone()))).collect();
+                    self.stats.reconcile_entries_sent += entries.len() as u64;
+                    for chunk in entries.chunks(self.config.sync_entries_max.max(1) as usize) {
+                        self.actions.push_back(Action::Send {
+                            to: from,
+                            message: Message::SyncPush(SyncPush {
+                                deltas: vec![NamespaceDelta {
+                                    namespace: step.namespace.clone(),
+                                    value_type: ns.value_type(),
+                                    entries: chunk.to_vec(),
+                                    complete: false,
+                                    seen: WireSeen::from(ns.seen()),
+                                }],
+                            }),
+                        });
+                    }
+                }
+                if out.done {
+                    self.sessions.remove(&key);
+                    self.stats.reconcile_sessions_completed += 1;
+                    self.stats.reconcile_duration_us += now_us.saturating_sub(started_us);
+                }
+            }
+            Err(_) => {
+                self.sessions.remove(&key);
+                self.stats.reconcile_sessions_failed += 1;
+            }
+        }
     }
 
     fn on_sync_reply(&mut self, now_us: u64, from: NodeId, reply: SyncReply) {
+        if let Some((_, sent)) = self.pending_sync.remove(&from) {
+            for name in &reply.in_sync {
+                if let (Some(prefix), Some(ns)) = (sent.get(name), self.namespaces.get_mut(name)) {
+                    ns.gc.report(from, prefix);
+                }
+            }
+        }
         let mut batch = PersistBatch::default();
         let mut peer_seen = BTreeMap::new();
         for d in &reply.deltas {
@@ -771,8 +1030,10 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&from) {
             p.last_sync_us = now_us.max(1);
         }
+        // Only namespaces the reply names: a namespace left out is one the
+        // peer found in sync with our request (the fast path).
         let deltas: Vec<NamespaceDelta> = self
-            .deltas_for(&peer_seen)
+            .deltas_for(now_us, from, &peer_seen, false)
             .into_iter()
             .filter(|d| {
                 !d.entries.is_empty() || !peer_seen.get(&d.namespace).is_some_and(|(_, s)| WireSeen::from(s) == d.seen)
@@ -895,7 +1156,7 @@ fn entry_op(namespace: &str, key: &[u8], entry: &Entry) -> StoreOp {
     StoreOp {
         space: persist::entries_space(namespace),
         key: key.to_vec(),
-        value: Some(persist::encode_record(&persist::entry_record(entry.clone()))),
+        value: Some(persist::encode_entry_record(entry)),
     }
 }
 
@@ -904,4 +1165,9 @@ fn lww_value_ts(entry: Option<&Entry>) -> Option<Timestamp> {
         Some(Entry::Lww(r)) if r.value.is_some() => Some(r.ts),
         _ => None,
     }
+}
+
+fn wire_fingerprint(ns: &Namespace) -> WireFingerprint {
+    let f = ns.fingerprint();
+    WireFingerprint { tag_sum: f.tag_sum, check_sum: f.check_sum, count: ns.reconcile_index().len() as u64 }
 }

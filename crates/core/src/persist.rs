@@ -53,10 +53,25 @@ pub struct NamespaceRecord {
     pub seen: WireSeen,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A stored entry. On disk: `version u8 | check [u8; 8] | postcard(entry)`
+/// where `check` is the first 8 bytes of BLAKE3 of the postcard bytes, so a
+/// flipped bit is detected at recovery; the entry is then dropped, counted,
+/// and repaired from a peer by reconciliation.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryRecord {
     pub version: u8,
     pub entry: Entry,
+}
+
+const ENTRY_CHECK_BYTES: usize = 8;
+
+pub(crate) fn encode_entry_record(entry: &Entry) -> Vec<u8> {
+    let body = postcard::to_stdvec(entry).unwrap_or_default();
+    let mut out = Vec::with_capacity(1 + ENTRY_CHECK_BYTES + body.len());
+    out.push(RECORD_VERSION);
+    out.extend_from_slice(&blake3::hash(&body).as_bytes()[..ENTRY_CHECK_BYTES]);
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Why the stored state could not be loaded. Nothing was changed; the node
@@ -94,18 +109,23 @@ pub(crate) fn decode_namespace(bytes: &[u8]) -> Result<NamespaceRecord, String> 
     Ok(r)
 }
 
-pub(crate) fn decode_entry(bytes: &[u8]) -> Result<EntryRecord, String> {
-    let r: EntryRecord = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-    if r.version != RECORD_VERSION {
-        return Err(format!("unknown record version {}", r.version));
+/// Decode a stored entry, checking its checksum.
+pub fn decode_entry(bytes: &[u8]) -> Result<EntryRecord, String> {
+    let Some((&version, rest)) = bytes.split_first() else { return Err("empty record".into()) };
+    if version != RECORD_VERSION {
+        return Err(format!("unknown record version {version}"));
     }
-    Ok(r)
+    if rest.len() < ENTRY_CHECK_BYTES {
+        return Err("record shorter than its checksum".into());
+    }
+    let (check, body) = rest.split_at(ENTRY_CHECK_BYTES);
+    if blake3::hash(body).as_bytes()[..ENTRY_CHECK_BYTES] != *check {
+        return Err("checksum mismatch".into());
+    }
+    let entry: Entry = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    Ok(EntryRecord { version, entry })
 }
 
 pub(crate) fn namespace_record(value_type: ValueType, seen: WireSeen) -> NamespaceRecord {
     NamespaceRecord { version: RECORD_VERSION, value_type, seen }
-}
-
-pub(crate) fn entry_record(entry: Entry) -> EntryRecord {
-    EntryRecord { version: RECORD_VERSION, entry }
 }

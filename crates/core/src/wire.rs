@@ -46,6 +46,29 @@ pub enum Message {
     SyncReply(SyncReply),
     /// Anti-entropy, step 3: "and here is what you lacked".
     SyncPush(SyncPush),
+    /// One step of a range-based reconciliation session, run when seen sets
+    /// are equal but fingerprints are not (silent divergence).
+    Reconcile(ReconcileStep),
+}
+
+/// A reconciliation message for one namespace. `body` is a
+/// `chorus_reconcile::Message`, validated by that crate's decoder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileStep {
+    pub namespace: String,
+    /// Chosen by the initiator; with the initiator's id it names the session.
+    pub session: u64,
+    /// Whether the sender initiated the session.
+    pub from_initiator: bool,
+    pub body: Vec<u8>,
+}
+
+/// An order-independent fingerprint of a namespace's live entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFingerprint {
+    pub tag_sum: u64,
+    pub check_sum: u32,
+    pub count: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +94,7 @@ pub struct NamespaceSummary {
     pub namespace: String,
     pub value_type: ValueType,
     pub seen: WireSeen,
+    pub fingerprint: WireFingerprint,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +118,9 @@ pub struct NamespaceDelta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncReply {
     pub deltas: Vec<NamespaceDelta>,
+    /// Namespaces whose seen set and fingerprint equal the request's: the
+    /// fast path, nothing to exchange.
+    pub in_sync: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,7 +297,21 @@ pub fn validate(message: &Message, value_bytes_max: usize) -> Result<(), DecodeE
                 s.seen.validate()?;
             }
         }
-        Message::SyncReply(r) => validate_deltas(&r.deltas, value_bytes_max)?,
+        Message::Reconcile(r) => {
+            validate_name(&r.namespace)?;
+            if r.body.len() > chorus_reconcile::MAX_MESSAGE_BYTES {
+                return Err(DecodeError::Invalid(format!("reconciliation body of {} bytes", r.body.len())));
+            }
+        }
+        Message::SyncReply(r) => {
+            validate_deltas(&r.deltas, value_bytes_max)?;
+            if r.in_sync.len() > NAMESPACES_PER_MESSAGE_MAX {
+                return Err(DecodeError::Invalid("too many namespaces".into()));
+            }
+            for name in &r.in_sync {
+                validate_name(name)?;
+            }
+        }
         Message::SyncPush(p) => validate_deltas(&p.deltas, value_bytes_max)?,
     }
     Ok(())

@@ -129,7 +129,7 @@ fn a_local_write_persists_entry_namespace_and_clock_then_pushes_to_fanout_distin
     let spaces: Vec<(&str, &[u8])> = batch.ops.iter().map(|o| (o.space.as_str(), o.key.as_slice())).collect();
     assert_eq!(spaces.first(), Some(&(entries_space.as_str(), &b"k"[..])), "{spaces:?}");
     assert_eq!(spaces.last(), Some(&(persist::META_SPACE, persist::HLC_KEY)), "{spaces:?}");
-    let entry_rec: EntryRecord = postcard::from_bytes(batch.ops[0].value.as_ref().unwrap()).unwrap();
+    let entry_rec: EntryRecord = persist::decode_entry(batch.ops[0].value.as_ref().unwrap()).unwrap();
     assert_eq!(entry_rec.entry, entry);
     // The namespace record is optional here (recovery rebuilds the seen set
     // from the entries' clocks), but if written it must be current.
@@ -228,6 +228,7 @@ fn a_sync_request_with_an_empty_seen_set_is_answered_with_every_entry_and_comple
     for summaries in [
         vec![],
         vec![NamespaceSummary {
+            fingerprint: Default::default(),
             namespace: NS.into(),
             value_type: ValueType::Lww,
             seen: WireSeen { contiguous: vec![], exceptions: vec![] },
@@ -236,7 +237,7 @@ fn a_sync_request_with_an_empty_seen_set_is_answered_with_every_entry_and_comple
         a.handle_message(T0 + 10, id(2), Message::SyncRequest(SyncRequest { summaries }));
         let actions = drain(&mut a);
         assert_eq!(actions.len(), 1, "{actions:?}");
-        let Action::Send { to, message: Message::SyncReply(SyncReply { deltas }) } = &actions[0] else {
+        let Action::Send { to, message: Message::SyncReply(SyncReply { deltas, .. }) } = &actions[0] else {
             panic!("expected a sync reply: {actions:?}")
         };
         assert_eq!(*to, id(2));
@@ -410,6 +411,7 @@ fn a_sync_request_claiming_the_largest_counter_does_not_panic_the_responder() {
     drain(&mut a);
     let request = Message::SyncRequest(SyncRequest {
         summaries: vec![NamespaceSummary {
+            fingerprint: Default::default(),
             namespace: NS.into(),
             value_type: ValueType::Lww,
             seen: WireSeen { contiguous: vec![(id(1), u64::MAX)], exceptions: vec![] },

@@ -155,6 +155,7 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(hops, items)| Message::Push(Push { hops, items })),
         prop::collection::vec(
             (namespace_name(), value_type(), wire_seen()).prop_map(|(namespace, value_type, seen)| NamespaceSummary {
+                fingerprint: Default::default(),
                 namespace,
                 value_type,
                 seen
@@ -162,7 +163,8 @@ fn message() -> impl Strategy<Value = Message> {
             0..4
         )
         .prop_map(|summaries| Message::SyncRequest(SyncRequest { summaries })),
-        prop::collection::vec(delta(), 0..3).prop_map(|deltas| Message::SyncReply(SyncReply { deltas })),
+        prop::collection::vec(delta(), 0..3)
+            .prop_map(|deltas| Message::SyncReply(SyncReply { deltas, in_sync: Vec::new() })),
         prop::collection::vec(delta(), 0..3).prop_map(|deltas| Message::SyncPush(SyncPush { deltas })),
     ]
 }
@@ -398,6 +400,7 @@ fn an_element_dot_outside_the_entry_clock_is_refused() {
         complete: true,
         seen: WireSeen { contiguous: vec![], exceptions: vec![] },
     };
-    let body = postcard::to_stdvec(&Message::SyncReply(SyncReply { deltas: vec![delta] })).unwrap();
+    let body =
+        postcard::to_stdvec(&Message::SyncReply(SyncReply { deltas: vec![delta], in_sync: Vec::new() })).unwrap();
     assert!(matches!(wire::decode(&frame(&body), VALUE_MAX), Err(DecodeError::Entry { .. })));
 }
