@@ -77,8 +77,11 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// A node's status (JSON).
+    /// A node's status: health, members, clock (per-peer offsets), namespaces.
     Status {
+        /// Print the raw `/v1/status` JSON instead.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -104,7 +107,7 @@ fn main() -> std::process::ExitCode {
         Command::Sadd { key, member, target } => cmd::client::set_op(&target, &key, "add", &member),
         Command::Srem { key, member, target } => cmd::client::set_op(&target, &key, "remove", &member),
         Command::Members { target } => cmd::client::members(&target),
-        Command::Status { target } => cmd::client::status(&target),
+        Command::Status { json, target } => cmd::client::status(&target, json),
         Command::Ns(args) => cmd::client::ns(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sim(args) => cmd::sim::run(args),

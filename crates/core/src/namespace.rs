@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// index regrows as the namespace does.
 const RECONCILE_BUCKET_BITS_INITIAL: u8 = 4;
 
+/// A position in the anti-entropy index: (origin, counter).
+pub type IndexPosition = (NodeId, u64);
+
 /// Per-namespace state.
 ///
 /// Invariants:
@@ -250,10 +253,10 @@ impl Namespace {
     pub(crate) fn missing_for(
         &self,
         peer: &SeenSet,
-        start: Option<(NodeId, u64)>,
+        start: Option<IndexPosition>,
         entries_max: usize,
         bytes_max: usize,
-    ) -> (Vec<(Key, Entry)>, Option<(NodeId, u64)>) {
+    ) -> (Vec<(Key, Entry)>, Option<IndexPosition>) {
         let mut keys: BTreeSet<&Key> = BTreeSet::new();
         let mut out = Vec::new();
         let mut bytes = 0usize;

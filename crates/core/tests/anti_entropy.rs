@@ -107,7 +107,7 @@ fn put(i: usize, version: u32) -> LocalWrite {
 /// Two converged nodes with N entries; `rewritten` keys were written twice,
 /// and the first version of each is returned (as stored on node A) so a test
 /// can plant it as a stale version.
-fn converged_pair(rewritten: usize) -> (RecoveryImage, RecoveryImage, BTreeMap<Vec<u8>, Vec<u8>>) {
+fn converged_pair(rewritten: usize) -> Base {
     let config = NodeConfig::default();
     let mut a = Node::new(NodeId(1), config.clone(), 1);
     let mut b = Node::new(NodeId(2), config, 2);
@@ -174,8 +174,11 @@ const REWRITTEN: usize = 3400;
 
 /// Building two converged 100,000-entry replicas is the expensive part;
 /// every case starts from copies of the same images.
-fn base() -> &'static (RecoveryImage, RecoveryImage, BTreeMap<Vec<u8>, Vec<u8>>) {
-    static BASE: OnceLock<(RecoveryImage, RecoveryImage, BTreeMap<Vec<u8>, Vec<u8>>)> = OnceLock::new();
+/// Two converged replicas' images and the first versions of rewritten keys.
+type Base = (RecoveryImage, RecoveryImage, BTreeMap<Vec<u8>, Vec<u8>>);
+
+fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| converged_pair(REWRITTEN))
 }
 

@@ -2,6 +2,7 @@
 //! request and response types and never serializes core structs
 //! (STYLE §5). Routes and fields are documented in `docs/design/http-api.md`.
 
+use crate::clock::ClockHandle;
 use crate::runtime::{CallError, NodeHandle};
 use crate::telemetry;
 use crate::token;
@@ -47,6 +48,7 @@ pub struct NodeInfo {
 pub struct ApiState {
     pub node: NodeHandle,
     pub membership: Membership,
+    pub clock: Arc<ClockHandle>,
     pub info: Arc<NodeInfo>,
     pub metrics: Option<PrometheusHandle>,
 }
@@ -172,12 +174,26 @@ struct HealthBody {
     reasons: Vec<String>,
     members_known: usize,
     members_reachable: usize,
+    clock: HealthClock,
 }
 
-/// Health from the membership view: `partitioned` when this node reaches
-/// fewer than half of the known members (itself included, SPEC §5),
-/// `degraded` when any member is suspect or down.
-fn health_of(membership: &Membership) -> HealthBody {
+#[derive(Serialize)]
+struct HealthClock {
+    safe: bool,
+    /// Measured cluster time minus the local OS clock, µs.
+    offset_us: i64,
+    max_offset_us: u64,
+    peers_used: usize,
+    reason: String,
+}
+
+/// Health from the clock service and the membership view:
+/// `clock_unsafe` when the local clock is further than `max_offset_ms`
+/// from cluster time (writes are refused; the reason names the offset),
+/// else `partitioned` when this node reaches fewer than half of the known
+/// members (itself included, SPEC §5), `degraded` when any member is
+/// suspect or down.
+fn health_of(membership: &Membership, clock: &ClockHandle) -> HealthBody {
     let others = membership.members();
     let known = others.len() + 1;
     let reachable = 1 + others.iter().filter(|m| m.state == MemberState::Alive).count();
@@ -186,7 +202,13 @@ fn health_of(membership: &Membership) -> HealthBody {
         .filter(|m| m.state != MemberState::Alive)
         .map(|m| format!("member {} is {}", m.name, member_state(m.state)))
         .collect();
-    let status = if reachable * 2 < known {
+    let clock_status = clock.status();
+    let mut score = reachable as f64 / known as f64;
+    let status = if !clock_status.safe {
+        reasons.insert(0, format!("clock_unsafe: {}", clock_status.reason));
+        score = 0.0;
+        "clock_unsafe"
+    } else if reachable * 2 < known {
         reasons.insert(0, format!("only {reachable} of {known} known members are reachable"));
         "partitioned"
     } else if reachable < known {
@@ -196,19 +218,29 @@ fn health_of(membership: &Membership) -> HealthBody {
     };
     HealthBody {
         status,
-        score: reachable as f64 / known as f64,
+        score,
         reasons,
         members_known: known,
         members_reachable: reachable,
+        clock: HealthClock {
+            safe: clock_status.safe,
+            offset_us: clock_status.offset_us,
+            max_offset_us: clock_status.max_offset_us,
+            peers_used: clock_status.peers_used,
+            reason: clock_status.reason,
+        },
     }
 }
 
+/// Fewer than half of the known members reachable (SPEC §5).
 pub fn is_partitioned(membership: &Membership) -> bool {
-    health_of(membership).status == "partitioned"
+    let others = membership.members();
+    let reachable = 1 + others.iter().filter(|m| m.state == MemberState::Alive).count();
+    reachable * 2 < others.len() + 1
 }
 
 async fn health(State(s): State<ApiState>) -> Json<HealthBody> {
-    Json(health_of(&s.membership))
+    Json(health_of(&s.membership, &s.clock))
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {
@@ -238,6 +270,7 @@ struct MemberBody {
     addr: String,
     state: &'static str,
     generation: u64,
+    tier: u8,
 }
 
 async fn members(State(s): State<ApiState>) -> Json<Value> {
@@ -247,6 +280,7 @@ async fn members(State(s): State<ApiState>) -> Json<Value> {
         addr: s.info.peer_addr.to_string(),
         state: "alive",
         generation: s.info.generation,
+        tier: s.info.tier,
     };
     let others: Vec<MemberBody> = s
         .membership
@@ -258,6 +292,7 @@ async fn members(State(s): State<ApiState>) -> Json<Value> {
             addr: m.addr.to_string(),
             state: member_state(m.state),
             generation: m.generation,
+            tier: m.tier,
         })
         .collect();
     Json(json!({ "self": me, "members": others }))
@@ -289,7 +324,8 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
             (ns, node.stats().clone(), node.hlc_high_water())
         })
         .await?;
-    let health = health_of(&s.membership);
+    let health = health_of(&s.membership, &s.clock);
+    let clock = clock_json(&s);
     let others = s.membership.members();
     let count = |st: MemberState| others.iter().filter(|m| m.state == st).count();
     Ok(Json(json!({
@@ -305,6 +341,7 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
         "members": { "alive": count(MemberState::Alive), "suspect": count(MemberState::Suspect), "down": count(MemberState::Down) },
         "namespaces": namespaces,
         "hlc": { "physical_us": hlc.physical_us, "logical": hlc.logical },
+        "clock": clock,
         "stats": {
             "local_writes": stats.local_writes,
             "push_messages_sent": stats.push_messages_sent,
@@ -315,9 +352,76 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
             "lww_overwrites": stats.lww_overwrites,
             "rejected_clock": stats.rejected_clock,
             "rejected_forged": stats.rejected_forged,
+            "rejected_tier": stats.rejected_tier,
+            "rejected_type": stats.rejected_type,
             "tombstones_collected": stats.tombstones_collected,
         },
     })))
+}
+
+/// The `clock` object of `/v1/status` (see `docs/design/clock.md`,
+/// "Daemon integration"). Offsets are µs; peer offsets are (peer clock −
+/// our OS clock), ours is (cluster time − our OS clock).
+fn clock_json(s: &ApiState) -> Value {
+    let snap = s.clock.snapshot();
+    let names: std::collections::HashMap<u64, String> =
+        s.membership.members().into_iter().map(|m| (NodeId::from_name(&m.name).0, m.name)).collect();
+    let peers: Vec<Value> = snap
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "name": names.get(&p.peer.0).cloned().unwrap_or_else(|| NodeId(p.peer.0).to_string()),
+                "tier": p.tier,
+                "offset_us": p.offset_us,
+                "offset_predicted_60s_us": p.offset_predicted_60s_us,
+                "delay_us": p.delay_us,
+                "error_bound_us": p.error_bound_us,
+                "drift_ppm": p.drift_ppm,
+                "drift_exceeds_tolerance": p.drift_exceeds_tolerance,
+                "falseticker": p.falseticker,
+                "excluded": p.excluded,
+                "stale": p.stale,
+                "samples": p.samples_in_window,
+                "drift_points": p.drift_points,
+                "sample_age_us": p.sample_age_us,
+            })
+        })
+        .collect();
+    let st = &snap.status;
+    let state = if !st.safe {
+        "unsafe"
+    } else if st.peers_used == 0 {
+        "unchecked"
+    } else {
+        "ok"
+    };
+    let c = &snap.counters;
+    json!({
+        "state": state,
+        "safe": st.safe,
+        "reason": st.reason,
+        "offset_us": st.offset_us,
+        "corrected_offset_us": st.corrected_offset_us,
+        "max_offset_us": st.max_offset_us,
+        "peers_used": st.peers_used,
+        "drift_ppm": snap.estimate.as_ref().and_then(|e| e.drift_ppm),
+        "drift_alarm": st.drift_alarm,
+        "correction": {
+            "correction_us": snap.correction.correction_us,
+            "target_us": snap.correction.target_us,
+            "rate_ppm": snap.correction.rate_ppm,
+            "slew_rate_max_ppm": snap.correction.slew_rate_max_ppm,
+        },
+        "samples": {
+            "accepted": c.samples_accepted,
+            "rejected_tier": c.samples_rejected_tier,
+            "rejected_invalid": c.samples_rejected_invalid,
+            "rejected_peer_limit": c.samples_rejected_peer_limit,
+            "held_as_spike": c.samples_held_as_spike,
+        },
+        "peers": peers,
+    })
 }
 
 // ------------------------------------------------------------ namespaces
@@ -541,6 +645,17 @@ struct TimestampBody {
 async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Json<WriteBody>, ApiError> {
     let started = Instant::now();
     let op_name = op.name();
+    if !s.clock.is_safe() {
+        // SPEC §6: a node whose clock is too far from cluster time must not
+        // stamp new writes with it.
+        telemetry::write_answered(op_name, "clock_unsafe", started.elapsed().as_secs_f64());
+        let status = s.clock.status();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clock_unsafe",
+            format!("write refused: {}", status.reason),
+        ));
+    }
     let write = LocalWrite { namespace: ns.clone(), key: key.clone().into_bytes(), op };
     let result = s.node.write(write).await;
     let elapsed = started.elapsed().as_secs_f64();

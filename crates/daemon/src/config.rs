@@ -39,8 +39,12 @@ pub struct Config {
     pub fanout: u32,
     /// Hops a write is forwarded at most; 0 = ceil(log2(peers + 1)) + 3.
     pub hop_limit: u8,
-    /// Remote timestamps further ahead of our clock are refused.
+    /// Clock safety bound (SPEC §6): a node whose clock is further than this
+    /// from cluster time refuses writes and refuses to join; remote
+    /// timestamps further ahead of our clock are refused.
     pub max_offset_ms: u64,
+    /// Every live peer of an adjacent tier gets one clock probe this often.
+    pub clock_probe_interval_ms: u64,
     /// Deadline of every HTTP request inside the daemon.
     pub request_timeout_ms: u64,
     /// Bound of the command queue into the node task; a full queue answers
@@ -73,6 +77,7 @@ impl Default for Config {
             fanout: 0,
             hop_limit: 0,
             max_offset_ms: 500,
+            clock_probe_interval_ms: 1_000,
             request_timeout_ms: 5_000,
             command_queue_max: 16_384,
             group_commit_writes_max: 4_096,
@@ -130,6 +135,12 @@ impl Config {
         if self.anti_entropy_interval_ms == 0 {
             return invalid("anti_entropy_interval_ms", "must be > 0".into());
         }
+        if self.max_offset_ms == 0 || self.max_offset_ms > 3_600_000 {
+            return invalid("max_offset_ms", "must be in 1..=3600000".into());
+        }
+        if !(50..=60_000).contains(&self.clock_probe_interval_ms) {
+            return invalid("clock_probe_interval_ms", "must be in 50..=60000".into());
+        }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms", "must be > 0".into());
         }
@@ -154,6 +165,15 @@ impl Config {
     /// The address peers reach us at.
     pub fn advertised_peer_addr(&self) -> SocketAddr {
         self.advertise_addr.unwrap_or(self.peer_addr)
+    }
+
+    /// The clock service's tunables (defaults of `chorus-clock` otherwise).
+    pub fn clock_config(&self) -> chorus_clock::ClockConfig {
+        chorus_clock::ClockConfig {
+            tier: self.tier,
+            max_offset_ms: self.max_offset_ms,
+            ..chorus_clock::ClockConfig::default()
+        }
     }
 
     /// The replication tunables handed to the core.

@@ -11,17 +11,21 @@
 //!   to it through a bounded command channel;
 //! * the HTTP server (axum), one task per connection;
 //! * chorus-net's transport and membership tasks;
+//! * the clock prober ([`probe`]): one NTP-style probe per live peer of an
+//!   adjacent tier every `clock_probe_interval_ms`, feeding the clock
+//!   service whose corrected time the node task hands to the core;
 //! * the metrics upkeep task;
 //! * the group-commit writer thread of chorus-storage.
 
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod probe;
 pub mod runtime;
 pub mod telemetry;
 pub mod token;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, ClockHandle, SystemClock};
 pub use config::{Config, ConfigError};
 
 use anyhow::Context;
@@ -133,9 +137,16 @@ fn next_generation(store: &RedbStorage, now_us: u64) -> anyhow::Result<u64> {
     Ok(generation)
 }
 
-/// Start a node: recover the store, bind QUIC and HTTP, join the cluster.
+/// Start a node: recover the store, bind QUIC, check the local clock
+/// against the seeds, join the cluster, serve HTTP.
+///
+/// `clock` is the raw OS clock (production: [`SystemClock::from_env`]);
+/// the core receives it corrected by the node's clock service. Fails with
+/// [`probe::JoinRefused`] in the error chain when the seeds' clocks are
+/// further than `max_offset_ms` from ours.
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daemon> {
     config.validate()?;
+    let clock_service = Arc::new(ClockHandle::new(clock.clone(), config.clock_config()).context("clock service")?);
     let creds = NodeCredentials::load(&config.tls_dir)
         .with_context(|| format!("loading node.pem, node.key and ca.pem from {}", config.tls_dir.display()))?;
     std::fs::create_dir_all(&config.data_dir)
@@ -156,6 +167,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     let mut node =
         Node::recover(id, config.node_config(), seed, &image).context("recovering the node from its store")?;
     drop(image);
+    // Corrected time never goes below what the HLC already issued, even if
+    // the OS clock stepped back while the node was down.
+    clock_service.set_floor_us(node.hlc_high_water().physical_us);
     if node.namespace(DEFAULT_NAMESPACE).is_none() {
         node.create_namespace(DEFAULT_NAMESPACE, ValueType::Lww).context("creating the default namespace")?;
     }
@@ -167,19 +181,36 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     let (transport, incoming) =
         Transport::bind(tconfig, &creds).with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
     let peer_addr = config.advertised_peer_addr();
+    // Measure the seeds' clocks before anyone can see us: before SWIM
+    // starts and before the API accepts writes (SPEC §6).
+    let own = [peer_addr, config.peer_addr];
+    let verdict =
+        probe::join_check(&clock_service, &transport, &config.seeds, &own, config.tier, config.max_offset_ms).await;
+    match verdict {
+        Ok(probe::JoinCheck::Checked { offset_us, seeds }) => {
+            tracing::info!(offset_us, seeds, "local clock checked against the seeds")
+        }
+        Ok(probe::JoinCheck::Unchecked) => {
+            tracing::warn!("no seed answered a clock probe: the local clock is unchecked until peers can be probed")
+        }
+        Err(refused) => {
+            transport.shutdown().await;
+            return Err(refused.into());
+        }
+    }
     let mconfig = MembershipConfig {
         probe_period_ms: config.probe_period_ms,
         probe_rtt_ms: (config.probe_period_ms / 3).max(10),
         suspect_to_down_after_ms: config.suspect_to_down_after_ms,
         ..MembershipConfig::default()
     };
-    let identity = NodeIdentity { name: config.name.clone(), addr: peer_addr, generation };
+    let identity = NodeIdentity { name: config.name.clone(), addr: peer_addr, generation, tier: config.tier };
     let membership =
         Membership::start(transport.clone(), identity, config.seeds.clone(), mconfig).context("starting membership")?;
 
     let mut driver = runtime::Driver {
         node,
-        clock: clock.clone(),
+        clock: clock_service.clone(),
         committer,
         transport: transport.clone(),
         tier: config.tier,
@@ -216,7 +247,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         value_bytes_max: config.max_value_bytes as usize,
         started: Instant::now(),
     });
-    let state = api::ApiState { node: handle.clone(), membership: membership.clone(), info, metrics: metrics.clone() };
+    let state = api::ApiState {
+        node: handle.clone(),
+        membership: membership.clone(),
+        clock: clock_service.clone(),
+        info,
+        metrics: metrics.clone(),
+    };
     let app = api::router(state);
     let mut http_stop = shutdown_rx.clone();
     let http_task = tokio::spawn(async move {
@@ -226,6 +263,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
             })
             .await
     });
+    tokio::spawn(probe::run_prober(
+        clock_service.clone(),
+        transport.clone(),
+        membership.watch_members(),
+        config.tier,
+        Duration::from_millis(config.clock_probe_interval_ms),
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(upkeep(handle, membership.clone(), transport.clone(), metrics, shutdown_rx));
     tracing::info!(name = %config.name, %api_addr, %peer_addr, generation, "chorus node started");
     Ok(Daemon { api_addr, shutdown: shutdown_tx, node_task, http_task, membership, transport })

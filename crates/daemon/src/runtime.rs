@@ -23,7 +23,8 @@
 //! meanwhile queue in the bounded command channel and form the next group.
 //! That is group commit as in DeWitt et al., SIGMOD 1984.
 
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockHandle};
+use crate::probe;
 use crate::telemetry;
 use chorus_core::node::NamespaceError;
 use chorus_core::wire::{self, Message};
@@ -125,7 +126,9 @@ impl NodeHandle {
 /// Everything the node task owns.
 pub struct Driver {
     pub node: Node,
-    pub clock: Arc<dyn Clock>,
+    /// Corrected time for the core ([`Clock::now_us`]); raw OS time for
+    /// answering clock probes.
+    pub clock: Arc<ClockHandle>,
     pub committer: Arc<GroupCommitter<RedbStorage>>,
     pub transport: Transport,
     pub tier: u8,
@@ -215,7 +218,7 @@ impl Driver {
         };
         let bytes = wire::encode(message);
         match self.transport.send(peer, bytes) {
-            Ok(()) => telemetry::message_sent(message),
+            Ok(()) => telemetry::message_sent(&peer.name, message),
             Err(e) => {
                 tracing::debug!(peer = %peer.name, error = %e, "send dropped; anti-entropy repairs");
                 telemetry::send_dropped("transport");
@@ -317,11 +320,25 @@ impl Driver {
     }
 
     fn take_incoming(&mut self, incoming: Incoming, peers: &mut HashMap<NodeId, PeerAddr>, owed: &mut Owed) {
-        let Incoming::Message { from, payload } = incoming else {
-            // Requests and application datagrams are not part of the
-            // eventual protocol; dropping a request's responder tells the
-            // requester there is no answer.
-            return;
+        let (from, payload) = match incoming {
+            Incoming::Message { from, payload } => (from, payload),
+            Incoming::Request { from, payload, respond } => {
+                // Requests are not part of the eventual protocol; they are
+                // routed by their first (kind) byte. Dropping `respond`
+                // tells the requester there is no answer.
+                let t2_us = self.clock.os_now_us();
+                match payload.first() {
+                    Some(&probe::REQUEST_KIND_CLOCK_PROBE) => {
+                        if let Some(reply) = probe::answer(&self.clock, self.tier, &from.name, &payload, t2_us) {
+                            let _ = respond.send(reply.into());
+                        }
+                    }
+                    _ => telemetry::probe_refused("unknown_request_kind"),
+                }
+                return;
+            }
+            // Application datagrams are not used by the daemon.
+            _ => return,
         };
         let message = match wire::decode(&payload, self.value_bytes_max) {
             Ok(m) => m,
@@ -342,7 +359,7 @@ impl Driver {
                 }
             }
         }
-        telemetry::message_received(&message);
+        telemetry::message_received(&from.name, &message);
         self.node.handle_message(now_us, id, message);
     }
 
@@ -356,11 +373,16 @@ impl Driver {
                 chorus_net::MemberState::Suspect => MemberState::Suspect,
                 chorus_net::MemberState::Down => MemberState::Down,
             };
-            // SWIM identities carry no tier; peers are assumed to share ours
-            // until membership can gossip it.
-            members.push(Member { id, tier: self.tier, state });
+            // Each member's tier as it declared it in its SWIM identity; the
+            // core only exchanges data with tiers t-1..t+1 and rejects (and
+            // counts, `rejected_tier`) messages from the others.
+            members.push(Member { id, tier: m.tier, state });
         }
-        self.alive_peers = members.iter().filter(|m| m.state == MemberState::Alive).map(|m| m.id).collect();
+        self.alive_peers = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && chorus_core::tiers_may_talk(self.tier, m.tier))
+            .map(|m| m.id)
+            .collect();
         telemetry::members(view);
         self.node.set_members(self.clock.now_us(), &members);
     }

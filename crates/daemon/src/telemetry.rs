@@ -4,11 +4,14 @@
 //! `TransportStats`) are copied in as absolute values by a periodic upkeep
 //! task; events only the daemon sees are counted where they happen.
 
+use crate::clock::ClockSnapshot;
+use chorus_clock::PeerKey;
 use chorus_core::NodeStats;
 use chorus_core::wire::Message;
 use chorus_net::{MemberInfo, MemberState, TransportStats};
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -67,6 +70,41 @@ fn describe() {
     describe_counter!("chorus_peer_bytes_sent_total", "Bytes sent to each peer (transport counter).");
     describe_counter!("chorus_peer_bytes_received_total", "Bytes received from each peer (transport counter).");
     describe_counter!("chorus_transport_handshake_failures_total", "Failed TLS handshakes (transport counter).");
+    describe_counter!(
+        "chorus_peer_messages_sent_total",
+        "Replication messages handed to the transport, by destination peer (clock probes and SWIM excluded)."
+    );
+    describe_counter!(
+        "chorus_peer_messages_received_total",
+        "Replication messages decoded, by sending peer, before the tier check (clock probes and SWIM excluded)."
+    );
+    describe_counter!("chorus_clock_probes_total", "Clock probes sent, by result (sampled, sample_rejected, failed).");
+    describe_counter!(
+        "chorus_clock_probes_refused_total",
+        "Incoming requests not answered, by reason (tier, undecodable, unknown_request_kind)."
+    );
+    describe_counter!("chorus_clock_samples_total", "Clock samples fed to the clock service, by outcome.");
+    describe_counter!("chorus_clock_peer_history_resets_total", "Peers whose clock stepped (history restarted).");
+    describe_gauge!(
+        "chorus_clock_safe",
+        "1 when the local clock is within max_offset_ms of cluster time (or unchecked)."
+    );
+    describe_gauge!("chorus_clock_offset_seconds", "Measured cluster time minus the local OS clock.");
+    describe_gauge!(
+        "chorus_clock_corrected_offset_seconds",
+        "Cluster time minus the corrected clock (what the HLC still lags by)."
+    );
+    describe_gauge!("chorus_clock_peers_used", "Peers whose clock samples took part in the last selection.");
+    describe_gauge!("chorus_clock_drift_ppm", "Local frequency error relative to the cluster, ppm.");
+    describe_gauge!("chorus_clock_drift_alarm", "1 when the local drift exceeds drift_tolerance_ppm.");
+    describe_gauge!("chorus_clock_correction_seconds", "Correction added to the OS clock for the HLC.");
+    describe_gauge!("chorus_clock_correction_target_seconds", "Where the slewed correction is heading.");
+    describe_gauge!("chorus_clock_correction_rate_ppm", "Rate at which the correction moved recently, ppm.");
+    describe_gauge!("chorus_clock_peer_offset_seconds", "Peer clock minus the local OS clock, by peer.");
+    describe_gauge!("chorus_clock_peer_delay_seconds", "Round-trip delay of the best clock sample, by peer.");
+    describe_gauge!("chorus_clock_peer_error_bound_seconds", "Error bound of the peer offset estimate, by peer.");
+    describe_gauge!("chorus_clock_peer_drift_ppm", "Peer clock frequency relative to ours, ppm (0 until known).");
+    describe_gauge!("chorus_clock_peer_falseticker", "1 when the peer was flagged a falseticker, by peer.");
     describe_gauge!("chorus_members", "Other members known, by SWIM state.");
     describe_gauge!("chorus_partitioned", "1 when fewer than half the known members are reachable.");
 }
@@ -96,15 +134,64 @@ fn kind(message: &Message) -> &'static str {
         Message::SyncRequest(_) => "sync_request",
         Message::SyncReply(_) => "sync_reply",
         Message::SyncPush(_) => "sync_push",
+        Message::Reconcile(_) => "reconcile",
     }
 }
 
-pub fn message_sent(message: &Message) {
+pub fn message_sent(peer: &str, message: &Message) {
     counter!("chorus_messages_sent_total", "kind" => kind(message)).increment(1);
+    counter!("chorus_peer_messages_sent_total", "peer" => peer.to_string()).increment(1);
 }
 
-pub fn message_received(message: &Message) {
+pub fn message_received(peer: &str, message: &Message) {
     counter!("chorus_messages_received_total", "kind" => kind(message)).increment(1);
+    counter!("chorus_peer_messages_received_total", "peer" => peer.to_string()).increment(1);
+}
+
+pub fn probe_refused(reason: &'static str) {
+    counter!("chorus_clock_probes_refused_total", "reason" => reason).increment(1);
+}
+
+pub fn probe_done(result: &'static str) {
+    counter!("chorus_clock_probes_total", "result" => result).increment(1);
+}
+
+fn bool_gauge(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// Clock-service gauges after a probe round. `names` maps clock-service
+/// peer keys (node ids) to member names for the `peer` label.
+pub fn clock(snapshot: &ClockSnapshot, names: &HashMap<PeerKey, String>) {
+    let st = &snapshot.status;
+    gauge!("chorus_clock_safe").set(bool_gauge(st.safe));
+    gauge!("chorus_clock_offset_seconds").set(st.offset_us as f64 / 1e6);
+    gauge!("chorus_clock_corrected_offset_seconds").set(st.corrected_offset_us as f64 / 1e6);
+    gauge!("chorus_clock_peers_used").set(st.peers_used as f64);
+    gauge!("chorus_clock_drift_alarm").set(bool_gauge(st.drift_alarm));
+    if let Some(drift) = snapshot.estimate.as_ref().and_then(|e| e.drift_ppm) {
+        gauge!("chorus_clock_drift_ppm").set(drift);
+    }
+    let c = &snapshot.correction;
+    gauge!("chorus_clock_correction_seconds").set(c.correction_us as f64 / 1e6);
+    gauge!("chorus_clock_correction_target_seconds").set(c.target_us as f64 / 1e6);
+    gauge!("chorus_clock_correction_rate_ppm").set(c.rate_ppm);
+    for p in &snapshot.peers {
+        let Some(name) = names.get(&p.peer) else { continue };
+        let peer = name.clone();
+        gauge!("chorus_clock_peer_offset_seconds", "peer" => peer.clone()).set(p.offset_us as f64 / 1e6);
+        gauge!("chorus_clock_peer_delay_seconds", "peer" => peer.clone()).set(p.delay_us as f64 / 1e6);
+        gauge!("chorus_clock_peer_error_bound_seconds", "peer" => peer.clone()).set(p.error_bound_us as f64 / 1e6);
+        gauge!("chorus_clock_peer_drift_ppm", "peer" => peer.clone()).set(p.drift_ppm.unwrap_or(0.0));
+        gauge!("chorus_clock_peer_falseticker", "peer" => peer).set(bool_gauge(p.falseticker));
+    }
+    let k = &snapshot.counters;
+    counter!("chorus_clock_samples_total", "result" => "accepted").absolute(k.samples_accepted);
+    counter!("chorus_clock_samples_total", "result" => "rejected_tier").absolute(k.samples_rejected_tier);
+    counter!("chorus_clock_samples_total", "result" => "rejected_invalid").absolute(k.samples_rejected_invalid);
+    counter!("chorus_clock_samples_total", "result" => "rejected_peer_limit").absolute(k.samples_rejected_peer_limit);
+    counter!("chorus_clock_samples_total", "result" => "held_as_spike").absolute(k.samples_held_as_spike);
+    counter!("chorus_clock_peer_history_resets_total").absolute(k.peer_history_resets);
 }
 
 pub fn send_dropped(reason: &'static str) {

@@ -11,7 +11,7 @@
 //! every packet's claimed sender name is checked against the authenticated
 //! connection name before foca sees it.
 //!
-//! Identity: `{name, addr, generation}`. foca's `Identity::addr` is the
+//! Identity: `{name, addr, generation, tier}`. foca's `Identity::addr` is the
 //! *name*, so a restarted node (same name, higher generation) replaces its
 //! old self (`Rename`) instead of leaving a ghost. The generation must grow
 //! across restarts: use e.g. boot time in microseconds, or a counter kept on
@@ -58,6 +58,11 @@ pub struct NodeIdentity {
     pub addr: SocketAddr,
     /// Grows with every restart; the highest generation of a name wins.
     pub generation: u64,
+    /// Topology tier 0–8 (SPEC §3 "Tiers"), as the node declares it. Carried
+    /// in the identity so every member learns every other member's tier
+    /// from SWIM gossip; the replication layer uses it to decide who may
+    /// exchange data. SWIM itself ignores it (membership is cluster-wide).
+    pub tier: u8,
 }
 
 impl Identity for NodeIdentity {
@@ -98,6 +103,8 @@ pub struct MemberInfo {
     pub state: MemberState,
     /// Its generation (restart counter).
     pub generation: u64,
+    /// Its declared tier (see [`NodeIdentity::tier`]).
+    pub tier: u8,
 }
 
 impl MemberInfo {
@@ -370,7 +377,9 @@ impl Driver {
                 _ = join_tick.tick(), if leaving.is_none() => self.retry_join(&seed_tx),
                 Some((addr, name)) = seed_rx.recv() => {
                     self.seed_names.insert(addr, name.clone());
-                    let seed = NodeIdentity { name, addr, generation: 0 };
+                    // Placeholder identity for the announce only: foca learns
+                    // the seed's real identity (generation, tier) from its reply.
+                    let seed = NodeIdentity { name, addr, generation: 0, tier: 0 };
                     if let Err(e) = self.foca.announce(seed, &mut self.runtime) {
                         debug!(error = %e, "announce to seed failed");
                     }
@@ -442,7 +451,7 @@ impl Driver {
                 continue;
             }
             if let Some(name) = self.seed_names.get(&addr) {
-                let seed = NodeIdentity { name: name.clone(), addr, generation: 0 };
+                let seed = NodeIdentity { name: name.clone(), addr, generation: 0, tier: 0 };
                 if let Err(e) = self.foca.announce(seed, &mut self.runtime) {
                     debug!(error = %e, "announce to seed failed");
                 }
@@ -509,6 +518,7 @@ impl Driver {
                     foca::State::Down => MemberState::Down,
                 },
                 generation: member.id().generation,
+                tier: member.id().tier,
             })
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));

@@ -22,7 +22,7 @@ struct Node {
 
 fn start(ca: &ClusterCa, name: &str, generation: u64, seeds: Vec<SocketAddr>) -> Node {
     let (transport, incoming) = bind(ca, name);
-    let identity = NodeIdentity { name: name.to_owned(), addr: local(&transport), generation };
+    let identity = NodeIdentity { name: name.to_owned(), addr: local(&transport), generation, tier: 0 };
     let config =
         MembershipConfig { rng_seed: Some(generation * 1000 + name.len() as u64), ..MembershipConfig::default() };
     let membership = Membership::start(transport.clone(), identity, seeds, config).expect("start membership");
@@ -143,7 +143,7 @@ async fn a_graceful_leave_is_seen_as_down_by_the_others() {
 async fn membership_refuses_an_identity_that_is_not_the_transport_node() {
     let ca = ClusterCa::generate("test").expect("ca");
     let (transport, _rx) = bind(&ca, "real");
-    let identity = NodeIdentity { name: "fake".into(), addr: local(&transport), generation: 1 };
+    let identity = NodeIdentity { name: "fake".into(), addr: local(&transport), generation: 1, tier: 0 };
     let result = Membership::start(transport.clone(), identity, vec![], MembershipConfig::default());
     assert!(result.is_err());
     transport.shutdown().await;

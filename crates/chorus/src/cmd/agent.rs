@@ -18,8 +18,16 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config)?;
     chorus_daemon::init_logging(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let clock = SystemClock::from_env();
+    if clock.test_offset_us() != 0 {
+        tracing::warn!(
+            offset_us = clock.test_offset_us(),
+            "{} is set: this node's OS clock readings are shifted on purpose (a testing knob; never in production)",
+            chorus_daemon::clock::TEST_CLOCK_OFFSET_ENV
+        );
+    }
     runtime.block_on(async move {
-        let daemon = chorus_daemon::start(config, Arc::new(SystemClock::from_env())).await?;
+        let daemon = chorus_daemon::start(config, Arc::new(clock)).await?;
         daemon.run_until(stop_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

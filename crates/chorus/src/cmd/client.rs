@@ -211,10 +211,81 @@ pub fn members(t: &Target) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn status(t: &Target) -> Result<ExitCode> {
+pub fn status(t: &Target, raw_json: bool) -> Result<ExitCode> {
     let v = Client::new(&t.node).ok("GET", "/v1/status", None)?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    if raw_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render_status(&v));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// µs as signed milliseconds with 3 decimals (`-` when absent).
+fn ms(v: &Value) -> String {
+    v.as_i64().map_or("-".into(), |us| format!("{:+.3}", us as f64 / 1000.0))
+}
+
+/// The human-readable `chorus status`.
+pub fn render_status(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let mut out = String::new();
+    let h = &v["health"];
+    let _ = writeln!(out, "{} (tier {}, {})", s(&v["name"]), v["tier"], s(&v["peer_addr"]));
+    let _ = writeln!(out, "health:  {} (score {:.2})", s(&h["status"]), h["score"].as_f64().unwrap_or(0.0));
+    for r in h["reasons"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "         - {}", s(r));
+    }
+    let m = &v["members"];
+    let _ = writeln!(out, "members: {} alive, {} suspect, {} down", m["alive"], m["suspect"], m["down"]);
+    let c = &v["clock"];
+    let _ = writeln!(out, "clock:   {} - {}", s(&c["state"]), s(&c["reason"]));
+    let corr = &c["correction"];
+    let drift = c["drift_ppm"].as_f64().map_or("-".into(), |d| format!("{d:+.3}"));
+    let _ = writeln!(
+        out,
+        "         offset {} ms (limit {} ms), correction {} ms -> target {} ms at {:+.1} ppm (max {} ppm), drift {} ppm",
+        ms(&c["offset_us"]),
+        c["max_offset_us"].as_u64().unwrap_or(0) / 1000,
+        ms(&corr["correction_us"]),
+        ms(&corr["target_us"]),
+        corr["rate_ppm"].as_f64().unwrap_or(0.0),
+        corr["slew_rate_max_ppm"],
+        drift,
+    );
+    let peers = c["peers"].as_array().cloned().unwrap_or_default();
+    if !peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "         {:<20} {:>4} {:>12} {:>10} {:>10} {:>10} {:>11} {:>7}",
+            "peer", "tier", "offset_ms", "delay_ms", "bound_ms", "drift_ppm", "falseticker", "samples"
+        );
+        for p in &peers {
+            let drift = p["drift_ppm"].as_f64().map_or("-".into(), |d| format!("{d:+.3}"));
+            let flag = if p["falseticker"].as_bool() == Some(true) { "YES" } else { "no" };
+            let _ = writeln!(
+                out,
+                "         {:<20} {:>4} {:>12} {:>10} {:>10} {:>10} {:>11} {:>7}",
+                s(&p["name"]),
+                p["tier"],
+                ms(&p["offset_us"]),
+                ms(&p["delay_us"]),
+                ms(&p["error_bound_us"]),
+                drift,
+                flag,
+                p["samples"],
+            );
+        }
+    }
+    let names: Vec<String> = v["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| format!("{} ({}, {} keys)", s(&n["name"]), s(&n["type"]), n["keys"]))
+        .collect();
+    let _ = writeln!(out, "namespaces: {}", names.join(", "));
+    out
 }
 
 pub fn ns(args: NsArgs) -> Result<ExitCode> {

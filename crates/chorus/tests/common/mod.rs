@@ -94,6 +94,20 @@ impl Agent {
         self.child = Some(spawn_agent(&self.config, &self.log));
     }
 
+    /// Start with extra environment variables (e.g. the testing knob
+    /// `CHORUS_TEST_CLOCK_OFFSET_MS`).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        self.child = Some(spawn_agent_with_env(&self.config, &self.log, env));
+    }
+
+    /// Append TOML lines to this agent's config (before it starts).
+    pub fn append_config(&self, lines: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.config).expect("open config");
+        writeln!(f, "{lines}").expect("append config");
+    }
+
     /// SIGKILL: no graceful leave, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -140,10 +154,15 @@ impl Drop for Agent {
 }
 
 pub fn spawn_agent(config: &Path, log: &Path) -> Child {
+    spawn_agent_with_env(config, log, &[])
+}
+
+pub fn spawn_agent_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
     let mut cmd = Command::new(BIN);
     cmd.arg("agent").arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.envs(env.iter().copied());
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

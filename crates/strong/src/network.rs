@@ -1,0 +1,245 @@
+//! Raft RPCs and client forwarding over the chorus QUIC transport.
+//!
+//! Every strong-namespace request is one `Transport::request` (a QUIC
+//! bidirectional stream, mutual TLS, with a deadline) whose payload starts
+//! with [`STRONG_RPC_TAG`] followed by a postcard-encoded [`RpcRequest`];
+//! the answer is a postcard-encoded [`RpcResponse`]. The tag lets a daemon
+//! that multiplexes several protocols over one transport route requests
+//! (see [`is_strong_request`]).
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chorus_net::{PeerAddr, RequestError, Transport};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{OptionalSend, RPCTypes, RaftNetworkV2};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StrongError;
+use crate::kv::{Command, Response};
+use crate::node::{Query, QueryResponse};
+use crate::types::{PeerNode, Snapshot, SnapshotMeta, StrongTypes, Vote};
+
+/// First byte of every strong-namespace request payload.
+pub const STRONG_RPC_TAG: u8 = 0xA5;
+
+/// Whether a transport request belongs to strong namespaces.
+pub fn is_strong_request(payload: &[u8]) -> bool {
+    payload.first() == Some(&STRONG_RPC_TAG)
+}
+
+/// A request between strong-namespace nodes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) enum RpcRequest {
+    Append(AppendEntriesRequest<StrongTypes>),
+    Vote(VoteRequest<StrongTypes>),
+    PreVote(VoteRequest<StrongTypes>),
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        data: Vec<u8>,
+    },
+    /// A client write forwarded to the leader.
+    Write(Command),
+    /// A linearizable read forwarded to the leader.
+    Read(Query),
+    /// Reachability probe.
+    Ping,
+}
+
+/// The answer to an [`RpcRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) enum RpcResponse {
+    Append(AppendEntriesResponse<StrongTypes>),
+    Vote(VoteResponse<StrongTypes>),
+    Snapshot(SnapshotResponse<StrongTypes>),
+    Write(Result<Response, StrongError>),
+    Read(Result<QueryResponse, StrongError>),
+    Pong,
+    /// The receiver could not handle the request (shutting down, malformed).
+    Refused(String),
+}
+
+pub(crate) fn encode_request(request: &RpcRequest) -> Result<Bytes, postcard::Error> {
+    let mut payload = vec![STRONG_RPC_TAG];
+    postcard::to_io(request, &mut payload).map_err(|_| postcard::Error::SerializeBufferFull)?;
+    Ok(Bytes::from(payload))
+}
+
+pub(crate) fn decode_request(payload: &[u8]) -> Option<RpcRequest> {
+    let body = payload.strip_prefix(&[STRONG_RPC_TAG])?;
+    postcard::from_bytes(body).ok()
+}
+
+pub(crate) fn encode_response(response: &RpcResponse) -> Bytes {
+    match postcard::to_stdvec(response) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => {
+            let fallback = RpcResponse::Refused(format!("response encoding failed: {e}"));
+            Bytes::from(postcard::to_stdvec(&fallback).unwrap_or_default())
+        }
+    }
+}
+
+/// Sends one request and decodes the answer.
+pub(crate) async fn call(
+    transport: &Transport,
+    peer: &PeerNode,
+    request: &RpcRequest,
+    timeout: Duration,
+) -> Result<RpcResponse, CallError> {
+    let payload = encode_request(request).map_err(|e| CallError::Protocol(e.to_string()))?;
+    let peer_addr = PeerAddr { name: peer.name.clone(), addr: peer.addr };
+    let bytes = transport.request(&peer_addr, payload, timeout).await.map_err(CallError::Transport)?;
+    postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(e.to_string()))
+}
+
+/// Why [`call`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    #[error("transport: {0}")]
+    Transport(RequestError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl CallError {
+    /// Whether the request certainly never reached the peer (so retrying a
+    /// non-idempotent command elsewhere cannot apply it twice).
+    pub(crate) fn not_sent(&self) -> bool {
+        matches!(
+            self,
+            CallError::Transport(
+                RequestError::Unreachable(_)
+                    | RequestError::InvalidPeer(_)
+                    | RequestError::Shutdown
+                    | RequestError::TooLarge { .. }
+            )
+        )
+    }
+}
+
+/// Creates one [`PeerClient`] per replication target.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub(crate) transport: Transport,
+    pub(crate) id: u64,
+}
+
+impl RaftNetworkFactory<StrongTypes> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
+        PeerClient { transport: self.transport.clone(), id: self.id, target, node: node.clone() }
+    }
+}
+
+/// Sends Raft RPCs to one peer.
+pub struct PeerClient {
+    transport: Transport,
+    id: u64,
+    target: u64,
+    node: PeerNode,
+}
+
+impl PeerClient {
+    /// Maps transport failures so that openraft backs off dead peers:
+    /// anything that shows the peer is not connected is `Unreachable`.
+    fn rpc_error(&self, error: CallError, action: RPCTypes, timeout: Duration) -> RPCError<StrongTypes> {
+        match error {
+            CallError::Transport(RequestError::Timeout) if self.transport.is_connected(&self.node.name) => {
+                RPCError::Timeout(Timeout { action, id: self.id, target: self.target, timeout })
+            }
+            CallError::Transport(
+                e @ (RequestError::Timeout
+                | RequestError::Unreachable(_)
+                | RequestError::Shutdown
+                | RequestError::Connection(_)
+                | RequestError::NoResponse),
+            ) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Transport(e) => RPCError::Network(NetworkError::new(&e)),
+            CallError::Protocol(e) => RPCError::Network(NetworkError::from_string(e)),
+        }
+    }
+
+    async fn rpc(
+        &self,
+        request: RpcRequest,
+        action: RPCTypes,
+        option: &RPCOption,
+    ) -> Result<RpcResponse, RPCError<StrongTypes>> {
+        let timeout = option.hard_ttl();
+        match call(&self.transport, &self.node, &request, timeout).await {
+            Ok(RpcResponse::Refused(reason)) => Err(RPCError::Unreachable(Unreachable::from_string(reason))),
+            Ok(response) => Ok(response),
+            Err(e) => Err(self.rpc_error(e, action, timeout)),
+        }
+    }
+}
+
+fn unexpected(response: &RpcResponse) -> RPCError<StrongTypes> {
+    RPCError::Network(NetworkError::from_string(format!("unexpected response {response:?}")))
+}
+
+impl RaftNetworkV2<StrongTypes> for PeerClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<StrongTypes>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<StrongTypes>, RPCError<StrongTypes>> {
+        match self.rpc(RpcRequest::Append(rpc), RPCTypes::AppendEntries, &option).await? {
+            RpcResponse::Append(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<StrongTypes>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<StrongTypes>, RPCError<StrongTypes>> {
+        match self.rpc(RpcRequest::Vote(rpc), RPCTypes::Vote, &option).await? {
+            RpcResponse::Vote(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<StrongTypes>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<StrongTypes>, RPCError<StrongTypes>> {
+        match self.rpc(RpcRequest::PreVote(rpc), RPCTypes::Vote, &option).await? {
+            RpcResponse::Vote(response) => Ok(response),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<StrongTypes>, StreamingError<StrongTypes>> {
+        let request = RpcRequest::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
+        let send = self.rpc(request, RPCTypes::InstallSnapshot, &option);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            response = send => match response {
+                Ok(RpcResponse::Snapshot(response)) => Ok(response),
+                Ok(other) => Err(StreamingError::Network(NetworkError::from_string(format!("unexpected response {other:?}")))),
+                Err(RPCError::Timeout(e)) => Err(StreamingError::Timeout(e)),
+                Err(RPCError::Unreachable(e)) => Err(StreamingError::Unreachable(e)),
+                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+            },
+        }
+    }
+}
