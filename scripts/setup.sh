@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh machine. Idempotent.
-# Today: only the Rust toolchain's own components (rustfmt, clippy), which the
-# machine image ships. Later issues add iproute2/nftables (fault tests),
-# etcd-server (benchmarks) and chromium (dashboard test) here.
+# - the Rust toolchain's own components (rustfmt, clippy), which the
+#   machine image ships;
+# - iproute2 and nftables for the fault-injection tests (crates/faults):
+#   network namespaces, veth links, tc, nft. Installed only when missing,
+#   and only as root (without root the fault tests fall back to loopback).
+# Later issues add etcd-server (benchmarks) and chromium (dashboard test).
 set -euo pipefail
 command -v cargo >/dev/null || { echo "setup: cargo is required" >&2; exit 1; }
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add rustfmt clippy
+fi
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+if ((${#missing[@]})); then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        # Update the package lists only when apt cannot find the packages.
+        if ! apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+            apt-get update -qq >/dev/null
+            apt-get install -y -qq "${missing[@]}" >/dev/null
+        fi
+    else
+        echo "setup: ${missing[*]} missing and not root: fault tests will use loopback" >&2
+    fi
 fi

@@ -159,6 +159,9 @@ pub struct MembershipConfig {
     /// Ask a random member for more members this often.
     pub periodic_announce_ms: u64,
     /// Announce to a few down members this often, to heal partitions.
+    /// After a heal each side sees the other as down, and re-forming takes
+    /// a few announce periods (learn it was declared down, renew the
+    /// identity, announce again), so this period bounds recovery time.
     pub announce_to_down_ms: u64,
     /// While no other member is known, re-dial seeds this often.
     pub join_retry_ms: u64,
@@ -182,7 +185,7 @@ impl Default for MembershipConfig {
             gossip_period_ms: 150,
             gossip_fanout: 3,
             periodic_announce_ms: 10_000,
-            announce_to_down_ms: 5_000,
+            announce_to_down_ms: 1_000,
             join_retry_ms: 500,
             remove_down_after_ms: 24 * 3600 * 1000,
             events_capacity: 1024,

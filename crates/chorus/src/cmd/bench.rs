@@ -44,6 +44,10 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Reconcile two replicas of n entries that differ in d, with chorus's
+    /// range-based reconciliation, the negentropy crate, and a naive
+    /// full-state transfer, on the same sets.
+    AntiEntropy(crate::cmd::bench_ae::AntiEntropyArgs),
 }
 
 struct Run {
@@ -64,7 +68,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let BenchCommand::Write { clients, seconds, base_port, json } = args.command;
+    let (clients, seconds, base_port, json) = match args.command {
+        BenchCommand::Write { clients, seconds, base_port, json } => (clients, seconds, base_port, json),
+        BenchCommand::AntiEntropy(a) => return crate::cmd::bench_ae::run(a),
+    };
     let counts: Vec<usize> = match clients {
         Some(n) if n == 0 || n > CLIENTS_MAX => bail!("--clients must be in 1..={CLIENTS_MAX}"),
         Some(n) => vec![n],

@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod bench;
+pub mod bench_ae;
 pub mod ca;
 pub mod client;
 pub mod dev;

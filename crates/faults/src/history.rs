@@ -1,0 +1,162 @@
+//! The client history: one JSON line per operation, written as operations
+//! complete (so a killed run still leaves its history), and kept in memory
+//! for the checkers.
+
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// What the client knows about an operation's effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// 200: applied and durable on the node that answered.
+    Ok,
+    /// Definitely not applied: a 4xx answer or a connection that never
+    /// opened.
+    Fail,
+    /// May or may not have been applied, possibly much later (a time-out, a
+    /// 5xx, a connection cut after the request was sent, a paused node that
+    /// resumes). Checkers treat it as "applied at any time, or never".
+    Unknown,
+}
+
+/// One write. Each op type goes to its own namespace (see [`crate::run`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// lww put; values are unique within a run, so the final value names
+    /// the write that won.
+    Put { key: String, value: String },
+    /// lww delete.
+    Delete { key: String },
+    /// counter increment (may be negative).
+    Incr { key: String, amount: i64 },
+    /// set add.
+    Add { key: String, member: String },
+    /// set remove without context: removes every add the node has observed.
+    Remove { key: String, member: String },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Incr { key, .. }
+            | Op::Add { key, .. }
+            | Op::Remove { key, .. } => key,
+        }
+    }
+}
+
+/// The HLC timestamp of an acknowledged write, from its receipt. Field
+/// order gives the order LWW uses: physical, logical, then node id (16 hex
+/// digits, so string order is numeric order).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hlc {
+    pub physical_us: u64,
+    pub logical: u32,
+    pub node: String,
+}
+
+/// One line of the history file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub worker: u32,
+    /// Index of the node the request went to (0-based).
+    pub node: usize,
+    #[serde(flatten)]
+    pub op: Op,
+    /// Nanoseconds since the run started, before the request was sent.
+    pub invoke_ns: u64,
+    /// Nanoseconds since the run started, when the answer (or the give-up)
+    /// came back.
+    pub complete_ns: u64,
+    pub result: Outcome,
+    /// The receipt's timestamp, for `ok` writes whose receipt parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<Hlc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A shared, append-only history: the file (JSON lines) and a copy in memory.
+pub struct HistoryLog {
+    inner: Mutex<(BufWriter<File>, Vec<Record>)>,
+}
+
+impl HistoryLog {
+    pub fn create(path: &Path) -> std::io::Result<HistoryLog> {
+        let file = File::create(path)?;
+        Ok(HistoryLog { inner: Mutex::new((BufWriter::new(file), Vec::new())) })
+    }
+
+    /// Append one record. A write error to the file is returned, but the
+    /// record is kept in memory either way so checking still happens.
+    pub fn push(&self, record: Record) -> std::io::Result<()> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let line = serde_json::to_string(&record).map_err(std::io::Error::other);
+        guard.1.push(record);
+        let line = line?;
+        writeln!(guard.0, "{line}")
+    }
+
+    /// Flush the file and hand back every record, in completion order.
+    pub fn finish(self) -> std::io::Result<Vec<Record>> {
+        let (mut file, records) = self.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        file.flush()?;
+        Ok(records)
+    }
+}
+
+/// Read a history file back (for replaying a check offline).
+pub fn read_history(path: &Path) -> Result<Vec<Record>, HistoryReadError> {
+    let text = std::fs::read_to_string(path).map_err(HistoryReadError::Io)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| HistoryReadError::Line { line: i + 1, reason: e.to_string() })
+        })
+        .collect()
+}
+
+/// Why a history file could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryReadError {
+    #[error("cannot read the history: {0}")]
+    Io(std::io::Error),
+    #[error("history line {line}: {reason}")]
+    Line { line: usize, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_through_one_json_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let log = HistoryLog::create(&path).unwrap();
+        let r = Record {
+            worker: 1,
+            node: 2,
+            op: Op::Incr { key: "c0".into(), amount: -3 },
+            invoke_ns: 5,
+            complete_ns: 9,
+            result: Outcome::Unknown,
+            ts: None,
+            error: Some("timeout".into()),
+        };
+        log.push(r.clone()).unwrap();
+        assert_eq!(log.finish().unwrap(), vec![r.clone()]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"op\":\"incr\"") && text.contains("\"result\":\"unknown\""), "{text}");
+        assert_eq!(read_history(&path).unwrap(), vec![r]);
+    }
+}

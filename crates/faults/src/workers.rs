@@ -1,0 +1,107 @@
+//! Client workers: a few threads, each a seeded stream of writes against
+//! random nodes over HTTP with short time-outs, every op recorded in the
+//! history. Bounded by an op count and a stop flag.
+
+use crate::cluster::{Http, NoAnswer};
+use crate::history::{HistoryLog, Hlc, Op, Outcome, Record};
+use crate::rng::Rng;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Namespace names and types the workers write to.
+pub const NS_LWW: &str = "flww";
+pub const NS_COUNTER: &str = "fctr";
+pub const NS_SET: &str = "fset";
+/// Key spaces are small so writes collide (that is where bugs live).
+pub const LWW_KEYS: u64 = 6;
+pub const COUNTER_KEYS: u64 = 3;
+pub const SET_KEYS: u64 = 2;
+pub const SET_MEMBERS: u64 = 6;
+/// Pause between a worker's ops, spreading them over the fault timeline.
+pub const OP_PAUSE: Duration = Duration::from_millis(4);
+
+/// One worker's parameters.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: u32,
+    pub seed: u64,
+    /// Base URLs of the nodes' APIs.
+    pub apis: Vec<String>,
+    pub max_ops: usize,
+    pub timeout: Duration,
+}
+
+/// Run until `stop` or `max_ops`; returns how many ops were recorded.
+pub fn run_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, log: &HistoryLog) -> usize {
+    let mut rng = Rng::new(cfg.seed).fork(0x3000 + u64::from(cfg.id));
+    let http = Http::new(cfg.timeout);
+    let mut done = 0;
+    while done < cfg.max_ops && !stop.load(Ordering::Relaxed) {
+        let node = rng.below(cfg.apis.len() as u64) as usize;
+        let roll = rng.below(100);
+        let op = if roll < 42 {
+            Op::Put { key: format!("k{}", rng.below(LWW_KEYS)), value: format!("w{}-{done}", cfg.id) }
+        } else if roll < 50 {
+            Op::Delete { key: format!("k{}", rng.below(LWW_KEYS)) }
+        } else if roll < 75 {
+            let amount = if rng.chance(20) { -rng.range_i64(1, 3) } else { rng.range_i64(1, 5) };
+            Op::Incr { key: format!("c{}", rng.below(COUNTER_KEYS)), amount }
+        } else {
+            let (key, member) = (format!("s{}", rng.below(SET_KEYS)), format!("m{}", rng.below(SET_MEMBERS)));
+            if roll < 92 { Op::Add { key, member } } else { Op::Remove { key, member } }
+        };
+        // A history line that cannot be written is still kept in memory.
+        let _ = log.push(perform(&http, cfg.id, node, &cfg.apis[node], op, t0));
+        done += 1;
+        std::thread::sleep(OP_PAUSE);
+    }
+    done
+}
+
+/// The HTTP request of `op` against the node at `api`: (method, url, body).
+pub fn request_of(api: &str, op: &Op) -> (&'static str, String, Option<String>) {
+    match op {
+        Op::Put { key, value } => {
+            ("PUT", format!("{api}/v1/ns/{NS_LWW}/kv/{key}"), Some(json!({ "value": value }).to_string()))
+        }
+        Op::Delete { key } => ("DELETE", format!("{api}/v1/ns/{NS_LWW}/kv/{key}"), None),
+        Op::Incr { key, amount } => {
+            ("POST", format!("{api}/v1/ns/{NS_COUNTER}/counter/{key}"), Some(json!({ "amount": amount }).to_string()))
+        }
+        Op::Add { key, member } | Op::Remove { key, member } => {
+            let verb = if matches!(op, Op::Add { .. }) { "add" } else { "remove" };
+            (
+                "POST",
+                format!("{api}/v1/ns/{NS_SET}/set/{key}"),
+                Some(json!({ "op": verb, "member": member }).to_string()),
+            )
+        }
+    }
+}
+
+/// Send `op` to node `node` (at `api`) and return its history record;
+/// times are nanoseconds since `t0`.
+pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: Op, t0: Instant) -> Record {
+    let (method, url, body) = request_of(api, &op);
+    let invoke_ns = t0.elapsed().as_nanos() as u64;
+    let answer = http.req(method, &url, body.as_deref());
+    let complete_ns = t0.elapsed().as_nanos() as u64;
+    let (result, ts, error) = classify(answer);
+    Record { worker, node, op, invoke_ns, complete_ns, result, ts, error }
+}
+
+/// 200 → ok (with the receipt's timestamp); 4xx → fail (refused, not
+/// applied); 5xx → unknown (e.g. a 503 time-out may still apply); no
+/// answer → fail only if the connection never opened.
+pub fn classify(answer: Result<(u16, Value), NoAnswer>) -> (Outcome, Option<Hlc>, Option<String>) {
+    match answer {
+        Ok((200, v)) => {
+            let ts = serde_json::from_value::<Hlc>(v["timestamp"].clone()).ok();
+            (Outcome::Ok, ts, None)
+        }
+        Ok((s, v)) if (400..500).contains(&s) => (Outcome::Fail, None, Some(format!("{s} {}", v["error"]))),
+        Ok((s, v)) => (Outcome::Unknown, None, Some(format!("{s} {}", v["error"]))),
+        Err(e) => (if e.definite { Outcome::Fail } else { Outcome::Unknown }, None, Some(e.reason)),
+    }
+}
