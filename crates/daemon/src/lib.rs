@@ -217,7 +217,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         value_bytes_max: config.max_value_bytes as usize,
         group_writes_max: config.group_commit_writes_max,
         alive_peers: Vec::new(),
+        ack_before_fsync: runtime::ack_before_fsync_from_env(),
+        deferred: None,
     };
+    if driver.ack_before_fsync {
+        tracing::warn!(
+            "{} is set: writes are acknowledged BEFORE they are durable (a testing knob that breaks durability)",
+            runtime::ACK_BEFORE_FSYNC_ENV
+        );
+    }
     // The default namespace's record is durable before anyone can write.
     driver.execute_actions(&HashMap::new()).await.context("persisting the default namespace")?;
 

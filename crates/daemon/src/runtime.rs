@@ -136,6 +136,26 @@ pub struct Driver {
     pub group_writes_max: usize,
     /// Peers alive in the last membership view.
     pub alive_peers: Vec<NodeId>,
+    /// TESTING KNOB, breaks durability on purpose: see [`ACK_BEFORE_FSYNC_ENV`].
+    pub ack_before_fsync: bool,
+    /// Writes held back by the knob, and when the first was held.
+    pub deferred: Option<(WriteBatch, std::time::Instant)>,
+}
+
+/// `CHORUS_TEST_ACK_BEFORE_FSYNC=1` makes the node answer clients *before*
+/// their writes are durable and hold the commit back for up to
+/// [`DEFERRED_COMMIT_MAX`]: a `kill -9` in that window loses acknowledged
+/// writes. It exists only so the fault-injection checkers can prove they
+/// catch a real durability bug; never set it anywhere else. The agent logs
+/// a warning when it is set.
+pub const ACK_BEFORE_FSYNC_ENV: &str = "CHORUS_TEST_ACK_BEFORE_FSYNC";
+
+/// How long the knob holds writes back before committing them.
+pub const DEFERRED_COMMIT_MAX: Duration = Duration::from_secs(2);
+
+/// Whether the durability-breaking test knob is set.
+pub fn ack_before_fsync_from_env() -> bool {
+    std::env::var(ACK_BEFORE_FSYNC_ENV).is_ok_and(|v| v == "1")
 }
 
 /// Replies owed at the end of a turn.
@@ -197,6 +217,17 @@ impl Driver {
                     }
                 }
                 Action::Send { to, message } => sends.push((to, message)),
+            }
+        }
+        if self.ack_before_fsync {
+            // The knob: hold writes back (the client already has its answer).
+            let held = self.deferred.get_or_insert_with(|| (WriteBatch::new(), std::time::Instant::now()));
+            held.0.append(batch);
+            batch = WriteBatch::new();
+            if held.1.elapsed() >= DEFERRED_COMMIT_MAX
+                && let Some((late, _)) = self.deferred.take()
+            {
+                batch = late;
             }
         }
         if !batch.is_empty() {
@@ -279,9 +310,19 @@ impl Driver {
             }
             let (writes, replies): (Vec<LocalWrite>, Vec<_>) = std::mem::take(&mut owed.writes).into_iter().unzip();
             let results = if writes.is_empty() { Vec::new() } else { self.node.handle_local_writes(now_us, writes) };
+            let mut replies = Some((replies, results));
+            if self.ack_before_fsync
+                && let Some((replies, results)) = replies.take()
+            {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
             self.execute_actions(&peers).await?;
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
+            if let Some((replies, results)) = replies {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
             }
             for (reply, result) in owed.namespaces {
                 let _ = reply.send(result);

@@ -158,6 +158,12 @@ impl Cluster {
     /// from the thread that lives for the whole run: the agent gets
     /// SIGKILL when the spawning thread dies (PR_SET_PDEATHSIG).
     pub fn start(&mut self, i: usize, offset_ms: i64) -> Result<(), ClusterError> {
+        self.start_with_env(i, offset_ms, &[])
+    }
+
+    /// [`Cluster::start`] with extra environment variables (test knobs such
+    /// as `CHORUS_TEST_ACK_BEFORE_FSYNC`).
+    pub fn start_with_env(&mut self, i: usize, offset_ms: i64, env: &[(&str, &str)]) -> Result<(), ClusterError> {
         let bin = self.bin.clone();
         let n = &mut self.nodes[i];
         if n.child.is_some() {
@@ -178,6 +184,9 @@ impl Cluster {
             None => Command::new(&bin),
         };
         cmd.arg("agent").arg("--config").arg(&n.config).env(CLOCK_OFFSET_ENV, offset_ms.to_string());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.stdin(Stdio::null()).stdout(log).stderr(err);
         {
             use std::os::unix::process::CommandExt;

@@ -1,13 +1,10 @@
 //! The checkers catch a real lost acknowledged write on real processes.
 //!
-//! The daemon has no test knob that acknowledges before fsync, and this
-//! crate may not change it, so the bug is injected from outside the same
-//! way a lying disk would lose data: node 1 acknowledges writes while its
-//! peers are down (so nothing has replicated them), is `kill -9`ed, and its
-//! data directory is deleted before it restarts under the same name. That
-//! is exactly what "acknowledged before fsync + crash" looks like to a
-//! client. The control run does the same without deleting the directory
-//! and must pass.
+//! Two injected bugs, each against a control that must pass: the daemon's
+//! `CHORUS_TEST_ACK_BEFORE_FSYNC=1` knob (answers clients before their
+//! writes are durable) combined with `kill -9`, and a data directory deleted
+//! behind the node's back (a lying disk). In both, node 1 acknowledges
+//! writes while its peers are down, so nothing has replicated them.
 
 mod common;
 
@@ -19,13 +16,22 @@ use chorus_faults::run::{HEALTHY_DEADLINE, await_convergence, create_namespaces}
 use chorus_faults::workers::perform;
 use std::time::{Duration, Instant};
 
-fn scenario(block: u8, wipe: bool) -> Vec<ViolationKind> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bug {
+    None,
+    WipedDisk,
+    AckBeforeFsync,
+}
+
+fn scenario(block: u8, bug: Bug) -> Vec<ViolationKind> {
     let bin = common::chorus_bin();
     let net = Net::loopback(3, block, "this test needs only process faults".into());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::prepare(&bin, &net, dir.path(), 300).expect("prepare");
     for i in 0..3 {
-        cluster.start(i, 0).expect("start");
+        let knob: &[(&str, &str)] =
+            if i == 0 && bug == Bug::AckBeforeFsync { &[("CHORUS_TEST_ACK_BEFORE_FSYNC", "1")] } else { &[] };
+        cluster.start_with_env(i, 0, knob).expect("start");
     }
     cluster.wait_all_alive(HEALTHY_DEADLINE).expect("cluster up");
     create_namespaces(&cluster).expect("namespaces");
@@ -50,8 +56,10 @@ fn scenario(block: u8, wipe: bool) -> Vec<ViolationKind> {
         assert_eq!(r.result, Outcome::Ok, "{r:?}");
         history.push(r);
     }
+    // With the knob the writes are still held back (up to 2 s): the crash
+    // lands inside that window.
     cluster.kill9(0);
-    if wipe {
+    if bug == Bug::WipedDisk {
         cluster.wipe_data(0).expect("wipe");
     }
     for i in 0..3 {
@@ -61,16 +69,24 @@ fn scenario(block: u8, wipe: bool) -> Vec<ViolationKind> {
     let (agreed, states) = await_convergence(&cluster, Duration::from_secs(30));
     assert!(agreed, "nodes did not converge: {states:?}");
     let violations = checker::check_all(&history, &states[0].1);
-    eprintln!("wipe={wipe}: {violations:#?}");
+    eprintln!("bug={bug:?}: {violations:#?}");
     violations.into_iter().map(|v| v.kind).collect()
 }
 
 #[test]
 fn acknowledged_writes_lost_by_a_wiped_disk_are_caught_and_the_intact_control_passes() {
-    let lost = scenario(96, true);
+    let lost = scenario(96, Bug::WipedDisk);
     assert!(lost.contains(&ViolationKind::LostWrite), "{lost:?}");
     assert!(lost.contains(&ViolationKind::CounterMismatch), "{lost:?}");
     assert!(lost.contains(&ViolationKind::LostAdd), "{lost:?}");
-    let control = scenario(97, false);
+    let control = scenario(97, Bug::None);
     assert!(control.is_empty(), "{control:?}");
+}
+
+#[test]
+fn acknowledging_before_fsync_with_kill_9_loses_writes_and_the_checker_catches_it() {
+    let lost = scenario(98, Bug::AckBeforeFsync);
+    assert!(lost.contains(&ViolationKind::LostWrite), "{lost:?}");
+    assert!(lost.contains(&ViolationKind::CounterMismatch), "{lost:?}");
+    assert!(lost.contains(&ViolationKind::LostAdd), "{lost:?}");
 }
