@@ -32,6 +32,20 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     describe_counter!("chorus_writes_total", "Client writes answered, by value type and result.");
+    describe_counter!(
+        "chorus_reconcile_sessions_total",
+        "Range-based reconciliation sessions (run when seen sets agree but fingerprints differ), by outcome."
+    );
+    describe_counter!(
+        "chorus_reconcile_entries_sent_total",
+        "Entries sent because reconciliation found them differing."
+    );
+    describe_counter!("chorus_reconcile_duration_seconds_total", "Total time of completed reconciliation sessions.");
+    describe_counter!(
+        "chorus_corrupt_entries_repaired_total",
+        "Stored entries that failed their checksum at start-up; dropped and re-fetched from peers by reconciliation."
+    );
+    describe_counter!("chorus_anti_entropy_entries_sent_total", "Entries sent to peers by anti-entropy.");
     describe_counter!("chorus_reads_total", "Client reads answered (get and scan), by result.");
     describe_histogram!(
         "chorus_write_ack_seconds",
@@ -216,6 +230,13 @@ pub fn upkeep(stats: &NodeStats, transport: &TransportStats, partitioned: bool) 
     counter!("chorus_broadcast_duplicates_total").absolute(stats.push_duplicates);
     counter!("chorus_anti_entropy_rounds_total").absolute(stats.sync_rounds_started);
     counter!("chorus_anti_entropy_entries_repaired_total").absolute(stats.sync_entries_repaired);
+    counter!("chorus_anti_entropy_entries_sent_total").absolute(stats.sync_entries_sent);
+    counter!("chorus_reconcile_sessions_total", "outcome" => "started").absolute(stats.reconcile_sessions_started);
+    counter!("chorus_reconcile_sessions_total", "outcome" => "completed").absolute(stats.reconcile_sessions_completed);
+    counter!("chorus_reconcile_sessions_total", "outcome" => "failed").absolute(stats.reconcile_sessions_failed);
+    counter!("chorus_reconcile_entries_sent_total").absolute(stats.reconcile_entries_sent);
+    counter!("chorus_reconcile_duration_seconds_total").absolute(stats.reconcile_duration_us / 1_000_000);
+    counter!("chorus_corrupt_entries_repaired_total").absolute(stats.corrupt_entries_dropped);
     counter!("chorus_lww_overwrites_total").absolute(stats.lww_overwrites);
     counter!("chorus_tombstones_collected_total").absolute(stats.tombstones_collected);
     counter!("chorus_rejected_total", "reason" => "clock").absolute(stats.rejected_clock);
