@@ -2,29 +2,27 @@
 //! so every schedule and every client's choices are a pure function of the
 //! run's seed: the printed seed replays the same faults and the same ops.
 
-/// SplitMix64: 64 bits of state, passes BigCrush, trivially forkable.
+/// The core's SplitMix64 generator with the helpers schedules need. `fork`
+/// derives a stream from the seed this generator was made with, so forks
+/// taken right after `new` (the only use) are independent of draw order.
 #[derive(Clone, Debug)]
 pub struct Rng {
-    state: u64,
+    seed: u64,
+    inner: chorus_core::Rng,
 }
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
+        Rng { seed, inner: chorus_core::Rng::new(seed) }
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.inner.next_u64()
     }
 
-    /// Uniform in `0..n` (`0` when `n == 0`); the modulo bias is irrelevant
-    /// for schedules.
+    /// Uniform in `0..n` (`0` when `n == 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next_u64() % n }
+        self.inner.below(n)
     }
 
     /// Uniform in `lo..=hi`.
@@ -45,20 +43,15 @@ impl Rng {
 
     /// An independent stream for sub-task `stream` (a worker, the schedule).
     pub fn fork(&self, stream: u64) -> Rng {
-        let mut r = Rng::new(self.state ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let mut r = Rng::new(self.seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93));
         r.next_u64();
         r
     }
 
     /// `n` distinct indices out of `0..len`, in random order.
     pub fn sample(&mut self, len: usize, n: usize) -> Vec<usize> {
-        let mut all: Vec<usize> = (0..len).collect();
-        for i in (1..all.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            all.swap(i, j);
-        }
-        all.truncate(n.min(len));
-        all
+        let all: Vec<usize> = (0..len).collect();
+        self.inner.choose_distinct(&all, n)
     }
 }
 
