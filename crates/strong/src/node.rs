@@ -457,28 +457,16 @@ impl StrongNode {
     pub async fn write(&self, command: Command) -> Result<Response, StrongError> {
         command.validate()?;
         let deadline = Instant::now() + Duration::from_millis(self.inner.config.request_timeout_ms);
-        let mut hops = 0;
-        loop {
-            self.check_quorum()?;
-            let outcome = match self.leader_target(deadline).await? {
-                None => self.write_local(command.clone(), deadline).await,
-                Some(leader) => {
-                    self.forward(&leader, RpcRequest::Write(command.clone()), deadline).await.and_then(|response| {
-                        match response {
-                            RpcResponse::Write(result) => result,
-                            other => Err(StrongError::Protocol(format!("unexpected answer {other:?}"))),
-                        }
-                    })
-                }
-            };
-            match outcome {
-                Err(StrongError::NotLeader { .. }) if hops < FORWARD_HOPS_MAX && Instant::now() < deadline => {
-                    hops += 1;
-                    self.wait_for_metrics_change(deadline).await;
-                }
-                other => return other,
-            }
-        }
+        self.route(
+            deadline,
+            || self.write_local(command.clone(), deadline),
+            || RpcRequest::Write(command.clone()),
+            |response| match response {
+                RpcResponse::Write(result) => Ok(result),
+                other => Err(other),
+            },
+        )
+        .await
     }
 
     /// Reads through the state machine. `linearizable`: the leader confirms
@@ -491,19 +479,43 @@ impl StrongNode {
             return Ok(self.read_local(&query));
         }
         let deadline = Instant::now() + Duration::from_millis(self.inner.config.request_timeout_ms);
+        self.route(
+            deadline,
+            || self.query_local(&query, deadline),
+            || RpcRequest::Read(query.clone()),
+            |response| match response {
+                RpcResponse::Read(result) => Ok(result),
+                other => Err(other),
+            },
+        )
+        .await
+    }
+
+    /// Runs a request where it must run: locally on the leader, otherwise
+    /// forwarded to it. Fails fast without a quorum; follows a `NotLeader`
+    /// answer (leadership moved meanwhile) at most `FORWARD_HOPS_MAX` times
+    /// before `deadline`. `answer` picks the expected variant out of the
+    /// leader's reply and hands any other back.
+    async fn route<T, Local, LocalFut>(
+        &self,
+        deadline: Instant,
+        local: Local,
+        request: impl Fn() -> RpcRequest,
+        answer: impl Fn(RpcResponse) -> Result<Result<T, StrongError>, RpcResponse>,
+    ) -> Result<T, StrongError>
+    where
+        Local: Fn() -> LocalFut,
+        LocalFut: std::future::Future<Output = Result<T, StrongError>>,
+    {
         let mut hops = 0;
         loop {
             self.check_quorum()?;
             let outcome = match self.leader_target(deadline).await? {
-                None => self.query_local(&query, deadline).await,
-                Some(leader) => {
-                    self.forward(&leader, RpcRequest::Read(query.clone()), deadline).await.and_then(|response| {
-                        match response {
-                            RpcResponse::Read(result) => result,
-                            other => Err(StrongError::Protocol(format!("unexpected answer {other:?}"))),
-                        }
-                    })
-                }
+                None => local().await,
+                Some(leader) => self.forward(&leader, request(), deadline).await.and_then(|response| {
+                    answer(response)
+                        .unwrap_or_else(|other| Err(StrongError::Protocol(format!("unexpected answer {other:?}"))))
+                }),
             };
             match outcome {
                 Err(StrongError::NotLeader { .. }) if hops < FORWARD_HOPS_MAX && Instant::now() < deadline => {
