@@ -5,7 +5,8 @@
 # - iproute2 and nftables for the fault-injection tests (crates/faults):
 #   network namespaces, veth links, tc, nft. Installed only when missing,
 #   and only as root (without root the fault tests fall back to loopback).
-# Later issues add etcd-server (benchmarks) and chromium (dashboard test).
+# - etcd-server for `chorus bench strong --vs-etcd` (scripts/install-etcd.sh).
+# Later issues add chromium (dashboard test).
 set -euo pipefail
 command -v cargo >/dev/null || { echo "setup: cargo is required" >&2; exit 1; }
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
@@ -26,3 +27,4 @@ if ((${#missing[@]})); then
         echo "setup: ${missing[*]} missing and not root: fault tests will use loopback" >&2
     fi
 fi
+"$(dirname "$0")/install-etcd.sh"

@@ -87,6 +87,64 @@ enum Command {
     },
     /// Create or list namespaces.
     Ns(cmd::client::NsArgs),
+    /// Strong namespaces: set KEY to VALUE if it holds --expected (or is
+    /// absent when --expected is not given); exit 1 when it did not.
+    Cas {
+        key: String,
+        value: String,
+        /// The value KEY must hold now.
+        #[arg(long)]
+        expected: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Strong namespaces: run a transaction (JSON, from FILE or stdin; see
+    /// docs/design/http-api.md); exit 1 when its compares failed.
+    Txn {
+        file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Strong namespaces: grant, keep alive, revoke or show leases.
+    Lease(cmd::strong::LeaseArgs),
+    /// Strong namespaces: acquire a lock under a lease; prints the fencing
+    /// token; exit 1 when the lock is busy.
+    Lock {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+        /// Share the lock with other shared holders.
+        #[arg(long)]
+        shared: bool,
+        /// Wait up to this many milliseconds for the lock.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Strong namespaces: release a lock held under a lease.
+    Unlock {
+        name: String,
+        #[arg(long)]
+        lease: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Strong namespaces: print change events of keys under PREFIX as JSON lines.
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// First revision to print (default: only new events).
+        #[arg(long)]
+        from_revision: Option<u64>,
+        /// Stop after this many milliseconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The Raft group of strong namespaces: status, add-voter, remove-voter.
+    Raft(cmd::strong::RaftArgs),
     /// Benchmarks against a local cluster.
     Bench(cmd::bench::BenchArgs),
     /// Simulate a cluster with the real protocol code, in virtual time.
@@ -109,6 +167,17 @@ fn main() -> std::process::ExitCode {
         Command::Members { target } => cmd::client::members(&target),
         Command::Status { json, target } => cmd::client::status(&target, json),
         Command::Ns(args) => cmd::client::ns(args),
+        Command::Cas { key, value, expected, target } => cmd::strong::cas(&target, &key, &value, expected.as_deref()),
+        Command::Txn { file, target } => cmd::strong::txn(&target, file.as_deref()),
+        Command::Lease(args) => cmd::strong::lease(args),
+        Command::Lock { name, lease, shared, wait_ms, target } => {
+            cmd::strong::lock(&target, &name, lease, shared, wait_ms)
+        }
+        Command::Unlock { name, lease, target } => cmd::strong::unlock(&target, &name, lease),
+        Command::Watch { prefix, from_revision, timeout_ms, target } => {
+            cmd::strong::watch(&target, &prefix, from_revision, timeout_ms)
+        }
+        Command::Raft(args) => cmd::strong::raft(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sim(args) => cmd::sim::run(args),
     };

@@ -4,6 +4,7 @@
 
 use crate::clock::ClockHandle;
 use crate::runtime::{CallError, NodeHandle};
+use crate::strong_api;
 use crate::telemetry;
 use crate::token;
 use axum::body::Bytes;
@@ -11,7 +12,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub clock: Arc<ClockHandle>,
     pub info: Arc<NodeInfo>,
     pub metrics: Option<PrometheusHandle>,
+    /// Strong namespaces (Raft); `None` when the cluster has no `strong_voters`.
+    pub strong: Option<Arc<crate::strong::StrongService>>,
 }
 
 /// The router with every route of the API.
@@ -69,6 +72,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/ns/{ns}/kv/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/ns/{ns}/counter/{*key}", get(get_key).post(increment))
         .route("/v1/ns/{ns}/set/{*key}", get(get_key).post(set_op))
+        .route("/v1/ns/{ns}/cas/{*key}", post(strong_api::cas))
+        .route("/v1/ns/{ns}/txn", post(strong_api::txn))
+        .route(
+            "/v1/ns/{ns}/lock/{*name}",
+            get(strong_api::lock_get).post(strong_api::lock_acquire).delete(strong_api::lock_release),
+        )
+        .route("/v1/ns/{ns}/watch", get(strong_api::watch))
+        .route("/v1/leases", post(strong_api::lease_grant))
+        .route("/v1/leases/{id}", get(strong_api::lease_get).delete(strong_api::lease_revoke))
+        .route("/v1/leases/{id}/keepalive", post(strong_api::lease_keepalive))
+        .route("/v1/raft", get(strong_api::raft_status))
+        .route("/v1/raft/voters", post(strong_api::add_voter))
+        .route("/v1/raft/voters/{name}", delete(strong_api::remove_voter))
         .fallback(not_found_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
@@ -81,28 +97,36 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Extra fields of the error object (e.g. the voters of `no_quorum`).
+    details: Option<Value>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: None }
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Adds the fields of `details` (an object) to the error object.
+    pub(crate) fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.code, message: self.message })).into_response()
+        let mut body = serde_json::Map::new();
+        if let Some(Value::Object(extra)) = self.details {
+            body.extend(extra);
+        }
+        body.insert("error".into(), Value::String(self.code.to_string()));
+        body.insert("message".into(), Value::String(self.message));
+        (self.status, Json(Value::Object(body))).into_response()
     }
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    error: &'static str,
-    message: String,
 }
 
 impl From<CallError> for ApiError {
@@ -137,18 +161,18 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("bad_json", e.to_string()))
 }
 
-fn parse_query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn parse_query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
 }
 
 /// Bytes given either as UTF-8 text or as standard base64 (exactly one).
-fn text_or_base64(text: Option<String>, b64: Option<String>, field: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn text_or_base64(text: Option<String>, b64: Option<String>, field: &str) -> Result<Vec<u8>, ApiError> {
     match (text, b64) {
         (Some(t), None) => Ok(t.into_bytes()),
         (None, Some(b)) => BASE64
@@ -175,6 +199,19 @@ struct HealthBody {
     members_known: usize,
     members_reachable: usize,
     clock: HealthClock,
+    /// Strong namespaces; absent when the cluster has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strong: Option<HealthStrong>,
+}
+
+#[derive(Serialize)]
+struct HealthStrong {
+    /// Raft role: leader, follower, candidate, learner.
+    state: String,
+    leader: Option<String>,
+    has_quorum: bool,
+    voters: Vec<String>,
+    reachable_voters: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -190,10 +227,24 @@ struct HealthClock {
 /// Health from the clock service and the membership view:
 /// `clock_unsafe` when the local clock is further than `max_offset_ms`
 /// from cluster time (writes are refused; the reason names the offset),
-/// else `partitioned` when this node reaches fewer than half of the known
-/// members (itself included, SPEC §5), `degraded` when any member is
-/// suspect or down.
-fn health_of(membership: &Membership, clock: &ClockHandle) -> HealthBody {
+/// else `no_quorum` when this node cannot reach a majority of the strong
+/// namespaces' voters (its strong writes fail), else `partitioned` when
+/// this node reaches fewer than half of the known members (itself
+/// included, SPEC §5), `degraded` when any member is suspect or down.
+fn health_of(s: &ApiState) -> HealthBody {
+    let (membership, clock) = (&s.membership, &s.clock);
+    let strong = s.strong.as_ref().map(|svc| {
+        let status = svc.node.status();
+        HealthStrong {
+            state: status.state.clone(),
+            leader: status.leader.map(|id| svc.name_of(id)),
+            has_quorum: status.quorum.has_quorum,
+            voters: svc.names_of(&status.quorum.voters),
+            reachable_voters: svc.names_of(&status.quorum.reachable_voters),
+        }
+    });
+    // A group not yet initialised has no voters: nothing to lose yet.
+    let no_quorum = strong.as_ref().filter(|st| !st.voters.is_empty() && !st.has_quorum);
     let others = membership.members();
     let known = others.len() + 1;
     let reachable = 1 + others.iter().filter(|m| m.state == MemberState::Alive).count();
@@ -208,6 +259,13 @@ fn health_of(membership: &Membership, clock: &ClockHandle) -> HealthBody {
         reasons.insert(0, format!("clock_unsafe: {}", clock_status.reason));
         score = 0.0;
         "clock_unsafe"
+    } else if let Some(st) = no_quorum {
+        reasons.insert(
+            0,
+            format!("no_quorum: reachable voters {:?} of {:?}; strong writes fail", st.reachable_voters, st.voters),
+        );
+        score = 0.0;
+        "no_quorum"
     } else if reachable * 2 < known {
         reasons.insert(0, format!("only {reachable} of {known} known members are reachable"));
         "partitioned"
@@ -229,6 +287,7 @@ fn health_of(membership: &Membership, clock: &ClockHandle) -> HealthBody {
             peers_used: clock_status.peers_used,
             reason: clock_status.reason,
         },
+        strong,
     }
 }
 
@@ -240,7 +299,7 @@ pub fn is_partitioned(membership: &Membership) -> bool {
 }
 
 async fn health(State(s): State<ApiState>) -> Json<HealthBody> {
-    Json(health_of(&s.membership, &s.clock))
+    Json(health_of(&s))
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {
@@ -317,14 +376,15 @@ fn namespace_body(ns: &chorus_core::namespace::Namespace) -> NamespaceBody {
 }
 
 async fn status(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let (namespaces, stats, hlc) = s
+    let (mut namespaces, stats, hlc) = s
         .node
         .inspect(|node: &Node| {
             let ns: Vec<NamespaceBody> = node.namespaces().map(namespace_body).collect();
             (ns, node.stats().clone(), node.hlc_high_water())
         })
         .await?;
-    let health = health_of(&s.membership, &s.clock);
+    namespaces.extend(strong_namespace_bodies(&s));
+    let health = health_of(&s);
     let clock = clock_json(&s);
     let others = s.membership.members();
     let count = |st: MemberState| others.iter().filter(|m| m.state == st).count();
@@ -342,6 +402,7 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
         "namespaces": namespaces,
         "hlc": { "physical_us": hlc.physical_us, "logical": hlc.logical },
         "clock": clock,
+        "strong": strong_api::status_json(&s),
         "stats": {
             "local_writes": stats.local_writes,
             "push_messages_sent": stats.push_messages_sent,
@@ -427,15 +488,28 @@ fn clock_json(s: &ApiState) -> Value {
 // ------------------------------------------------------------ namespaces
 
 async fn list_namespaces(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let list: Vec<NamespaceBody> =
+    let mut list: Vec<NamespaceBody> =
         s.node.inspect(|node: &Node| node.namespaces().map(namespace_body).collect()).await?;
+    list.extend(strong_namespace_bodies(&s));
     Ok(Json(json!({ "namespaces": list })))
+}
+
+/// Strong namespaces as this node's replica knows them.
+fn strong_namespace_bodies(s: &ApiState) -> Vec<NamespaceBody> {
+    let Some(svc) = &s.strong else { return Vec::new() };
+    svc.namespaces()
+        .into_iter()
+        .map(|(name, keys)| NamespaceBody { name, mode: "strong", value_type: "lww", keys: keys as usize })
+        .collect()
 }
 
 async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> Result<Json<NamespaceBody>, ApiError> {
     let name = ns.clone();
     let found = s.node.inspect(move |node: &Node| node.namespace(&name).map(namespace_body)).await?;
-    found.map(Json).ok_or_else(|| no_such_namespace(&ns))
+    if let Some(body) = found {
+        return Ok(Json(body));
+    }
+    strong_namespace_bodies(&s).into_iter().find(|b| b.name == ns).map(Json).ok_or_else(|| no_such_namespace(&ns))
 }
 
 fn no_such_namespace(ns: &str) -> ApiError {
@@ -469,14 +543,18 @@ async fn create_namespace(
         ApiError::bad_request("bad_type", format!("unknown type {:?}: use lww, mv, counter or set", req.value_type))
     })?;
     match req.mode.as_str() {
-        "eventual" => {}
-        "strong" => {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "strong_unavailable",
-                "strong (Raft) namespaces are not available in this build; use mode \"eventual\"",
-            ));
+        "eventual" => {
+            if let Some(svc) = &s.strong
+                && svc.is_strong_linearizable(&req.name).await.unwrap_or(false)
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "mode_conflict",
+                    format!("{:?} already exists as a strong namespace", req.name),
+                ));
+            }
         }
+        "strong" => return create_strong_namespace(&s, req.name, value_type).await,
         other => {
             return Err(ApiError::bad_request("bad_mode", format!("unknown mode {other:?}: use eventual or strong")));
         }
@@ -494,10 +572,41 @@ async fn create_namespace(
     }
 }
 
+async fn create_strong_namespace(
+    s: &ApiState,
+    name: String,
+    value_type: ValueType,
+) -> Result<(StatusCode, Json<NamespaceBody>), ApiError> {
+    let svc = strong_api::service(s)?;
+    if value_type != ValueType::Lww {
+        return Err(ApiError::bad_request(
+            "bad_type",
+            "strong namespaces hold plain values with revisions: use type lww (the default)",
+        ));
+    }
+    if !chorus_core::node::valid_namespace_name(&name) {
+        return Err(ApiError::bad_request(
+            "bad_namespace_name",
+            format!("invalid namespace name {name:?}: 1-128 of [A-Za-z0-9_.-]"),
+        ));
+    }
+    let name2 = name.clone();
+    if s.node.inspect(move |node: &Node| node.namespace(&name2).is_some()).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "mode_conflict",
+            format!("{name:?} already exists as an eventual namespace"),
+        ));
+    }
+    let created = svc.create_namespace(&name).await.map_err(|e| strong_api::strong_error(svc, e))?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(NamespaceBody { name, mode: "strong", value_type: "lww", keys: 0 })))
+}
+
 // ------------------------------------------------------------------ reads
 
 /// A value as JSON: text when it is UTF-8, always also base64.
-fn bytes_fields(out: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
+pub(crate) fn bytes_fields(out: &mut serde_json::Map<String, Value>, field: &str, bytes: &[u8]) {
     out.insert(field.to_string(), std::str::from_utf8(bytes).map_or(Value::Null, |t| Value::String(t.to_string())));
     out.insert(format!("{field}_base64"), Value::String(BASE64.encode(bytes)));
 }
@@ -541,7 +650,15 @@ fn read_json(key: &[u8], value: &ReadValue, context: &chorus_core::VersionVector
     Value::Object(out)
 }
 
-async fn get_key(State(s): State<ApiState>, Path((ns, key)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn get_key(
+    State(s): State<ApiState>,
+    Path((ns, key)): Path<(String, String)>,
+    q: Result<Query<strong_api::ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = parse_query(q)?;
+    if let Some(svc) = strong_api::strong_namespace(&s, &ns) {
+        return strong_api::get(&svc, &ns, &key, q).await;
+    }
     let (ns2, key2) = (ns.clone(), key.clone());
     let found = s
         .node
@@ -566,7 +683,7 @@ async fn get_key(State(s): State<ApiState>, Path((ns, key)): Path<(String, Strin
             if let Value::Object(o) = &mut v {
                 o.insert("namespace".into(), Value::String(ns));
             }
-            Ok(Json(v))
+            Ok(Json(v).into_response())
         }
     }
 }
@@ -578,17 +695,23 @@ struct ScanQuery {
     prefix: String,
     after: Option<String>,
     limit: Option<usize>,
+    /// Strong namespaces: serve from this node's replica.
+    #[serde(default)]
+    stale: bool,
 }
 
 async fn scan(
     State(s): State<ApiState>,
     Path(ns): Path<String>,
     q: Result<Query<ScanQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     let limit = q.limit.unwrap_or(SCAN_LIMIT_DEFAULT);
     if limit == 0 || limit > SCAN_LIMIT_MAX {
         return Err(ApiError::bad_request("bad_limit", format!("limit must be in 1..={SCAN_LIMIT_MAX}")));
+    }
+    if let Some(svc) = strong_api::strong_namespace(&s, &ns) {
+        return strong_api::scan(&svc, &ns, &q.prefix, q.after.as_deref(), limit, q.stale).await;
     }
     let ns2 = ns.clone();
     let page = s
@@ -615,7 +738,7 @@ async fn scan(
         .await?;
     let (items, next) = page.ok_or_else(|| no_such_namespace(&ns))?;
     telemetry::read_answered("ok");
-    Ok(Json(json!({ "namespace": ns, "items": items, "next": next })))
+    Ok(Json(json!({ "namespace": ns, "items": items, "next": next })).into_response())
 }
 
 // ----------------------------------------------------------------- writes
@@ -696,11 +819,14 @@ async fn put_key(
     State(s): State<ApiState>,
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<WriteBody>, ApiError> {
+) -> Result<Response, ApiError> {
+    if let Some(svc) = strong_api::strong_namespace(&s, &ns) {
+        return strong_api::put(&svc, &ns, &key, body).await;
+    }
     let req: PutRequest = parse_body(body)?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
     let context = parse_context(req.context.as_deref())?;
-    do_write(&s, ns, key, Op::Put { value, context }).await
+    do_write(&s, ns, key, Op::Put { value, context }).await.map(IntoResponse::into_response)
 }
 
 #[derive(Deserialize)]
@@ -713,10 +839,27 @@ async fn delete_key(
     State(s): State<ApiState>,
     Path((ns, key)): Path<(String, String)>,
     q: Result<Query<DeleteQuery>, QueryRejection>,
-) -> Result<Json<WriteBody>, ApiError> {
+) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
+    if let Some(svc) = strong_api::strong_namespace(&s, &ns) {
+        if q.context.is_some() {
+            return Err(ApiError::bad_request("bad_request", "strong namespaces take no `context`"));
+        }
+        return strong_api::delete(&svc, &ns, &key).await;
+    }
     let context = parse_context(q.context.as_deref())?;
-    do_write(&s, ns, key, Op::Delete { context }).await
+    do_write(&s, ns, key, Op::Delete { context }).await.map(IntoResponse::into_response)
+}
+
+/// Counters and sets are CRDTs of eventual namespaces.
+fn refuse_strong(s: &ApiState, ns: &str) -> Result<(), ApiError> {
+    if strong_api::strong_namespace(s, ns).is_some() {
+        return Err(ApiError::bad_request(
+            "wrong_type",
+            format!("{ns:?} is a strong namespace of plain values: use put, cas or txn"),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -735,6 +878,7 @@ async fn increment(
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WriteBody>, ApiError> {
+    refuse_strong(&s, &ns)?;
     let req: IncrementRequest = parse_body(body)?;
     do_write(&s, ns, key, Op::Increment { amount: req.amount }).await
 }
@@ -753,6 +897,7 @@ async fn set_op(
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<WriteBody>, ApiError> {
+    refuse_strong(&s, &ns)?;
     let req: SetRequest = parse_body(body)?;
     let member = text_or_base64(req.member, req.member_base64, "member")?;
     let op = match req.op.as_str() {

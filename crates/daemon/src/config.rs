@@ -58,6 +58,22 @@ pub struct Config {
     pub suspect_to_down_after_ms: u64,
     /// `tracing` filter when `RUST_LOG` is unset.
     pub log: String,
+    /// Names of the Raft voters of the cluster's strong namespaces (SPEC §4):
+    /// 1, 3, 5 or 7 names, the same list on every node. Empty: strong
+    /// namespaces are disabled on this cluster. The lowest name bootstraps
+    /// the group once every voter is alive; every other node joins as a
+    /// learner (it forwards writes and serves `stale=true` reads).
+    /// Voters change at runtime with `chorus raft add-voter/remove-voter`;
+    /// this list only seeds a new cluster.
+    pub strong_voters: Vec<String>,
+    /// Raft heartbeat period.
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout, lower bound (randomised up to the upper bound).
+    pub raft_election_timeout_min_ms: u64,
+    /// Raft election timeout, upper bound.
+    pub raft_election_timeout_max_ms: u64,
+    /// Raft pre-vote: a partitioned node cannot disrupt a healthy leader.
+    pub raft_pre_vote: bool,
 }
 
 impl Default for Config {
@@ -84,6 +100,11 @@ impl Default for Config {
             probe_period_ms: 250,
             suspect_to_down_after_ms: 750,
             log: "info".into(),
+            strong_voters: Vec::new(),
+            raft_heartbeat_ms: 50,
+            raft_election_timeout_min_ms: 150,
+            raft_election_timeout_max_ms: 300,
+            raft_pre_vote: true,
         }
     }
 }
@@ -156,6 +177,34 @@ impl Config {
         if self.suspect_to_down_after_ms == 0 {
             return invalid("suspect_to_down_after_ms", "must be > 0".into());
         }
+        if !self.strong_voters.is_empty() {
+            if !chorus_strong::node::VOTER_COUNTS.contains(&self.strong_voters.len()) {
+                return invalid(
+                    "strong_voters",
+                    format!("{} names; a Raft group has 1, 3, 5 or 7 voters", self.strong_voters.len()),
+                );
+            }
+            let mut names = self.strong_voters.clone();
+            names.sort();
+            names.dedup();
+            if names.len() != self.strong_voters.len() {
+                return invalid("strong_voters", "a name appears twice".into());
+            }
+            for name in &self.strong_voters {
+                if let Err(e) = chorus_net::ca::validate_node_name(name) {
+                    return invalid("strong_voters", format!("{name:?}: {e}"));
+                }
+            }
+        }
+        if self.raft_heartbeat_ms == 0
+            || self.raft_election_timeout_min_ms <= self.raft_heartbeat_ms
+            || self.raft_election_timeout_max_ms <= self.raft_election_timeout_min_ms
+        {
+            return invalid(
+                "raft_election_timeout_min_ms",
+                "need 0 < raft_heartbeat_ms < raft_election_timeout_min_ms < raft_election_timeout_max_ms".into(),
+            );
+        }
         if self.advertise_addr.is_none() && self.peer_addr.ip().is_unspecified() {
             return invalid("advertise_addr", "required when peer_addr is a wildcard address".into());
         }
@@ -176,6 +225,18 @@ impl Config {
         }
     }
 
+    /// The Raft tunables of the strong namespaces.
+    pub fn strong_config(&self) -> chorus_strong::StrongConfig {
+        let mut c = chorus_strong::StrongConfig::new(strong_id(&self.name));
+        c.advertise_addr = Some(self.advertised_peer_addr());
+        c.heartbeat_interval_ms = self.raft_heartbeat_ms;
+        c.election_timeout_min_ms = self.raft_election_timeout_min_ms;
+        c.election_timeout_max_ms = self.raft_election_timeout_max_ms;
+        c.pre_vote = self.raft_pre_vote;
+        c.request_timeout_ms = self.request_timeout_ms;
+        c
+    }
+
     /// The replication tunables handed to the core.
     pub fn node_config(&self) -> chorus_core::NodeConfig {
         chorus_core::NodeConfig {
@@ -188,6 +249,12 @@ impl Config {
             ..chorus_core::NodeConfig::default()
         }
     }
+}
+
+/// A node's Raft id: derived from its name, so it is stable across restarts
+/// and every node computes every other node's id alike.
+pub fn strong_id(name: &str) -> u64 {
+    chorus_core::NodeId::from_name(name).0
 }
 
 #[cfg(test)]

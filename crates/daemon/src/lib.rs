@@ -22,6 +22,8 @@ pub mod clock;
 pub mod config;
 pub mod probe;
 pub mod runtime;
+pub mod strong;
+pub mod strong_api;
 pub mod telemetry;
 pub mod token;
 
@@ -61,6 +63,7 @@ pub struct Daemon {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     membership: Membership,
     transport: Transport,
+    strong: Option<Arc<strong::StrongService>>,
 }
 
 impl Daemon {
@@ -83,6 +86,9 @@ impl Daemon {
             }
             Some(r) => {
                 let _ = self.shutdown.send(true);
+                if let Some(svc) = &self.strong {
+                    svc.node.shutdown().await;
+                }
                 self.transport.shutdown().await;
                 match r {
                     Ok(Ok(())) => anyhow::bail!("node task stopped"),
@@ -99,6 +105,9 @@ impl Daemon {
         let _ = self.shutdown.send(true);
         let _ = self.http_task.await;
         let _ = self.node_task.await;
+        if let Some(svc) = &self.strong {
+            svc.node.shutdown().await;
+        }
         self.transport.shutdown().await;
     }
 }
@@ -107,6 +116,11 @@ impl Daemon {
 fn load_image(store: &RedbStorage) -> anyhow::Result<RecoveryImage> {
     let mut image = RecoveryImage::new();
     for space in store.spaces().context("listing store spaces")? {
+        // The Raft log and state machine belong to chorus-strong, which
+        // reads them itself.
+        if space.starts_with(chorus_strong::store::SPACE_PREFIX) {
+            continue;
+        }
         let mut entries = std::collections::BTreeMap::new();
         store
             .for_each(&space, &mut |k, v| {
@@ -208,6 +222,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     let membership =
         Membership::start(transport.clone(), identity, config.seeds.clone(), mconfig).context("starting membership")?;
 
+    let strong = strong::StrongService::start(
+        &config,
+        committer.clone() as Arc<dyn Storage>,
+        transport.clone(),
+        clock_service.clone(),
+    )
+    .await
+    .context("starting strong namespaces (Raft)")?;
+    let incoming = demux(incoming, strong.clone());
+
     let mut driver = runtime::Driver {
         node,
         clock: clock_service.clone(),
@@ -261,6 +285,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         clock: clock_service.clone(),
         info,
         metrics: metrics.clone(),
+        strong: strong.clone(),
     };
     let app = api::router(state);
     let mut http_stop = shutdown_rx.clone();
@@ -279,9 +304,50 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         Duration::from_millis(config.clock_probe_interval_ms),
         shutdown_rx.clone(),
     ));
+    if let Some(svc) = &strong {
+        tokio::spawn(strong::run_upkeep(svc.clone(), membership.clone(), shutdown_rx.clone()));
+    }
     tokio::spawn(upkeep(handle, membership.clone(), transport.clone(), metrics, shutdown_rx));
     tracing::info!(name = %config.name, %api_addr, %peer_addr, generation, "chorus node started");
-    Ok(Daemon { api_addr, shutdown: shutdown_tx, node_task, http_task, membership, transport })
+    Ok(Daemon { api_addr, shutdown: shutdown_tx, node_task, http_task, membership, transport, strong })
+}
+
+/// Bound of the queue of peer traffic into the node task.
+const INCOMING_QUEUE_MAX: usize = 4096;
+
+/// Splits peer traffic: strong-namespace (Raft) requests go straight to the
+/// Raft node, one task each, so they never wait behind the eventual node
+/// task's group commit; everything else goes to the node task. Without
+/// strong namespaces their requests are dropped (the requester sees no
+/// answer).
+fn demux(
+    mut incoming: tokio::sync::mpsc::Receiver<chorus_net::Incoming>,
+    strong: Option<Arc<strong::StrongService>>,
+) -> tokio::sync::mpsc::Receiver<chorus_net::Incoming> {
+    let (tx, rx) = tokio::sync::mpsc::channel(INCOMING_QUEUE_MAX);
+    tokio::spawn(async move {
+        while let Some(message) = incoming.recv().await {
+            match message {
+                chorus_net::Incoming::Request { payload, respond, .. }
+                    if chorus_strong::is_strong_request(&payload) =>
+                {
+                    if let Some(svc) = &strong {
+                        let node = svc.node.clone();
+                        tokio::spawn(async move {
+                            let answer = node.handle_request(&payload).await;
+                            let _ = respond.send(answer);
+                        });
+                    }
+                }
+                other => {
+                    if tx.send(other).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
 }
 
 async fn upkeep(

@@ -560,6 +560,17 @@ impl KvStateMachine {
             .collect()
     }
 
+    /// How many keys lie in `[start, end)` (`end == None`: unbounded).
+    pub fn count(&self, start: &[u8], end: Option<&[u8]>) -> u64 {
+        use std::ops::Bound;
+        let upper = match end {
+            Some(end) if end <= start => return 0,
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.keys.range::<[u8], _>((Bound::Included(start), upper)).count() as u64
+    }
+
     /// The lease `id`, if live.
     pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
         self.leases.get(&id)

@@ -49,6 +49,15 @@ pub(crate) enum RpcRequest {
     Read(Query),
     /// Reachability probe.
     Ping,
+    /// A voter addition forwarded to the leader.
+    AddVoter {
+        id: u64,
+        node: PeerNode,
+    },
+    /// A voter removal forwarded to the leader.
+    RemoveVoter {
+        id: u64,
+    },
 }
 
 /// The answer to an [`RpcRequest`].
@@ -61,6 +70,8 @@ pub(crate) enum RpcResponse {
     Write(Result<Response, StrongError>),
     Read(Result<QueryResponse, StrongError>),
     Pong,
+    /// The outcome of a forwarded membership change.
+    Membership(Result<(), StrongError>),
     /// The receiver could not handle the request (shutting down, malformed).
     Refused(String),
 }

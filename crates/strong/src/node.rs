@@ -183,6 +183,13 @@ pub enum Query {
         /// Lock name.
         name: Vec<u8>,
     },
+    /// How many keys lie in `[start, end)`.
+    Count {
+        /// First key.
+        start: Vec<u8>,
+        /// End (exclusive); `None`: unbounded.
+        end: Option<Vec<u8>>,
+    },
 }
 
 /// The answer to a [`Query`].
@@ -199,6 +206,14 @@ pub enum QueryResult {
     Lease(Option<Lease>),
     /// For `Lock`.
     Lock(Option<LockState>),
+    /// For `Count`.
+    Count(u64),
+    /// For `Events` when `from_revision` has left the bounded history:
+    /// the oldest revision still kept.
+    Compacted {
+        /// Oldest kept revision.
+        oldest: u64,
+    },
 }
 
 /// A [`QueryResult`] with the revision it was read at.
@@ -350,8 +365,19 @@ impl StrongNode {
     }
 
     /// Adds `id` as a learner, waits for it to catch up, then makes it a
-    /// voter (joint consensus). Leader only.
+    /// voter (joint consensus). Runs on the leader; a follower forwards it.
     pub async fn add_voter(&self, id: u64, node: PeerNode) -> Result<(), StrongError> {
+        let deadline = self.membership_deadline();
+        self.route(
+            deadline,
+            || self.add_voter_local(id, node.clone()),
+            || RpcRequest::AddVoter { id, node: node.clone() },
+            membership_answer,
+        )
+        .await
+    }
+
+    async fn add_voter_local(&self, id: u64, node: PeerNode) -> Result<(), StrongError> {
         let voters = self.status().voters;
         if !voters.contains_key(&id) && voters.len() >= VOTERS_MAX {
             return Err(StrongError::Membership(format!("at most {VOTERS_MAX} voters")));
@@ -362,15 +388,29 @@ impl StrongNode {
         self.membership_result(write).await
     }
 
-    /// Removes voter `id` from the cluster (it stops receiving the log). Leader only.
+    /// Removes voter `id` from the cluster (it stops receiving the log).
+    /// Runs on the leader; a follower forwards it.
     pub async fn remove_voter(&self, id: u64) -> Result<(), StrongError> {
+        let deadline = self.membership_deadline();
+        self.route(deadline, || self.remove_voter_local(id), || RpcRequest::RemoveVoter { id }, membership_answer).await
+    }
+
+    async fn remove_voter_local(&self, id: u64) -> Result<(), StrongError> {
         let voters = self.status().voters;
-        if voters.len() == 1 && voters.contains_key(&id) {
+        if !voters.contains_key(&id) {
+            return Err(StrongError::Membership(format!("{id} is not a voter")));
+        }
+        if voters.len() == 1 {
             return Err(StrongError::Membership("cannot remove the last voter".into()));
         }
         let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
         let write = self.inner.raft.change_membership(change, false);
         self.membership_result(write).await
+    }
+
+    /// Catching up a learner may legitimately take longer than a write.
+    fn membership_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.inner.config.request_timeout_ms.saturating_mul(10))
     }
 
     async fn membership_result<T>(
@@ -491,6 +531,12 @@ impl StrongNode {
         .await
     }
 
+    /// Reads this node's replica at once (possibly stale): `query(q, false)`
+    /// without the `async`.
+    pub fn query_stale(&self, query: Query) -> QueryResponse {
+        self.read_local(&query)
+    }
+
     /// Runs a request where it must run: locally on the leader, otherwise
     /// forwarded to it. Fails fast without a quorum; follows a `NotLeader`
     /// answer (leadership moved meanwhile) at most `FORWARD_HOPS_MAX` times
@@ -577,7 +623,22 @@ impl StrongNode {
             if remaining.is_zero() {
                 return Err(StrongError::Timeout);
             }
-            match network::call(&self.inner.transport, leader, &request, remaining).await {
+            // A leader that dies mid-request never answers; once another
+            // node leads, stop waiting for it. A read is retried at the new
+            // leader; a write's fate is unknown (it may have been appended
+            // before the crash), so the client hears `Timeout` at once
+            // rather than at its deadline.
+            let call = network::call(&self.inner.transport, leader, &request, remaining);
+            let outcome = tokio::select! {
+                outcome = call => outcome,
+                () = self.leader_moved_from(&leader.name) => {
+                    return Err(match request {
+                        RpcRequest::Read(_) => StrongError::NotLeader { leader_id: None, leader: None },
+                        _ => StrongError::Timeout,
+                    });
+                }
+            };
+            match outcome {
                 Ok(RpcResponse::Refused(reason)) => return Err(StrongError::Shutdown(reason)),
                 Ok(response) => return Ok(response),
                 // Never sent: safe to retry once leadership settles.
@@ -594,6 +655,25 @@ impl StrongNode {
                 }
                 Err(CallError::Transport(chorus_net::RequestError::Timeout)) => return Err(StrongError::Timeout),
                 Err(e) => return Err(StrongError::Protocol(e.to_string())),
+            }
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `name`.
+    async fn leader_moved_from(&self, name: &str) {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let moved = {
+                let m = metrics.borrow_and_update();
+                m.current_leader.is_some_and(|id| {
+                    m.membership_config.membership().get_node(&id).is_some_and(|node| node.name != name)
+                })
+            };
+            if moved {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     }
@@ -636,15 +716,12 @@ impl StrongNode {
             Query::Range { start, end, limit } => QueryResult::Range(kv.range(start, end.as_deref(), *limit)),
             Query::Events { from_revision, limit } => match kv.events_since(*from_revision, *limit) {
                 Ok(events) => QueryResult::Events(events),
-                Err(KvError::Compacted { oldest, .. }) => {
-                    // Report compaction as an empty page starting later;
-                    // callers compare the first event's revision.
-                    QueryResult::Events(kv.events_since(oldest, *limit).unwrap_or_default())
-                }
+                Err(KvError::Compacted { oldest, .. }) => QueryResult::Compacted { oldest },
                 Err(_) => QueryResult::Events(Vec::new()),
             },
             Query::Lease { lease } => QueryResult::Lease(kv.lease(*lease).cloned()),
             Query::Lock { name } => QueryResult::Lock(kv.lock(name).cloned()),
+            Query::Count { start, end } => QueryResult::Count(kv.count(start, end.as_deref())),
         };
         QueryResponse { revision: kv.revision(), result }
     }
@@ -677,6 +754,8 @@ impl StrongNode {
                 RpcResponse::Read(self.query_local(&query, deadline).await)
             }
             RpcRequest::Ping => RpcResponse::Pong,
+            RpcRequest::AddVoter { id, node } => RpcResponse::Membership(self.add_voter_local(id, node).await),
+            RpcRequest::RemoveVoter { id } => RpcResponse::Membership(self.remove_voter_local(id).await),
         };
         network::encode_response(&response)
     }
@@ -709,6 +788,13 @@ impl StrongNode {
             task.abort();
         }
         let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+fn membership_answer(response: RpcResponse) -> Result<Result<(), StrongError>, RpcResponse> {
+    match response {
+        RpcResponse::Membership(result) => Ok(result),
+        other => Err(other),
     }
 }
 

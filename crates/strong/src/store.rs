@@ -29,6 +29,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::kv::{KvStateMachine, Response};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, StrongTypes, Vote};
 
+/// Every space of this store starts with this (the daemon skips them when it
+/// loads the eventual state).
+pub const SPACE_PREFIX: &str = "raft.";
 /// Keyspace of the Raft log.
 pub const LOG_SPACE: &str = "raft.log";
 /// Keyspace of the vote, committed and purged log ids.

@@ -48,6 +48,9 @@ enum BenchCommand {
     /// range-based reconciliation, the negentropy crate, and a naive
     /// full-state transfer, on the same sets.
     AntiEntropy(crate::cmd::bench_ae::AntiEntropyArgs),
+    /// Strong (Raft) writes and leader failover on 3 voters; with
+    /// --vs-etcd, against a 3-member etcd cluster in the same run.
+    Strong(crate::cmd::bench_strong::StrongArgs),
 }
 
 struct Run {
@@ -71,6 +74,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let (clients, seconds, base_port, json) = match args.command {
         BenchCommand::Write { clients, seconds, base_port, json } => (clients, seconds, base_port, json),
         BenchCommand::AntiEntropy(a) => return crate::cmd::bench_ae::run(a),
+        BenchCommand::Strong(a) => return crate::cmd::bench_strong::run(a),
     };
     let counts: Vec<usize> = match clients {
         Some(n) if n == 0 || n > CLIENTS_MAX => bail!("--clients must be in 1..={CLIENTS_MAX}"),

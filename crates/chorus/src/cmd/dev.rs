@@ -78,6 +78,14 @@ impl DevLayout {
             ca.save(&ca_dir)?;
             ca
         };
+        // The strong namespaces' Raft voters: the first 1, 3, 5 or 7 nodes.
+        let voters = [7u16, 5, 3, 1].into_iter().find(|v| *v <= self.nodes).unwrap_or(1);
+        let voter_list: Vec<String> = (1..=voters).map(|i| format!("\"node{i}\"")).collect();
+        let strong_line = if self.extra_config.contains("strong_voters") {
+            String::new()
+        } else {
+            format!("strong_voters = [{}]\n", voter_list.join(", "))
+        };
         for i in 1..=self.nodes {
             let dir = self.node_dir(i);
             let tls = dir.join("tls");
@@ -87,7 +95,7 @@ impl DevLayout {
             }
             let config = format!(
                 "name = \"{name}\"\ncluster_name = \"chorus-dev\"\ndata_dir = {data:?}\ntls_dir = {tls:?}\n\
-                 api_addr = \"{api}\"\npeer_addr = \"{peer}\"\nseeds = [\"{seed}\"]\n{extra}\n",
+                 api_addr = \"{api}\"\npeer_addr = \"{peer}\"\nseeds = [\"{seed}\"]\n{strong_line}{extra}\n",
                 data = dir.join("data").display().to_string(),
                 tls = tls.display().to_string(),
                 api = self.api_addr(i),

@@ -1,7 +1,9 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_ae;
+pub mod bench_strong;
 pub mod ca;
 pub mod client;
 pub mod dev;
 pub mod sim;
+pub mod strong;

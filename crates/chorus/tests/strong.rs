@@ -1,0 +1,527 @@
+//! Strong namespaces on real `chorus agent` processes: 3 Raft voters on
+//! loopback (issue 5). Every wait polls with a deadline.
+
+mod common;
+
+use chorus_strong::linearizability::{Operation, Outcome, RegisterOp, check_registers};
+use common::*;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const STRONG: &str = "strong_voters = [\"node1\", \"node2\", \"node3\"]\nrequest_timeout_ms = 2000";
+
+/// A 3-voter cluster with a leader and strong namespace `ns`.
+fn strong_cluster(block: u8, n: u8, ns: &str) -> Cluster {
+    let c = Cluster::start(block, n, STRONG);
+    let leader = wait_leader(&c, &[]);
+    eventually("the strong namespace to be created", CONVERGE, || {
+        let body = json!({ "name": ns, "mode": "strong" }).to_string();
+        let (status, v) = c.http.req("POST", &c.agents[leader].url("/v1/ns"), Some(&body))?;
+        assert!(!(400..500).contains(&status), "create {ns}: {status} {v}");
+        (status == 201 || status == 200).then_some(())
+    });
+    c
+}
+
+/// Index of the agent every running node (except `skip`) names as leader.
+fn wait_leader(c: &Cluster, skip: &[usize]) -> usize {
+    eventually("one leader that every running node agrees on", CONVERGE, || {
+        let mut leader = None;
+        for (i, a) in c.agents.iter().enumerate() {
+            if skip.contains(&i) {
+                continue;
+            }
+            let (_, v) = c.http.get(&a.url("/v1/raft"))?;
+            let name = v["leader"].as_str()?.to_string();
+            if leader.as_ref().is_some_and(|l: &String| *l != name) {
+                return None;
+            }
+            leader = Some(name);
+        }
+        let name = leader?;
+        c.agents.iter().position(|a| a.name == name).filter(|i| !skip.contains(i))
+    })
+}
+
+fn url(c: &Cluster, i: usize, path: &str) -> String {
+    c.agents[i].url(path)
+}
+
+fn post(c: &Cluster, i: usize, path: &str, body: Value) -> Option<(u16, Value)> {
+    c.http.req("POST", &url(c, i, path), Some(&body.to_string()))
+}
+
+fn read_value(c: &Cluster, i: usize, ns: &str, key: &str) -> Option<Option<String>> {
+    match c.http.get(&url(c, i, &format!("/v1/ns/{ns}/kv/{key}")))? {
+        (200, v) => Some(Some(v["value"].as_str()?.to_string())),
+        (404, v) if v["error"] == "not_found" => Some(None),
+        _ => None,
+    }
+}
+
+fn grant(c: &Cluster, i: usize, ttl_ms: u64) -> u64 {
+    let (status, v) = post(c, i, "/v1/leases", json!({ "ttl_ms": ttl_ms })).expect("node answers");
+    assert_eq!(status, 201, "lease grant: {v}");
+    v["lease"].as_u64().expect("lease id")
+}
+
+#[test]
+fn a_cas_counter_under_concurrent_clients_ends_exactly_right() {
+    let c = strong_cluster(41, 3, "counters");
+    const CLIENTS: usize = 4;
+    const INCREMENTS: u64 = 15;
+    let c = Arc::new(c);
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let node = w % 3;
+                let mut done = 0;
+                let mut attempts = 0;
+                while done < INCREMENTS {
+                    attempts += 1;
+                    assert!(attempts < 2_000, "client {w} made no progress");
+                    let Some(current) = read_value(&c, node, "counters", "n") else { continue };
+                    let n: u64 = current.as_deref().map_or(0, |t| t.parse().expect("a number"));
+                    let mut body = json!({ "value": (n + 1).to_string() });
+                    if let Some(t) = current {
+                        body["expected"] = json!(t);
+                    }
+                    match post(&c, node, "/v1/ns/counters/cas/n", body) {
+                        Some((200, v)) if v["succeeded"] == true => done += 1,
+                        Some((200, _)) => {}
+                        // Never an unknown outcome here: a timeout would make
+                        // the exact count unknowable.
+                        other => panic!("client {w}: cas answered {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+    for i in 0..3 {
+        assert_eq!(
+            read_value(&c, i, "counters", "n"),
+            Some(Some((CLIENTS as u64 * INCREMENTS).to_string())),
+            "linearizable read on node{}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn a_transaction_applies_all_its_ops_or_none_and_transfers_keep_the_total() {
+    let c = strong_cluster(42, 3, "bank");
+    let txn = |i: usize, body: Value| -> Value {
+        let (status, v) = post(&c, i, "/v1/ns/bank/txn", body).expect("node answers");
+        assert_eq!(status, 200, "txn: {v}");
+        v
+    };
+    // Open two accounts only if neither exists: all or nothing.
+    let open = json!({
+        "compare": [
+            { "key": "a", "target": "version", "op": "==", "version": 0 },
+            { "key": "b", "target": "version", "op": "==", "version": 0 },
+        ],
+        "success": [ { "op": "put", "key": "a", "value": "100" }, { "op": "put", "key": "b", "value": "100" } ],
+        "failure": [ { "op": "get", "key": "a" } ],
+    });
+    assert_eq!(txn(0, open.clone())["succeeded"], true);
+    let again = txn(1, open);
+    assert_eq!(again["succeeded"], false, "second open must take the failure branch");
+    assert_eq!(again["results"][0]["kv"]["value"], "100");
+    // A failing compare applies none of the success ops.
+    let refused = txn(
+        2,
+        json!({
+            "compare": [ { "key": "a", "target": "value", "op": "==", "value": "999" } ],
+            "success": [ { "op": "put", "key": "a", "value": "0" }, { "op": "delete", "key": "b" } ],
+        }),
+    );
+    assert_eq!(refused["succeeded"], false);
+    assert_eq!(read_value(&c, 0, "bank", "a"), Some(Some("100".into())));
+    assert_eq!(read_value(&c, 0, "bank", "b"), Some(Some("100".into())));
+
+    // Concurrent transfers guarded by mod_revision: the total never changes.
+    let c = Arc::new(c);
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut moved = 0;
+                let mut attempts = 0;
+                while moved < 8 {
+                    attempts += 1;
+                    assert!(attempts < 2_000, "client {w} made no progress");
+                    let (from, to) = if (w + moved) % 2 == 0 { ("a", "b") } else { ("b", "a") };
+                    let Some((200, r)) = post(
+                        &c,
+                        w,
+                        "/v1/ns/bank/txn",
+                        json!({ "success": [ { "op": "get", "key": from }, { "op": "get", "key": to } ] }),
+                    ) else {
+                        continue;
+                    };
+                    let kv_from = &r["results"][0]["kv"];
+                    let kv_to = &r["results"][1]["kv"];
+                    let balance = |kv: &Value| kv["value"].as_str().and_then(|t| t.parse::<i64>().ok()).expect("balance");
+                    let (bf, bt) = (balance(kv_from), balance(kv_to));
+                    let amount = 5;
+                    let body = json!({
+                        "compare": [
+                            { "key": from, "target": "mod_revision", "op": "==", "mod_revision": kv_from["mod_revision"] },
+                            { "key": to, "target": "mod_revision", "op": "==", "mod_revision": kv_to["mod_revision"] },
+                        ],
+                        "success": [
+                            { "op": "put", "key": from, "value": (bf - amount).to_string() },
+                            { "op": "put", "key": to, "value": (bt + amount).to_string() },
+                        ],
+                    });
+                    match post(&c, w, "/v1/ns/bank/txn", body) {
+                        Some((200, v)) if v["succeeded"] == true => moved += 1,
+                        Some((200, _)) => {}
+                        other => panic!("client {w}: transfer answered {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+    let (status, both) = post(
+        &c,
+        0,
+        "/v1/ns/bank/txn",
+        json!({ "success": [ { "op": "get", "key": "a" }, { "op": "get", "key": "b" } ] }),
+    )
+    .expect("node answers");
+    assert_eq!(status, 200);
+    let total: i64 = (0..2).map(|i| both["results"][i]["kv"]["value"].as_str().unwrap().parse::<i64>().unwrap()).sum();
+    assert_eq!(total, 200, "transfers created or destroyed money: {both}");
+}
+
+/// A client that keeps lease `lease` alive through the CLI, as a separate
+/// process that the test can pause.
+fn keeper(c: &Cluster, i: usize, lease: u64) -> std::process::Child {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "while {BIN} lease keepalive {lease} --node {} >/dev/null 2>&1; do sleep 0.2; done",
+            c.agents[i].api
+        ))
+        .spawn()
+        .expect("spawn keeper")
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on a child we own.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
+}
+
+fn fenced_write(c: &Cluster, i: usize, token: u64, data: &str) -> bool {
+    // The protected resource accepts a write only with a token larger than
+    // every token it has seen (tokens zero-padded so bytes order = numeric order).
+    let t = format!("{token:020}");
+    let body = json!({
+        "compare": [ { "key": "fence", "target": "value", "op": "<", "value": t } ],
+        "success": [ { "op": "put", "key": "fence", "value": t }, { "op": "put", "key": "data", "value": data } ],
+    });
+    let (status, v) = post(c, i, "/v1/ns/locks/txn", body).expect("node answers");
+    assert_eq!(status, 200, "fenced write: {v}");
+    v["succeeded"] == true
+}
+
+#[test]
+fn a_lock_is_never_held_by_two_clients_and_fencing_tokens_grow_across_a_paused_holder() {
+    let c = Arc::new(strong_cluster(43, 3, "locks"));
+    assert_eq!(c.http.req("PUT", &url(&c, 0, "/v1/ns/locks/kv/fence"), Some(r#"{"value":"0"}"#)).unwrap().0, 200);
+    // Watch the lock from the side all along: never two holders.
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_holders = Arc::new(AtomicUsize::new(0));
+    let monitor = {
+        let (c, stop, max_holders) = (c.clone(), stop.clone(), max_holders.clone());
+        std::thread::spawn(move || {
+            let mut polls = 0u32;
+            while !stop.load(Ordering::SeqCst) && polls < 20_000 {
+                polls += 1;
+                if let Some((200, v)) = c.http.get(&url(&c, 1, "/v1/ns/locks/lock/m")) {
+                    let n = v["holders"].as_array().map_or(0, Vec::len);
+                    max_holders.fetch_max(n, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+
+    // A takes the lock under a 1.5 s lease that a separate process keeps alive.
+    let lease_a = grant(&c, 0, 1500);
+    let (status, va) = post(&c, 0, "/v1/ns/locks/lock/m", json!({ "lease": lease_a })).unwrap();
+    assert_eq!(status, 200, "A locks: {va}");
+    let token_a = va["fencing_token"].as_u64().unwrap();
+    assert!(fenced_write(&c, 0, token_a, "A1"));
+    let mut keeper_a = keeper(&c, 0, lease_a);
+
+    // B waits longer than A's TTL: A's keep-alives hold the lock.
+    let lease_b = grant(&c, 1, 20_000);
+    let (status, vb) = post(&c, 1, "/v1/ns/locks/lock/m", json!({ "lease": lease_b, "wait_ms": 2500 })).unwrap();
+    assert_eq!((status, vb["error"].as_str()), (409, Some("lock_busy")), "B must not get A's lock: {vb}");
+
+    // A pauses (SIGSTOP): its lease expires and B takes over.
+    signal(&keeper_a, libc::SIGSTOP);
+    let (status, vb) = post(&c, 1, "/v1/ns/locks/lock/m", json!({ "lease": lease_b, "wait_ms": 10_000 })).unwrap();
+    assert_eq!(status, 200, "B locks after A's lease expired: {vb}");
+    let token_b = vb["fencing_token"].as_u64().unwrap();
+    assert!(token_b > token_a, "fencing tokens must grow: A {token_a}, B {token_b}");
+    assert!(fenced_write(&c, 1, token_b, "B1"));
+
+    // A wakes up believing it holds the lock: its fenced write is refused
+    // and its keeper finds the lease gone.
+    signal(&keeper_a, libc::SIGCONT);
+    assert!(!fenced_write(&c, 0, token_a, "A2"), "a write with A's stale token must be refused");
+    eventually("A's keeper to find its lease gone", CONVERGE, || keeper_a.try_wait().ok().flatten());
+    assert_eq!(read_value(&c, 2, "locks", "data"), Some(Some("B1".into())));
+
+    // B releases; C gets an even larger token.
+    let (status, _) = c.http.req("DELETE", &url(&c, 1, &format!("/v1/ns/locks/lock/m?lease={lease_b}")), None).unwrap();
+    assert_eq!(status, 200);
+    let lease_c = grant(&c, 2, 20_000);
+    let (status, vc) = post(&c, 2, "/v1/ns/locks/lock/m", json!({ "lease": lease_c })).unwrap();
+    assert_eq!(status, 200, "C locks: {vc}");
+    assert!(vc["fencing_token"].as_u64().unwrap() > token_b);
+
+    stop.store(true, Ordering::SeqCst);
+    monitor.join().unwrap();
+    assert_eq!(max_holders.load(Ordering::SeqCst), 1, "the exclusive lock had more than one holder at once");
+}
+
+#[test]
+fn lease_expiry_deletes_bound_keys() {
+    let c = strong_cluster(44, 3, "ephemeral");
+    let lease = grant(&c, 0, 800);
+    let body = json!({ "value": "here", "lease": lease }).to_string();
+    let (status, v) = c.http.req("PUT", &url(&c, 0, "/v1/ns/ephemeral/kv/session"), Some(&body)).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(read_value(&c, 1, "ephemeral", "session"), Some(Some("here".into())));
+    eventually("the key bound to the expired lease to vanish", CONVERGE, || {
+        read_value(&c, 2, "ephemeral", "session")?.is_none().then_some(())
+    });
+    let (status, v) = c.http.get(&url(&c, 1, &format!("/v1/leases/{lease}"))).unwrap();
+    assert_eq!((status, v["error"].as_str()), (404, Some("lease_not_found")), "{v}");
+}
+
+#[test]
+fn the_minority_side_refuses_writes_with_503_no_quorum_and_says_so_in_health() {
+    let mut c = strong_cluster(45, 3, "strict");
+    c.agents[0].put(&c.http, "strict", "k", "before");
+    // node2 and node3 stop answering: node1 is a minority of one.
+    let pause = |a: &Agent, sig| {
+        // SAFETY: kill(2) on a child we own.
+        unsafe { libc::kill(a.child.as_ref().unwrap().id() as i32, sig) };
+    };
+    pause(&c.agents[1], libc::SIGSTOP);
+    pause(&c.agents[2], libc::SIGSTOP);
+    let refused = eventually("node1 to refuse writes with no_quorum", CONVERGE, || {
+        let (status, v) = c.http.req("PUT", &url(&c, 0, "/v1/ns/strict/kv/k"), Some(r#"{"value":"during"}"#))?;
+        (status == 503 && v["error"] == "no_quorum").then_some(v)
+    });
+    assert_eq!(refused["reachable_voters"], json!(["node1"]), "{refused}");
+    assert_eq!(refused["voters"].as_array().map(Vec::len), Some(3), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("no quorum"), "{refused}");
+    // Refusal is fast: the node does not wait for its deadline.
+    let started = Instant::now();
+    let (status, _) = c.http.req("PUT", &url(&c, 0, "/v1/ns/strict/kv/k"), Some(r#"{"value":"during"}"#)).unwrap();
+    assert_eq!(status, 503);
+    let took = started.elapsed();
+    let (_, health) = c.http.get(&url(&c, 0, "/health")).unwrap();
+    assert_eq!(health["status"], "no_quorum", "{health}");
+    assert_eq!(health["strong"]["has_quorum"], false, "{health}");
+    // Heal: writes resume and the refused value never appeared.
+    pause(&c.agents[1], libc::SIGCONT);
+    pause(&c.agents[2], libc::SIGCONT);
+    assert_eq!(read_value_eventually(&c, 2, "strict", "k"), "before");
+    eventually("writes to resume after the heal", CONVERGE, || {
+        let (status, _) = c.http.req("PUT", &url(&c, 0, "/v1/ns/strict/kv/k"), Some(r#"{"value":"after"}"#))?;
+        (status == 200).then_some(())
+    });
+    assert_eq!(read_value(&c, 1, "strict", "k"), Some(Some("after".into())));
+    println!("no-quorum refusal answered in {took:?}");
+    c.agents[0].kill9();
+}
+
+fn read_value_eventually(c: &Cluster, i: usize, ns: &str, key: &str) -> String {
+    eventually(&format!("{key} to be readable on node{}", i + 1), CONVERGE, || read_value(c, i, ns, key)?)
+}
+
+/// Every client's operations on three registers, with invoke/complete times.
+struct Recorder {
+    started: Instant,
+    ops: Mutex<Vec<Operation>>,
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+/// One client operation against the node at `api`, recorded.
+fn client_op(http: &Http, api: &str, rec: &Recorder, process: u64, n: u64, rng: &mut u64) {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let key = format!("r{}", *rng % 3);
+    let value = format!("p{process}-{n}");
+    let choice = (*rng >> 8) % 10;
+    let invoke = rec.now();
+    let (op, outcome) = if choice < 4 {
+        let outcome = match http.get(&format!("{api}/v1/ns/lin/kv/{key}")) {
+            Some((200, v)) => Outcome::Read(v["value"].as_str().map(|t| t.as_bytes().to_vec())),
+            Some((404, v)) if v["error"] == "not_found" => Outcome::Read(None),
+            _ => Outcome::Fail,
+        };
+        (RegisterOp::Read, outcome)
+    } else if choice < 7 {
+        let body = json!({ "value": value }).to_string();
+        let answer = http.req("PUT", &format!("{api}/v1/ns/lin/kv/{key}"), Some(&body));
+        (RegisterOp::Write(value.clone().into_bytes()), write_outcome(answer, |_| Outcome::Written))
+    } else {
+        let expected = format!("p{}-{}", (*rng >> 16) % 3, n.saturating_sub(1 + (*rng >> 20) % 3));
+        let body = json!({ "value": value, "expected": expected }).to_string();
+        let answer = http.req("POST", &format!("{api}/v1/ns/lin/cas/{key}"), Some(&body));
+        let op = RegisterOp::Cas { expected: Some(expected.into_bytes()), new: value.into_bytes() };
+        (op, write_outcome(answer, |v| Outcome::Cas(v["succeeded"] == true)))
+    };
+    let complete = rec.now();
+    rec.ops.lock().unwrap().push(Operation { process, key: key.into_bytes(), op, invoke, complete, outcome });
+}
+
+/// The outcome of a write as the client knows it: refusals that say nothing
+/// changed are failures; timeouts, lost connections and anything unexpected
+/// are unknown.
+fn write_outcome(answer: Option<(u16, Value)>, ok: impl Fn(&Value) -> Outcome) -> Outcome {
+    match answer {
+        Some((200, v)) => ok(&v),
+        Some((503, v)) if matches!(v["error"].as_str(), Some("no_quorum" | "no_leader" | "not_leader")) => {
+            Outcome::Fail
+        }
+        Some((400..=499, _)) => Outcome::Fail,
+        _ => Outcome::Unknown,
+    }
+}
+
+#[test]
+fn histories_recorded_while_the_leader_is_killed_and_restarted_are_linearizable() {
+    let c = Arc::new(Mutex::new(strong_cluster(46, 3, "lin")));
+    let rec = Arc::new(Recorder { started: Instant::now(), ops: Mutex::new(Vec::new()) });
+    let down = Arc::new(AtomicUsize::new(usize::MAX));
+    let done_ops = Arc::new(AtomicUsize::new(0));
+    const CLIENTS: u64 = 4;
+    const OPS: u64 = 60;
+    // Clients only need the addresses (the main thread restarts processes meanwhile).
+    let apis: Arc<Vec<String>> = Arc::new(c.lock().unwrap().agents.iter().map(|a| a.api.clone()).collect());
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|p| {
+            let (apis, rec, down, done_ops) = (apis.clone(), rec.clone(), down.clone(), done_ops.clone());
+            std::thread::spawn(move || {
+                let http = Http::new();
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (p + 1);
+                for n in 0..OPS {
+                    let mut i = ((p + n) % 3) as usize;
+                    if i == down.load(Ordering::SeqCst) {
+                        i = (i + 1) % 3;
+                    }
+                    client_op(&http, &apis[i], &rec, p, n, &mut rng);
+                    done_ops.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let total = (CLIENTS * OPS) as usize;
+    eventually("a third of the operations", Duration::from_secs(120), || {
+        (done_ops.load(Ordering::SeqCst) >= total / 3).then_some(())
+    });
+    let leader = wait_leader(&c.lock().unwrap(), &[]);
+    down.store(leader, Ordering::SeqCst);
+    c.lock().unwrap().agents[leader].kill9();
+    let at_kill = done_ops.load(Ordering::SeqCst);
+    eventually("two thirds of the operations", Duration::from_secs(120), || {
+        (done_ops.load(Ordering::SeqCst) >= (2 * total / 3).max(at_kill + 20)).then_some(())
+    });
+    {
+        let mut c = c.lock().unwrap();
+        c.agents[leader].start();
+        let http = Http::new();
+        c.agents[leader].wait_healthy(&http);
+    }
+    down.store(usize::MAX, Ordering::SeqCst);
+    for t in clients {
+        t.join().expect("client thread");
+    }
+    let history = rec.ops.lock().unwrap().clone();
+    let answered = history.iter().filter(|o| !matches!(o.outcome, Outcome::Fail | Outcome::Unknown)).count();
+    let unknown = history.iter().filter(|o| o.outcome == Outcome::Unknown).count();
+    println!("history: {} operations, {answered} answered, {unknown} unknown", history.len());
+    assert_eq!(history.len(), total);
+    assert!(answered >= total / 2, "the cluster must keep serving: only {answered} of {total} answered");
+    check_registers(&history).expect("the recorded history must be linearizable");
+    // The restarted node caught up.
+    let c = c.lock().unwrap();
+    let latest = read_value_eventually(&c, (leader + 1) % 3, "lin", "r0");
+    eventually("the restarted node's replica to catch up", CONVERGE, || {
+        let (status, v) = c.http.get(&url(&c, leader, "/v1/ns/lin/kv/r0?stale=true"))?;
+        (status == 200 && v["value"] == latest.as_str()).then_some(())
+    });
+}
+
+#[test]
+fn killing_the_leader_with_kill_9_leaves_a_cluster_that_keeps_serving_and_a_cli_that_moves_voters() {
+    let mut c = strong_cluster(47, 4, "kv");
+    // node4 is not a seed voter: it joins as a learner and forwards writes.
+    let (_, raft) = c.http.get(&url(&c, 3, "/v1/raft")).unwrap();
+    eventually("node4 to be a learner", CONVERGE, || {
+        let (_, v) = c.http.get(&url(&c, 0, "/v1/raft"))?;
+        v["learners"].as_array()?.iter().any(|l| l["name"] == "node4").then_some(())
+    });
+    println!("node4 before: {raft}");
+    c.agents[3].put(&c.http, "kv", "via-learner", "1");
+    assert_eq!(read_value(&c, 0, "kv", "via-learner"), Some(Some("1".into())));
+
+    let leader = wait_leader(&c, &[]);
+    let survivor = (leader + 1) % 3;
+    c.agents[leader].kill9();
+    let killed_at = Instant::now();
+    eventually("a write through a survivor after the leader's kill -9", CONVERGE, || {
+        let (status, _) = c.http.req("PUT", &url(&c, survivor, "/v1/ns/kv/kv/after-kill"), Some(r#"{"value":"2"}"#))?;
+        (status == 200).then_some(())
+    });
+    println!("failover: first successful write {:?} after kill -9", killed_at.elapsed());
+    let new_leader = wait_leader(&c, &[leader]);
+    assert_ne!(new_leader, leader);
+    c.agents[leader].start();
+    let http = Http::new();
+    c.agents[leader].wait_healthy(&http);
+    eventually("the old leader to catch up", CONVERGE, || {
+        let (status, v) = c.http.get(&url(&c, leader, "/v1/ns/kv/kv/after-kill?stale=true"))?;
+        (status == 200 && v["value"] == "2").then_some(())
+    });
+
+    // The CLI moves voters: node4 in, then out again.
+    let node = c.agents[survivor].api.clone();
+    let out = chorus(&["raft", "add-voter", "node4", "--node", &node]);
+    assert!(out.status.success(), "add-voter: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, v) = c.http.get(&url(&c, survivor, "/v1/raft")).unwrap();
+    assert!(v["voters"].as_array().unwrap().iter().any(|p| p["name"] == "node4"), "{v}");
+    let out = chorus(&["raft", "remove-voter", "node4", "--node", &node]);
+    assert!(out.status.success(), "remove-voter: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, v) = c.http.get(&url(&c, survivor, "/v1/raft")).unwrap();
+    assert!(!v["voters"].as_array().unwrap().iter().any(|p| p["name"] == "node4"), "{v}");
+    assert_eq!(v["voters"].as_array().unwrap().len(), 3, "{v}");
+    let out = chorus(&["raft", "status", "--node", &node]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("voter"), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -1,0 +1,792 @@
+//! HTTP handlers of strong namespaces (SPEC §4; routes in
+//! `docs/design/http-api.md`). The key routes (`/v1/ns/{ns}/kv/..`,
+//! `/scan`) are shared with eventual namespaces: `api.rs` sends a request
+//! here when its namespace is strong. Everything else (CAS, transactions,
+//! leases, locks, watch, Raft membership) exists only for strong
+//! namespaces.
+//!
+//! Error model, as for the rest of the API: `{"error": code, "message": ..}`
+//! plus, for `no_quorum`, the reachable and configured voters by name.
+//! `timeout` (504) is the one answer whose outcome is unknown.
+
+use crate::api::{ApiError, ApiState, bytes_fields, parse_body, parse_query, text_or_base64};
+use crate::strong::{StrongService, data_key, prefix_end};
+use crate::telemetry;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chorus_strong::kv::{
+    Command, Compare, CompareOp, CompareTarget, KeyValue, LockMode, Response as KvResponse, TxnOp, TxnOpResult,
+    WatchEventKind,
+};
+use chorus_strong::{Query as StrongQuery, QueryResult, StrongError};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest a lock request may wait for the lock.
+pub const LOCK_WAIT_MS_MAX: u64 = 60_000;
+/// How often a waiting lock request or a watch looks at the local replica.
+const POLL_PERIOD: Duration = Duration::from_millis(20);
+/// Events one watch poll reads at most.
+const WATCH_BATCH_MAX: usize = 1000;
+/// Longest a watch stream may be asked to last (0 = until the client goes).
+pub const WATCH_TIMEOUT_MS_MAX: u64 = 24 * 3600 * 1000;
+
+/// The strong service, or 501 when this cluster has none.
+pub fn service(s: &ApiState) -> Result<&Arc<StrongService>, ApiError> {
+    s.strong.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "strong_unavailable",
+            "strong namespaces are disabled: this cluster has no `strong_voters` in its config",
+        )
+    })
+}
+
+/// The strong service when `ns` is a strong namespace.
+pub fn strong_namespace(s: &ApiState, ns: &str) -> Option<Arc<StrongService>> {
+    s.strong.as_ref().filter(|svc| svc.is_strong(ns)).cloned()
+}
+
+/// A strong namespace that must exist (for strong-only routes).
+async fn require_namespace(s: &ApiState, ns: &str) -> Result<Arc<StrongService>, ApiError> {
+    let svc = service(s)?;
+    match svc.is_strong_linearizable(ns).await {
+        Ok(true) => Ok(svc.clone()),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_namespace",
+            format!("strong namespace {ns:?} does not exist"),
+        )),
+        Err(e) => Err(strong_error(svc, e)),
+    }
+}
+
+/// The HTTP form of a [`StrongError`].
+pub fn strong_error(svc: &StrongService, e: StrongError) -> ApiError {
+    use chorus_strong::kv::KvError;
+    let message = e.to_string();
+    match e {
+        StrongError::NoQuorum { reachable_voters, voters } => {
+            let reachable = svc.names_of(&reachable_voters);
+            let all = svc.names_of(&voters);
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_quorum",
+                format!("no quorum: reachable voters {reachable:?} of {all:?}"),
+            )
+            .with_details(json!({ "reachable_voters": reachable, "voters": all }))
+        }
+        StrongError::NotLeader { leader_id, .. } => {
+            let leader = leader_id.map(|id| svc.name_of(id));
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", format!("leadership moved; retry ({message})"))
+                .with_details(json!({ "leader": leader }))
+        }
+        StrongError::NoLeader => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message),
+        StrongError::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the deadline passed; the operation may or may not have been applied",
+        ),
+        StrongError::Rejected(kv) => match kv {
+            KvError::BadKey { .. } => ApiError::bad_request("bad_key", message),
+            KvError::ValueTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message),
+            KvError::TxnTooLarge => ApiError::bad_request("txn_too_large", message),
+            KvError::LeaseNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "lease_not_found", message),
+            KvError::BadTtl(_) => ApiError::bad_request("bad_ttl", message),
+            KvError::LimitReached(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", message),
+            KvError::Compacted { .. } => ApiError::new(StatusCode::GONE, "compacted", message),
+            _ => ApiError::bad_request("rejected", message),
+        },
+        StrongError::Membership(_) => ApiError::new(StatusCode::CONFLICT, "membership_refused", message),
+        StrongError::Shutdown(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message),
+        StrongError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, "protocol", message),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "strong_error", message),
+    }
+}
+
+/// JSON of a stored key of namespace `ns` (the namespace prefix removed).
+fn kv_json(ns: &str, kv: &KeyValue) -> Value {
+    let prefix_len = ns.len() + 1;
+    let key = kv.key.get(prefix_len..).unwrap_or(&kv.key);
+    let mut out = Map::new();
+    out.insert("key".into(), Value::String(String::from_utf8_lossy(key).into_owned()));
+    out.insert("type".into(), "lww".into());
+    bytes_fields(&mut out, "value", &kv.value);
+    out.insert("version".into(), kv.version.into());
+    out.insert("create_revision".into(), kv.create_revision.into());
+    out.insert("mod_revision".into(), kv.mod_revision.into());
+    out.insert("lease".into(), kv.lease.map_or(Value::Null, Value::from));
+    Value::Object(out)
+}
+
+fn opt_kv_json(ns: &str, kv: Option<&KeyValue>) -> Value {
+    kv.map_or(Value::Null, |kv| kv_json(ns, kv))
+}
+
+fn unexpected(svc: &StrongService, answer: impl std::fmt::Debug) -> ApiError {
+    strong_error(svc, StrongError::Protocol(format!("unexpected answer {answer:?}")))
+}
+
+async fn write(svc: &StrongService, op: &'static str, command: Command) -> Result<KvResponse, ApiError> {
+    let started = Instant::now();
+    let result = svc.node.write(command).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(StrongError::Rejected(_)) => "refused",
+        Err(_) => "unavailable",
+    };
+    telemetry::write_answered(op, outcome, started.elapsed().as_secs_f64());
+    result.map_err(|e| strong_error(svc, e))
+}
+
+async fn query(svc: &StrongService, q: StrongQuery, stale: bool) -> Result<(u64, QueryResult), ApiError> {
+    let response = svc.node.query(q, !stale).await.map_err(|e| strong_error(svc, e))?;
+    Ok((response.revision, response.result))
+}
+
+// ------------------------------------------------------------ shared routes
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// Serve from this node's replica without asking the leader.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// GET /v1/ns/{ns}/kv/{key} on a strong namespace: linearizable unless `stale=true`.
+pub async fn get(svc: &StrongService, ns: &str, key: &str, q: ReadQuery) -> Result<Response, ApiError> {
+    let (revision, result) = query(svc, StrongQuery::Get { key: data_key(ns, key.as_bytes()) }, q.stale).await?;
+    let QueryResult::Get(found) = result else { return Err(unexpected(svc, result)) };
+    let Some(kv) = found else {
+        telemetry::read_answered("not_found");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("key {key:?} not found in namespace {ns:?}"),
+        ));
+    };
+    telemetry::read_answered("ok");
+    let mut v = kv_json(ns, &kv);
+    if let Value::Object(o) = &mut v {
+        o.insert("namespace".into(), ns.into());
+        o.insert("revision".into(), revision.into());
+    }
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    value: Option<String>,
+    value_base64: Option<String>,
+    lease: Option<u64>,
+}
+
+/// PUT /v1/ns/{ns}/kv/{key} on a strong namespace.
+pub async fn put(
+    svc: &StrongService,
+    ns: &str,
+    key: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: PutRequest = parse_body(body)?;
+    let value = text_or_base64(req.value, req.value_base64, "value")?;
+    let command = Command::Put { key: data_key(ns, key.as_bytes()), value, lease: req.lease };
+    match write(svc, "strong_put", command).await? {
+        KvResponse::Put { revision, prev } => Ok(Json(json!({
+            "namespace": ns, "key": key, "revision": revision, "prev": opt_kv_json(ns, prev.as_ref()),
+        }))
+        .into_response()),
+        other => Err(unexpected(svc, other)),
+    }
+}
+
+/// DELETE /v1/ns/{ns}/kv/{key} on a strong namespace.
+pub async fn delete(svc: &StrongService, ns: &str, key: &str) -> Result<Response, ApiError> {
+    match write(svc, "strong_delete", Command::Delete { key: data_key(ns, key.as_bytes()) }).await? {
+        KvResponse::Delete { revision, existed } => {
+            Ok(Json(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })).into_response())
+        }
+        other => Err(unexpected(svc, other)),
+    }
+}
+
+/// GET /v1/ns/{ns}/scan on a strong namespace: keys with `prefix`, after
+/// `after`, at most `limit`, in key order; `next` continues the scan.
+pub async fn scan(
+    svc: &StrongService,
+    ns: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    stale: bool,
+) -> Result<Response, ApiError> {
+    let low = data_key(ns, prefix.as_bytes());
+    let end = prefix_end(&low);
+    let start = match after {
+        Some(a) => {
+            let mut k = data_key(ns, a.as_bytes());
+            k.push(0);
+            k.max(low)
+        }
+        None => low,
+    };
+    let (revision, result) = query(svc, StrongQuery::Range { start, end, limit: limit + 1 }, stale).await?;
+    let QueryResult::Range(mut items) = result else { return Err(unexpected(svc, result)) };
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let page: Vec<Value> = items.iter().map(|kv| kv_json(ns, kv)).collect();
+    let next = if more { page.last().and_then(|v| v.get("key")).cloned() } else { None };
+    telemetry::read_answered("ok");
+    Ok(Json(json!({ "namespace": ns, "items": page, "next": next, "revision": revision })).into_response())
+}
+
+// ---------------------------------------------------------------------- CAS
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasRequest {
+    /// The value the key must hold; omit both forms to require absence.
+    expected: Option<String>,
+    expected_base64: Option<String>,
+    value: Option<String>,
+    value_base64: Option<String>,
+}
+
+/// POST /v1/ns/{ns}/cas/{key}: set `value` if the key holds `expected`
+/// (or is absent when no `expected` is given). 200 either way; `succeeded`
+/// says which, `current` is the key after the command.
+pub async fn cas(
+    State(s): State<ApiState>,
+    Path((ns, key)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let svc = require_namespace(&s, &ns).await?;
+    let req: CasRequest = parse_body(body)?;
+    let expected = match (req.expected, req.expected_base64) {
+        (None, None) => None,
+        (t, b) => Some(text_or_base64(t, b, "expected")?),
+    };
+    let value = text_or_base64(req.value, req.value_base64, "value")?;
+    let command = Command::CompareAndSwap { key: data_key(&ns, key.as_bytes()), expected, value };
+    match write(&svc, "strong_cas", command).await? {
+        KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(Json(json!({
+            "namespace": ns, "key": key, "succeeded": succeeded, "revision": revision,
+            "current": opt_kv_json(&ns, current.as_ref()),
+        }))
+        .into_response()),
+        other => Err(unexpected(&svc, other)),
+    }
+}
+
+// ------------------------------------------------------------- transactions
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequest {
+    #[serde(default)]
+    compare: Vec<CompareBody>,
+    #[serde(default)]
+    success: Vec<TxnOpBody>,
+    #[serde(default)]
+    failure: Vec<TxnOpBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareBody {
+    key: String,
+    /// `value`, `version`, `create_revision` or `mod_revision`.
+    target: String,
+    /// `==`, `!=`, `<` or `>`.
+    op: String,
+    value: Option<String>,
+    value_base64: Option<String>,
+    version: Option<u64>,
+    create_revision: Option<u64>,
+    mod_revision: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnOpBody {
+    /// `put`, `delete` or `get`.
+    op: String,
+    key: String,
+    value: Option<String>,
+    value_base64: Option<String>,
+    lease: Option<u64>,
+}
+
+fn compare_of(ns: &str, c: CompareBody) -> Result<Compare, ApiError> {
+    let op = match c.op.as_str() {
+        "==" | "equal" => CompareOp::Equal,
+        "!=" | "not_equal" => CompareOp::NotEqual,
+        "<" | "less" => CompareOp::Less,
+        ">" | "greater" => CompareOp::Greater,
+        other => return Err(ApiError::bad_request("bad_compare", format!("unknown op {other:?}: use ==, !=, < or >"))),
+    };
+    let number = |n: Option<u64>, field: &str| {
+        n.ok_or_else(|| ApiError::bad_request("bad_compare", format!("target {field:?} needs a numeric `{field}`")))
+    };
+    let target = match c.target.as_str() {
+        "value" => match (c.value, c.value_base64) {
+            (None, None) => CompareTarget::Value(None),
+            (t, b) => CompareTarget::Value(Some(text_or_base64(t, b, "value")?)),
+        },
+        "version" => CompareTarget::Version(number(c.version, "version")?),
+        "create_revision" => CompareTarget::CreateRevision(number(c.create_revision, "create_revision")?),
+        "mod_revision" => CompareTarget::ModRevision(number(c.mod_revision, "mod_revision")?),
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_compare",
+                format!("unknown target {other:?}: use value, version, create_revision or mod_revision"),
+            ));
+        }
+    };
+    Ok(Compare { key: data_key(ns, c.key.as_bytes()), op, target })
+}
+
+fn txn_op_of(ns: &str, o: TxnOpBody) -> Result<TxnOp, ApiError> {
+    let key = data_key(ns, o.key.as_bytes());
+    let no_value = |op: &str| -> Result<(), ApiError> {
+        if o.value.is_some() || o.value_base64.is_some() || o.lease.is_some() {
+            return Err(ApiError::bad_request("bad_txn_op", format!("`{op}` takes only a key")));
+        }
+        Ok(())
+    };
+    match o.op.as_str() {
+        "put" => Ok(TxnOp::Put { key, value: text_or_base64(o.value, o.value_base64, "value")?, lease: o.lease }),
+        "delete" => {
+            no_value("delete")?;
+            Ok(TxnOp::Delete { key })
+        }
+        "get" => {
+            no_value("get")?;
+            Ok(TxnOp::Get { key })
+        }
+        other => Err(ApiError::bad_request("bad_txn_op", format!("unknown op {other:?}: use put, delete or get"))),
+    }
+}
+
+fn txn_result_json(ns: &str, r: &TxnOpResult) -> Value {
+    match r {
+        TxnOpResult::Put { prev } => json!({ "op": "put", "prev": opt_kv_json(ns, prev.as_ref()) }),
+        TxnOpResult::Delete { existed } => json!({ "op": "delete", "existed": existed }),
+        TxnOpResult::Get { kv } => json!({ "op": "get", "kv": opt_kv_json(ns, kv.as_ref()) }),
+        other => json!({ "op": format!("{other:?}") }),
+    }
+}
+
+/// POST /v1/ns/{ns}/txn: `if all compares hold then success else failure`,
+/// atomically, over any keys of the namespace.
+pub async fn txn(
+    State(s): State<ApiState>,
+    Path(ns): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let svc = require_namespace(&s, &ns).await?;
+    let req: TxnRequest = parse_body(body)?;
+    let compares = req.compare.into_iter().map(|c| compare_of(&ns, c)).collect::<Result<Vec<_>, _>>()?;
+    let success = req.success.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
+    let failure = req.failure.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
+    match write(&svc, "strong_txn", Command::Txn { compares, success, failure }).await? {
+        KvResponse::Txn { succeeded, revision, results } => {
+            let results: Vec<Value> = results.iter().map(|r| txn_result_json(&ns, r)).collect();
+            Ok(Json(json!({ "namespace": ns, "succeeded": succeeded, "revision": revision, "results": results }))
+                .into_response())
+        }
+        other => Err(unexpected(&svc, other)),
+    }
+}
+
+// ------------------------------------------------------------------- leases
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseGrantRequest {
+    ttl_ms: u64,
+}
+
+fn lease_json(lease: u64, ttl_ms: u64, deadline_ms: u64) -> Value {
+    json!({ "lease": lease, "ttl_ms": ttl_ms, "deadline_ms": deadline_ms })
+}
+
+/// POST /v1/leases `{"ttl_ms"}`: grant a lease.
+pub async fn lease_grant(State(s): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    let req: LeaseGrantRequest = parse_body(body)?;
+    let command = Command::LeaseGrant { ttl_ms: req.ttl_ms, now_ms: svc.now_ms() };
+    match write(svc, "lease_grant", command).await? {
+        KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
+            Ok((StatusCode::CREATED, Json(lease_json(lease, ttl_ms, deadline_ms))).into_response())
+        }
+        other => Err(unexpected(svc, other)),
+    }
+}
+
+/// POST /v1/leases/{id}/keepalive: push the lease's deadline a TTL ahead.
+pub async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    match write(svc, "lease_keepalive", Command::LeaseKeepAlive { lease: id, now_ms: svc.now_ms() }).await? {
+        KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
+            Ok(Json(lease_json(lease, ttl_ms, deadline_ms)).into_response())
+        }
+        other => Err(unexpected(svc, other)),
+    }
+}
+
+/// DELETE /v1/leases/{id}: revoke; its keys are deleted, its locks released.
+pub async fn lease_revoke(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    match write(svc, "lease_revoke", Command::LeaseRevoke { lease: id }).await? {
+        KvResponse::LeaseRevoked { revision, keys_deleted } => {
+            Ok(Json(json!({ "lease": id, "revision": revision, "keys_deleted": keys_deleted })).into_response())
+        }
+        other => Err(unexpected(svc, other)),
+    }
+}
+
+/// GET /v1/leases/{id}: the lease's TTL, deadline, keys and locks.
+pub async fn lease_get(
+    State(s): State<ApiState>,
+    Path(id): Path<u64>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    let q = parse_query(q)?;
+    let (revision, result) = query(svc, StrongQuery::Lease { lease: id }, q.stale).await?;
+    let QueryResult::Lease(found) = result else { return Err(unexpected(svc, result)) };
+    let Some(lease) = found else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "lease_not_found", format!("lease {id} not found")));
+    };
+    let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+    let mut v = lease_json(lease.id, lease.ttl_ms, lease.deadline_ms);
+    if let Value::Object(o) = &mut v {
+        o.insert("keys".into(), lease.keys.iter().map(text).collect::<Vec<_>>().into());
+        o.insert("locks".into(), lease.locks.iter().map(text).collect::<Vec<_>>().into());
+        o.insert("revision".into(), revision.into());
+    }
+    Ok(Json(v).into_response())
+}
+
+// -------------------------------------------------------------------- locks
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockRequest {
+    lease: u64,
+    #[serde(default)]
+    mode: Option<String>,
+    /// Wait up to this long for the lock (0: try once).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn lock_mode(mode: Option<&str>) -> Result<LockMode, ApiError> {
+    match mode.unwrap_or("exclusive") {
+        "exclusive" => Ok(LockMode::Exclusive),
+        "shared" => Ok(LockMode::Shared),
+        other => {
+            Err(ApiError::bad_request("bad_mode", format!("unknown lock mode {other:?}: use exclusive or shared")))
+        }
+    }
+}
+
+fn mode_str(mode: LockMode) -> &'static str {
+    match mode {
+        LockMode::Exclusive => "exclusive",
+        LockMode::Shared => "shared",
+    }
+}
+
+/// POST /v1/ns/{ns}/lock/{name} `{"lease", "mode", "wait_ms"}`: acquire
+/// under a lease. 200 with a `fencing_token` that is larger than every
+/// token granted before; 409 `lock_busy` with the holders' leases.
+pub async fn lock_acquire(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let svc = require_namespace(&s, &ns).await?;
+    let req: LockRequest = parse_body(body)?;
+    let mode = lock_mode(req.mode.as_deref())?;
+    if req.wait_ms > LOCK_WAIT_MS_MAX {
+        return Err(ApiError::bad_request("bad_wait", format!("wait_ms must be at most {LOCK_WAIT_MS_MAX}")));
+    }
+    let lock_name = data_key(&ns, name.as_bytes());
+    let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
+    loop {
+        let command = Command::LockAcquire { name: lock_name.clone(), lease: req.lease, mode };
+        let holders = match write(&svc, "lock_acquire", command).await? {
+            KvResponse::LockGranted { fencing_token } => {
+                return Ok(Json(json!({
+                    "namespace": ns, "lock": name, "lease": req.lease, "mode": mode_str(mode),
+                    "fencing_token": fencing_token,
+                }))
+                .into_response());
+            }
+            KvResponse::LockBusy { holders } => holders,
+            other => return Err(unexpected(&svc, other)),
+        };
+        // Wait until this replica sees the lock free (or compatible), then
+        // try again: polling the replica costs no log entries.
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "lock_busy",
+                    format!("lock {name:?} is held by lease(s) {holders:?}"),
+                )
+                .with_details(json!({ "holders": holders })));
+            }
+            tokio::time::sleep(POLL_PERIOD.min(deadline.saturating_duration_since(Instant::now()))).await;
+            let state = svc.node.query_stale(StrongQuery::Lock { name: lock_name.clone() });
+            let free = match state.result {
+                QueryResult::Lock(None) => true,
+                QueryResult::Lock(Some(l)) => {
+                    l.holders.is_empty() || (l.mode == LockMode::Shared && mode == LockMode::Shared)
+                }
+                _ => true,
+            };
+            if free {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockQuery {
+    lease: u64,
+}
+
+/// DELETE /v1/ns/{ns}/lock/{name}?lease=ID: release.
+pub async fn lock_release(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    q: Result<Query<UnlockQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let svc = require_namespace(&s, &ns).await?;
+    let q = parse_query(q)?;
+    let command = Command::LockRelease { name: data_key(&ns, name.as_bytes()), lease: q.lease };
+    match write(&svc, "lock_release", command).await? {
+        KvResponse::LockReleased { was_held } => {
+            Ok(Json(json!({ "namespace": ns, "lock": name, "lease": q.lease, "was_held": was_held })).into_response())
+        }
+        other => Err(unexpected(&svc, other)),
+    }
+}
+
+/// GET /v1/ns/{ns}/lock/{name}: the holders (empty when free).
+pub async fn lock_get(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let svc = require_namespace(&s, &ns).await?;
+    let q = parse_query(q)?;
+    let (revision, result) = query(&svc, StrongQuery::Lock { name: data_key(&ns, name.as_bytes()) }, q.stale).await?;
+    let QueryResult::Lock(state) = result else { return Err(unexpected(&svc, result)) };
+    let (mode, holders) = match state {
+        Some(l) => (
+            Value::from(mode_str(l.mode)),
+            l.holders.iter().map(|(lease, token)| json!({ "lease": lease, "fencing_token": token })).collect(),
+        ),
+        None => (Value::Null, Vec::new()),
+    };
+    Ok(Json(json!({ "namespace": ns, "lock": name, "mode": mode, "holders": holders, "revision": revision }))
+        .into_response())
+}
+
+// -------------------------------------------------------------------- watch
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    /// First revision wanted; default: the next one (new events only).
+    from_revision: Option<u64>,
+    /// End the stream after this long (0 or absent: when the client goes).
+    #[serde(default)]
+    timeout_ms: u64,
+}
+
+/// GET /v1/ns/{ns}/watch?prefix=&from_revision=: a stream of
+/// newline-delimited JSON events in revision order, served from this
+/// node's replica (a follower's stream lags the leader by its apply delay,
+/// never reorders). An event: `{"revision", "type": "put"|"delete", "key",
+/// "value", "value_base64"}`. When `from_revision` has left the bounded
+/// history, the first line is `{"error": "compacted", "oldest": N}`.
+pub async fn watch(
+    State(s): State<ApiState>,
+    Path(ns): Path<String>,
+    q: Result<Query<WatchQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let svc = require_namespace(&s, &ns).await?;
+    let q = parse_query(q)?;
+    if q.timeout_ms > WATCH_TIMEOUT_MS_MAX {
+        return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {WATCH_TIMEOUT_MS_MAX}")));
+    }
+    let from = match q.from_revision {
+        Some(r) => r.max(1),
+        None => svc.node.query_stale(StrongQuery::Get { key: Vec::new() }).revision + 1,
+    };
+    let prefix = data_key(&ns, q.prefix.as_bytes());
+    let deadline = (q.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(q.timeout_ms));
+    struct Watch {
+        svc: Arc<StrongService>,
+        ns: String,
+        prefix: Vec<u8>,
+        next: u64,
+        deadline: Option<Instant>,
+        done: bool,
+    }
+    let state = Watch { svc, ns, prefix, next: from, deadline, done: false };
+    let stream = futures_util::stream::unfold(state, |mut w| async move {
+        loop {
+            if w.done || w.deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            let response =
+                w.svc.node.query_stale(StrongQuery::Events { from_revision: w.next, limit: WATCH_BATCH_MAX });
+            let events = match response.result {
+                QueryResult::Events(events) => events,
+                QueryResult::Compacted { oldest } => {
+                    w.done = true;
+                    let line = format!("{}\n", json!({ "error": "compacted", "oldest": oldest }));
+                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), w));
+                }
+                _ => return None,
+            };
+            let mut out = String::new();
+            for e in &events {
+                w.next = e.revision + 1;
+                if !e.key.starts_with(&w.prefix) {
+                    continue;
+                }
+                let key = e.key.get(w.ns.len() + 1..).unwrap_or(&e.key);
+                let mut o = Map::new();
+                o.insert("revision".into(), e.revision.into());
+                o.insert(
+                    "type".into(),
+                    match e.kind {
+                        WatchEventKind::Put => "put",
+                        WatchEventKind::Delete => "delete",
+                    }
+                    .into(),
+                );
+                o.insert("key".into(), String::from_utf8_lossy(key).into_owned().into());
+                match &e.value {
+                    Some(v) => bytes_fields(&mut o, "value", v),
+                    None => {
+                        o.insert("value".into(), Value::Null);
+                    }
+                }
+                out.push_str(&Value::Object(o).to_string());
+                out.push('\n');
+            }
+            if !out.is_empty() {
+                return Some((Ok(Bytes::from(out)), w));
+            }
+            if events.len() < WATCH_BATCH_MAX {
+                tokio::time::sleep(POLL_PERIOD).await;
+            }
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+// --------------------------------------------------------------------- raft
+
+fn raft_json(svc: &StrongService) -> Value {
+    let status = svc.node.status();
+    let reachable = &status.quorum.reachable_voters;
+    let peers = |m: &std::collections::BTreeMap<u64, chorus_strong::PeerNode>| -> Vec<Value> {
+        m.iter()
+            .map(|(id, p)| {
+                json!({ "id": id, "name": p.name, "addr": p.addr.to_string(), "reachable": reachable.contains(id) })
+            })
+            .collect()
+    };
+    json!({
+        "enabled": true,
+        "id": status.id,
+        "name": svc.name_of(status.id),
+        "state": status.state,
+        "leader": status.leader.map(|id| svc.name_of(id)),
+        "leader_id": status.leader,
+        "term": status.term,
+        "last_applied": status.last_applied,
+        "voters": peers(&status.voters),
+        "learners": peers(&status.learners),
+        "quorum": {
+            "has_quorum": status.quorum.has_quorum,
+            "voters": svc.names_of(&status.quorum.voters),
+            "reachable_voters": svc.names_of(&status.quorum.reachable_voters),
+        },
+    })
+}
+
+/// The `strong` object of `/v1/status` (`{"enabled": false}` without strong namespaces).
+pub fn status_json(s: &ApiState) -> Value {
+    match &s.strong {
+        Some(svc) => raft_json(svc),
+        None => json!({ "enabled": false }),
+    }
+}
+
+/// GET /v1/raft: this node's view of the Raft group.
+pub async fn raft_status(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    Ok(Json(raft_json(svc)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoterRequest {
+    name: String,
+}
+
+/// POST /v1/raft/voters `{"name"}`: make a live member a voter (it is
+/// caught up as a learner first). Any node accepts it; the leader runs it.
+pub async fn add_voter(State(s): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    let req: VoterRequest = parse_body(body)?;
+    let addr = if req.name == s.info.name {
+        s.info.peer_addr
+    } else {
+        s.membership
+            .members()
+            .into_iter()
+            .find(|m| m.name == req.name && m.state == chorus_net::MemberState::Alive)
+            .map(|m| m.addr)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_member",
+                    format!("{:?} is not a live member; start it and let it join first", req.name),
+                )
+            })?
+    };
+    let id = crate::config::strong_id(&req.name);
+    let peer = chorus_strong::PeerNode { name: req.name.clone(), addr };
+    svc.node.add_voter(id, peer).await.map_err(|e| strong_error(svc, e))?;
+    Ok(Json(raft_json(svc)).into_response())
+}
+
+/// DELETE /v1/raft/voters/{name}: remove a voter.
+pub async fn remove_voter(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let svc = service(&s)?;
+    svc.node.remove_voter(crate::config::strong_id(&name)).await.map_err(|e| strong_error(svc, e))?;
+    Ok(Json(raft_json(svc)).into_response())
+}
