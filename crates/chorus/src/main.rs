@@ -3,6 +3,13 @@
 
 mod cmd;
 
+/// mimalloc instead of the system allocator: the daemon allocates small,
+/// short-lived buffers per request and per message, and glibc malloc took
+/// ~16% of a node's CPU under `chorus bench write` (perf); see
+/// docs/design/daemon.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use cmd::client::Target;
 

@@ -243,6 +243,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         alive_peers: Vec::new(),
         ack_before_fsync: runtime::ack_before_fsync_from_env(),
         deferred: None,
+        reads: Vec::new(),
     };
     if driver.ack_before_fsync {
         tracing::warn!(

@@ -10,18 +10,23 @@
 //!    client writes or [`WRITE_GROUP_BYTES_MAX`] bytes);
 //! 2. hands all drained client writes to ONE `handle_local_writes` call;
 //! 3. drains `poll_action`, concatenates every `Persist` of the turn into one
-//!    store batch and commits it with one `fsync` (group commit), and only
-//!    then executes the `Send`s, in order;
-//! 4. answers the clients: write receipts, namespace creations, and reads.
+//!    store batch and hands it to the group committer (which merges the
+//!    batches queued during one fsync into one commit), and keeps the turn's
+//!    `Send`s and client answers *staged* until that batch is durable;
+//! 4. meanwhile the next turn may start (up to [`PIPELINE_DEPTH_MAX`] turns
+//!    in flight). Staged turns complete strictly in order: a turn's messages
+//!    go out and its clients are answered only when its batch and every
+//!    earlier one are durable.
 //!
 //! Moving a later `Persist` ahead of an earlier `Send` is safe: persisting
 //! state earlier than required never exposes anything, and every `Send`
-//! still runs after every `Persist` that preceded it. Reads are answered
-//! after the commit, so a client never reads state that is not yet durable.
+//! still runs after every `Persist` that preceded it. Reads see the node's
+//! state, which runs ahead of the disk while turns are in flight, so a read
+//! waits until nothing is in flight (and holds back new turns meanwhile):
+//! a client never reads state that is not yet durable.
 //!
-//! While a commit is in flight the task does nothing else; writes arriving
-//! meanwhile queue in the bounded command channel and form the next group.
-//! That is group commit as in DeWitt et al., SIGMOD 1984.
+//! That is group commit as in DeWitt et al., SIGMOD 1984, pipelined so the
+//! node task prepares the next group while the disk flushes the last.
 
 use crate::clock::{Clock, ClockHandle};
 use crate::probe;
@@ -30,8 +35,8 @@ use chorus_core::node::NamespaceError;
 use chorus_core::wire::{self, Message};
 use chorus_core::{Action, LocalWrite, Member, MemberState, Node, NodeId, ValueType, WriteError, WriteReceipt};
 use chorus_net::{Incoming, MemberInfo, PeerAddr, Transport};
-use chorus_storage::{GroupCommitter, RedbStorage, WriteBatch};
-use std::collections::HashMap;
+use chorus_storage::{CommitTicket, GroupCommitter, RedbStorage, WriteBatch};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -140,6 +145,8 @@ pub struct Driver {
     pub ack_before_fsync: bool,
     /// Writes held back by the knob, and when the first was held.
     pub deferred: Option<(WriteBatch, std::time::Instant)>,
+    /// Reads waiting until nothing is in flight (they must see durable state).
+    pub reads: Vec<InspectFn>,
 }
 
 /// `CHORUS_TEST_ACK_BEFORE_FSYNC=1` makes the node answer clients *before*
@@ -164,9 +171,52 @@ struct Owed {
     writes: Vec<(LocalWrite, oneshot::Sender<Result<WriteReceipt, WriteError>>)>,
     write_bytes: usize,
     namespaces: Vec<(NamespaceReply, Result<(), NamespaceError>)>,
-    inspects: Vec<InspectFn>,
     /// Propagation latencies (µs) of remote writes applied this turn.
     propagation_us: Vec<u64>,
+}
+
+/// Turns whose commits may be in flight at once. Each turn's batch joins
+/// the group committer's queue as soon as the turn ends, so the committer
+/// merges the batches of turns that ended during one fsync.
+pub const PIPELINE_DEPTH_MAX: usize = 8;
+
+/// A turn whose effects wait for its batch (and every earlier batch) to be
+/// durable: Persist before expose.
+struct Staged {
+    /// `None`: the turn persisted nothing (it still waits for the turns
+    /// before it, whose state its messages may carry).
+    ticket: Option<CommitTicket>,
+    ops: usize,
+    started: std::time::Instant,
+    sends: Vec<(NodeId, Message)>,
+    writes: Vec<(WriteReply, Result<WriteReceipt, WriteError>)>,
+    namespaces: Vec<(NamespaceReply, Result<(), NamespaceError>)>,
+    propagation_us: Vec<u64>,
+}
+
+/// Where a client write is answered.
+type WriteReply = oneshot::Sender<Result<WriteReceipt, WriteError>>;
+
+impl From<Owed> for Staged {
+    fn from(owed: Owed) -> Staged {
+        Staged {
+            ticket: None,
+            ops: 0,
+            started: std::time::Instant::now(),
+            sends: Vec::new(),
+            writes: Vec::new(),
+            namespaces: owed.namespaces,
+            propagation_us: owed.propagation_us,
+        }
+    }
+}
+
+/// Resolves when the oldest staged turn is durable.
+async fn head_durable(in_flight: &mut VecDeque<Staged>) -> Result<(), chorus_storage::CommitError> {
+    match in_flight.front_mut().and_then(|s| s.ticket.as_mut()) {
+        Some(ticket) => ticket.await,
+        None => Ok(()),
+    }
 }
 
 /// Why the node task stopped with an error: the node must stop (a commit
@@ -194,6 +244,7 @@ pub fn spawn(
 }
 
 enum Wake {
+    Durable(Result<(), chorus_storage::CommitError>),
     Command(Command),
     Incoming(Incoming),
     Members,
@@ -265,24 +316,48 @@ impl Driver {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), DriverError> {
         let mut peers: HashMap<NodeId, PeerAddr> = HashMap::new();
+        let mut in_flight: VecDeque<Staged> = VecDeque::new();
         // The first membership view, even if empty, starts the anti-entropy timer.
         members.mark_changed();
         loop {
+            // No new turn while reads wait for the state to be durable, or
+            // while the pipeline is full: only commits complete meanwhile.
+            let barrier = in_flight.len() >= PIPELINE_DEPTH_MAX || (!self.reads.is_empty() && !in_flight.is_empty());
             let timer = self.node.poll_timeout().map(|due_us| {
                 let wait_us = due_us.saturating_sub(self.clock.now_us());
                 tokio::time::Instant::now() + Duration::from_micros(wait_us)
             });
             let wake = tokio::select! {
-                c = commands.recv() => c.map_or(Wake::Stop, Wake::Command),
-                m = incoming.recv() => m.map_or(Wake::Stop, Wake::Incoming),
-                r = members.changed() => if r.is_ok() { Wake::Members } else { Wake::Stop },
-                _ = sleep_until_opt(timer) => Wake::Timer,
+                r = head_durable(&mut in_flight), if !in_flight.is_empty() => Wake::Durable(r),
+                c = commands.recv(), if !barrier => c.map_or(Wake::Stop, Wake::Command),
+                m = incoming.recv(), if !barrier => m.map_or(Wake::Stop, Wake::Incoming),
+                r = members.changed(), if !barrier => if r.is_ok() { Wake::Members } else { Wake::Stop },
+                _ = sleep_until_opt(timer), if !barrier => Wake::Timer,
                 _ = shutdown.changed() => Wake::Stop,
             };
             let mut owed = Owed::default();
             let mut members_changed = false;
             match wake {
-                Wake::Stop => return Ok(()),
+                Wake::Durable(result) => {
+                    result?;
+                    if let Some(done) = in_flight.pop_front() {
+                        self.finish(done, &peers);
+                    }
+                    if in_flight.is_empty() {
+                        self.answer_reads();
+                    }
+                    continue;
+                }
+                Wake::Stop => {
+                    // Finish what is in flight: acknowledged means durable.
+                    while let Some(mut staged) = in_flight.pop_front() {
+                        if let Some(ticket) = staged.ticket.take() {
+                            ticket.await?;
+                        }
+                        self.finish(staged, &peers);
+                    }
+                    return Ok(());
+                }
                 Wake::Command(c) => self.take_command(c, &mut owed),
                 Wake::Incoming(m) => self.take_incoming(m, &mut peers, &mut owed),
                 Wake::Members => members_changed = true,
@@ -310,29 +385,78 @@ impl Driver {
             }
             let (writes, replies): (Vec<LocalWrite>, Vec<_>) = std::mem::take(&mut owed.writes).into_iter().unzip();
             let results = if writes.is_empty() { Vec::new() } else { self.node.handle_local_writes(now_us, writes) };
-            let mut replies = Some((replies, results));
-            if self.ack_before_fsync
-                && let Some((replies, results)) = replies.take()
-            {
+            if self.ack_before_fsync {
+                // The knob: answer first, commit (held back) afterwards.
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
+                self.execute_actions(&peers).await?;
+                self.finish(Staged { writes: Vec::new(), ..Staged::from(owed) }, &peers);
+                self.answer_reads();
+                continue;
             }
-            self.execute_actions(&peers).await?;
-            if let Some((replies, results)) = replies {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+            let mut staged = Staged::from(owed);
+            staged.writes = replies.into_iter().zip(results).collect();
+            self.stage(&mut staged).await?;
+            if staged.ticket.is_none() && in_flight.is_empty() {
+                self.finish(staged, &peers);
+                self.answer_reads();
+            } else {
+                in_flight.push_back(staged);
+            }
+        }
+    }
+
+    /// Drains the node's actions into `staged`: the turn's Persists become
+    /// one batch handed to the group committer (its ticket kept), the Sends
+    /// wait in `staged` until that batch — and every earlier one — is durable.
+    async fn stage(&mut self, staged: &mut Staged) -> Result<(), DriverError> {
+        let mut batch = WriteBatch::new();
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                Action::Persist(p) => {
+                    for op in p.ops {
+                        match op.value {
+                            Some(v) => batch.put(op.space, op.key, v),
+                            None => batch.delete(op.space, op.key),
+                        };
+                    }
                 }
+                Action::Send { to, message } => staged.sends.push((to, message)),
             }
-            for (reply, result) in owed.namespaces {
-                let _ = reply.send(result);
-            }
-            for f in owed.inspects {
-                f(&self.node);
-            }
-            for us in owed.propagation_us {
-                telemetry::propagation(us);
-            }
+        }
+        if !batch.is_empty() {
+            staged.ops = batch.len();
+            staged.ticket = Some(self.committer.submit_async(batch).await?);
+        }
+        Ok(())
+    }
+
+    /// A staged turn is durable (and so is every turn before it): send its
+    /// messages, answer its clients.
+    fn finish(&mut self, staged: Staged, peers: &HashMap<NodeId, PeerAddr>) {
+        if staged.ops > 0 {
+            telemetry::group_committed(staged.ops, staged.started.elapsed().as_secs_f64());
+        }
+        for (to, message) in staged.sends {
+            self.send(peers, to, &message);
+        }
+        for (reply, result) in staged.writes {
+            let _ = reply.send(result);
+        }
+        for (reply, result) in staged.namespaces {
+            let _ = reply.send(result);
+        }
+        for us in staged.propagation_us {
+            telemetry::propagation(us);
+        }
+    }
+
+    /// Runs the waiting reads; only called when nothing is in flight, so
+    /// they see exactly the durable state.
+    fn answer_reads(&mut self) {
+        for f in std::mem::take(&mut self.reads) {
+            f(&self.node);
         }
     }
 
@@ -356,7 +480,7 @@ impl Driver {
                 }
                 owed.namespaces.push((reply, result));
             }
-            Command::Inspect(f) => owed.inspects.push(f),
+            Command::Inspect(f) => self.reads.push(f),
         }
     }
 

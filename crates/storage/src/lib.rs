@@ -25,6 +25,7 @@ mod memory;
 mod range;
 mod redb_store;
 mod storage;
+pub mod wal;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -3,12 +3,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::sync::{Mutex, PoisonError};
+
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::batch::{Op, WriteBatch, validate_space_name};
 use crate::error::{CommitError, Fault, OpenError, ReadError};
 use crate::range::KeyRange;
 use crate::storage::{EntryVisitor, SCAN_LIMIT_MAX, ScanPage, Storage};
+use crate::wal::{self, WAL_CHECKPOINT_BYTES};
 
 /// Version of this crate's layout inside the redb file, recorded in
 /// [`FORMAT_TABLE`]. Bump it on any change to table naming or encoding.
@@ -30,14 +35,24 @@ type SpaceTable<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
 
 /// A [`Storage`] in a redb 4.x database file.
 ///
-/// Every commit is one redb write transaction with [`Durability::Immediate`]:
-/// redb writes the new pages and the inactive commit slot, flips the active
-/// slot and `fsync`s before `commit` returns (its "1PC+C" protocol, checksums
-/// decide which slot is valid after a crash). redb allows one write
-/// transaction at a time, so concurrent `commit` calls queue inside redb, one
-/// `fsync` each; put a [`crate::GroupCommitter`] in front to share `fsync`s.
+/// A file-backed store ([`RedbStorage::open`]) makes a commit durable by
+/// appending the batch to its write-ahead log (`<file>.wal`, see
+/// [`crate::wal`]) and `fdatasync`ing it, then applies the batch to redb
+/// with `Durability::None`; every [`crate::wal::WAL_CHECKPOINT_BYTES`] one
+/// [`Durability::Immediate`] redb commit (redb's "1PC+C": new pages, flip
+/// the commit slot, `fsync`) makes everything durable in the file and the
+/// log is emptied. Commits are serialised (one log, applied in log order);
+/// put a [`crate::GroupCommitter`] in front to share `fsync`s between
+/// writers. An in-memory store has no log.
 pub struct RedbStorage {
     db: Database,
+    wal: Option<Mutex<Wal>>,
+}
+
+/// The open write-ahead log.
+struct Wal {
+    file: File,
+    bytes: u64,
 }
 
 impl std::fmt::Debug for RedbStorage {
@@ -52,8 +67,44 @@ impl RedbStorage {
     /// allocator state) before this returns; the repair only ever rolls back to
     /// the last fully committed transaction.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        let path = path.as_ref();
         let db = Database::builder().create(path).map_err(open_error)?;
-        Self::from_database(db)
+        let mut store = Self::from_database(db)?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push(".wal");
+        store.wal = Some(Mutex::new(store.recover_wal(Path::new(&wal_path))?));
+        Ok(store)
+    }
+
+    /// Applies what the log holds beyond the last durable redb commit, makes
+    /// it durable in redb, and empties the log.
+    fn recover_wal(&self, path: &Path) -> Result<Wal, OpenError> {
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(OpenError::Io)?;
+        let mut log = Vec::new();
+        file.read_to_end(&mut log).map_err(OpenError::Io)?;
+        if !log.is_empty() {
+            let replay = wal::decode_log(&log).map_err(|e| OpenError::Corrupted(e.to_string()))?;
+            for batch in &replay.batches {
+                self.apply(batch, Durability::None).map_err(OpenError::from)?;
+            }
+            self.checkpoint().map_err(OpenError::from)?;
+            file.set_len(0).map_err(OpenError::Io)?;
+            file.sync_all().map_err(OpenError::Io)?;
+        }
+        // The log's directory entry must be durable too before anything
+        // relies on the log.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(OpenError::Io)?;
+        }
+        Ok(Wal { file, bytes: 0 })
+    }
+
+    /// One empty `Immediate` commit: every earlier `None` commit becomes
+    /// durable in the redb file.
+    fn checkpoint(&self) -> Result<(), Fault> {
+        let mut write = self.db.begin_write().map_err(txn_fault)?;
+        write.set_durability(Durability::Immediate).map_err(|err| Fault::Backend(err.to_string()))?;
+        write.commit().map_err(commit_fault)
     }
 
     /// A database held in memory, for fuzzing and tests of the redb code path
@@ -87,7 +138,7 @@ impl RedbStorage {
                 write.commit().map_err(|err| OpenError::from(commit_fault(err)))?;
             }
         }
-        Ok(Self { db })
+        Ok(Self { db, wal: None })
     }
 
     /// Opens `space` for reading; `None` if the keyspace does not exist.
@@ -107,11 +158,11 @@ fn table_name(space: &str) -> String {
     format!("{SPACE_TABLE_PREFIX}{space}")
 }
 
-impl Storage for RedbStorage {
-    fn commit(&self, batch: WriteBatch) -> Result<(), CommitError> {
-        batch.validate()?;
+impl RedbStorage {
+    /// Applies a valid batch in one redb transaction.
+    fn apply(&self, batch: &WriteBatch, durability: Durability) -> Result<(), Fault> {
         let mut write = self.db.begin_write().map_err(txn_fault)?;
-        write.set_durability(Durability::Immediate).map_err(|err| Fault::Backend(err.to_string()))?;
+        write.set_durability(durability).map_err(|err| Fault::Backend(err.to_string()))?;
         // Any early return below drops `write`, which aborts the transaction:
         // nothing of the batch becomes visible.
         let mut emptied = Vec::new();
@@ -154,6 +205,47 @@ impl Storage for RedbStorage {
             write.delete_table(SpaceTable::new(name)).map_err(table_fault)?;
         }
         write.commit().map_err(commit_fault)?;
+        Ok(())
+    }
+}
+
+impl Drop for RedbStorage {
+    /// A clean close leaves an empty log (a crash leaves it for replay).
+    fn drop(&mut self) {
+        if let Some(wal) = &self.wal {
+            let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
+            if wal.bytes > 0 && self.checkpoint().is_ok() && wal.file.set_len(0).is_ok() {
+                let _ = wal.file.sync_all();
+                wal.bytes = 0;
+            }
+        }
+    }
+}
+
+impl Storage for RedbStorage {
+    fn commit(&self, batch: WriteBatch) -> Result<(), CommitError> {
+        batch.validate()?;
+        let Some(wal) = &self.wal else {
+            return Ok(self.apply(&batch, Durability::Immediate)?);
+        };
+        // The lock spans append, sync and apply: redb applies batches in
+        // log order, which recovery relies on.
+        let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
+        let frame = wal::encode_frame(&batch);
+        if let Err(e) = wal.file.write_all(&frame).and_then(|()| wal.file.sync_data()) {
+            // Cut a partial frame off, so the next commit does not append
+            // behind garbage (recovery would call that corruption).
+            let _ = wal.file.set_len(wal.bytes);
+            return Err(Fault::Io(e).into());
+        }
+        wal.bytes += frame.len() as u64;
+        self.apply(&batch, Durability::None)?;
+        if wal.bytes >= WAL_CHECKPOINT_BYTES {
+            self.checkpoint()?;
+            wal.file.set_len(0).map_err(Fault::Io)?;
+            wal.file.sync_all().map_err(Fault::Io)?;
+            wal.bytes = 0;
+        }
         Ok(())
     }
 

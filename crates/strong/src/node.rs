@@ -109,8 +109,8 @@ impl StrongConfig {
             probe_interval_ms: 100,
             reachable_window_ms: 500,
             lease_tick_ms: 100,
-            snapshot_every_entries: 10_000,
-            log_kept_behind_snapshot: 1_000,
+            snapshot_every_entries: 100_000,
+            log_kept_behind_snapshot: 5_000,
             clock: Arc::new(SystemClock),
         }
     }

@@ -89,6 +89,8 @@ struct LogCache {
     entries: BTreeMap<u64, Entry>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// Whether `committed` changed since it was last written.
+    committed_dirty: bool,
     purged: Option<LogId>,
 }
 
@@ -167,14 +169,17 @@ impl RaftLogStorage<StrongTypes> for LogStore {
         Ok(())
     }
 
+    /// The committed id is a hint for recovery (re-apply up to it at
+    /// start-up), never a promise: Raft does not need it durable, and a
+    /// stored value that lags only means the node re-learns the rest from
+    /// the leader. So it is not committed on its own (that was one more
+    /// fsync on every commit's critical path): the next `append` writes it
+    /// in the same batch as its entries. It never gets ahead of the log:
+    /// every entry it covers was appended, durably, before this call.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        let mut batch = WriteBatch::new();
-        match &committed {
-            Some(log_id) => batch.put(META_SPACE, COMMITTED_KEY, encode(log_id)?),
-            None => batch.delete(META_SPACE, COMMITTED_KEY),
-        };
-        commit(&self.storage, batch).await?;
-        lock(&self.cache).committed = committed;
+        let mut cache = lock(&self.cache);
+        cache.committed = committed;
+        cache.committed_dirty = true;
         Ok(())
     }
 
@@ -192,6 +197,19 @@ impl RaftLogStorage<StrongTypes> for LogStore {
         for entry in &entries {
             batch.put(LOG_SPACE, index_key(entry.log_id.index), encode(entry)?);
         }
+        let committed = {
+            let cache = lock(&self.cache);
+            cache.committed_dirty.then_some(cache.committed)
+        };
+        match committed {
+            Some(Some(log_id)) => {
+                batch.put(META_SPACE, COMMITTED_KEY, encode(&log_id)?);
+            }
+            Some(None) => {
+                batch.delete(META_SPACE, COMMITTED_KEY);
+            }
+            None => {}
+        }
         // Durable first, then visible and acknowledged.
         if let Err(e) = commit(&self.storage, batch).await {
             callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
@@ -201,6 +219,10 @@ impl RaftLogStorage<StrongTypes> for LogStore {
             let mut cache = lock(&self.cache);
             for entry in entries {
                 cache.entries.insert(entry.log_id.index, entry);
+            }
+            // Unless it moved again meanwhile, what was written is current.
+            if committed == Some(cache.committed) {
+                cache.committed_dirty = false;
             }
         }
         callback.io_completed(Ok(()));
@@ -418,14 +440,21 @@ mod tests {
         log.truncate_after(Some(entry(1, 7).log_id)).await.unwrap();
         log.purge(entry(1, 3).log_id).await.unwrap();
         log.save_committed(Some(entry(1, 6).log_id)).await.unwrap();
+        let reopened = LogStore::open(Arc::clone(&storage)).await.unwrap();
+        assert_eq!(
+            lock(&reopened.cache).committed,
+            None,
+            "the committed id is written with the next append, not on its own"
+        );
+        log.append([entry(1, 8)], IOFlushed::noop()).await.unwrap();
 
         let mut reopened = LogStore::open(storage).await.unwrap();
         let state = reopened.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(entry(1, 3).log_id));
-        assert_eq!(state.last_log_id, Some(entry(1, 7).log_id));
+        assert_eq!(state.last_log_id, Some(entry(1, 8).log_id));
         let indexes: Vec<u64> =
             reopened.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id.index).collect();
-        assert_eq!(indexes, vec![4, 5, 6, 7]);
+        assert_eq!(indexes, vec![4, 5, 6, 7, 8]);
         assert_eq!(reopened.read_committed().await.unwrap(), Some(entry(1, 6).log_id));
     }
 }
