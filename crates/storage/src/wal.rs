@@ -284,7 +284,10 @@ mod tests {
                     state as u8
                 })
                 .collect();
-            let _ = decode_log(&bytes);
+            if let Ok(replay) = decode_log(&bytes) {
+                let again: Vec<u8> = replay.batches.iter().flat_map(encode_frame).collect();
+                assert_eq!(&again[..], &bytes[..replay.valid_bytes]);
+            }
         }
     }
 }
