@@ -255,21 +255,8 @@ enum Wake {
 impl Driver {
     /// Execute the actions the node queued (used at startup too).
     pub async fn execute_actions(&mut self, peers: &HashMap<NodeId, PeerAddr>) -> Result<(), DriverError> {
-        let mut batch = WriteBatch::new();
         let mut sends = Vec::new();
-        while let Some(action) = self.node.poll_action() {
-            match action {
-                Action::Persist(p) => {
-                    for op in p.ops {
-                        match op.value {
-                            Some(v) => batch.put(op.space, op.key, v),
-                            None => batch.delete(op.space, op.key),
-                        };
-                    }
-                }
-                Action::Send { to, message } => sends.push((to, message)),
-            }
-        }
+        let mut batch = self.drain_actions(&mut sends);
         if self.ack_before_fsync {
             // The knob: hold writes back (the client already has its answer).
             let held = self.deferred.get_or_insert_with(|| (WriteBatch::new(), std::time::Instant::now()));
@@ -407,10 +394,9 @@ impl Driver {
         }
     }
 
-    /// Drains the node's actions into `staged`: the turn's Persists become
-    /// one batch handed to the group committer (its ticket kept), the Sends
-    /// wait in `staged` until that batch — and every earlier one — is durable.
-    async fn stage(&mut self, staged: &mut Staged) -> Result<(), DriverError> {
+    /// Drains every queued action: the Persists concatenated into one store
+    /// batch (returned), the Sends appended to `sends` in order.
+    fn drain_actions(&mut self, sends: &mut Vec<(NodeId, Message)>) -> WriteBatch {
         let mut batch = WriteBatch::new();
         while let Some(action) = self.node.poll_action() {
             match action {
@@ -422,9 +408,17 @@ impl Driver {
                         };
                     }
                 }
-                Action::Send { to, message } => staged.sends.push((to, message)),
+                Action::Send { to, message } => sends.push((to, message)),
             }
         }
+        batch
+    }
+
+    /// Drains the node's actions into `staged`: the turn's Persists become
+    /// one batch handed to the group committer (its ticket kept), the Sends
+    /// wait in `staged` until that batch — and every earlier one — is durable.
+    async fn stage(&mut self, staged: &mut Staged) -> Result<(), DriverError> {
+        let batch = self.drain_actions(&mut staged.sends);
         if !batch.is_empty() {
             staged.ops = batch.len();
             staged.ticket = Some(self.committer.submit_async(batch).await?);
