@@ -525,3 +525,83 @@ fn killing_the_leader_with_kill_9_leaves_a_cluster_that_keeps_serving_and_a_cli_
     let out = chorus(&["raft", "status", "--node", &node]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("voter"), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn bad_strong_requests_get_json_errors_that_name_the_problem_on_a_one_voter_cluster() {
+    let c = Cluster::start(48, 1, "strong_voters = [\"node1\"]\nrequest_timeout_ms = 2000");
+    wait_leader(&c, &[]);
+    let a = &c.agents[0];
+    let (status, v) = post(&c, 0, "/v1/ns", json!({ "name": "s", "mode": "strong" })).unwrap();
+    assert_eq!(status, 201, "{v}");
+    let lease = grant(&c, 0, 60_000);
+    let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        ("POST", a.url("/v1/ns"), Some(r#"{"name":"s2","mode":"strong","type":"counter"}"#.into()), 400, "bad_type"),
+        ("POST", a.url("/v1/ns"), Some(r#"{"name":"s","mode":"eventual"}"#.into()), 409, "mode_conflict"),
+        ("POST", a.url("/v1/ns"), Some(r#"{"name":"default","mode":"strong"}"#.into()), 409, "mode_conflict"),
+        ("PUT", a.url("/v1/ns/s/kv/k"), Some(r#"{"value":"v","context":"x"}"#.into()), 400, "bad_json"),
+        ("PUT", a.url("/v1/ns/s/kv/k"), Some(r#"{"value":"v","lease":999}"#.into()), 404, "lease_not_found"),
+        ("POST", a.url("/v1/ns/s/counter/k"), Some(r#"{"amount":1}"#.into()), 400, "wrong_type"),
+        ("POST", a.url("/v1/ns/s/cas/k"), Some(r#"{"expected":"a"}"#.into()), 400, "bad_request"),
+        ("POST", a.url("/v1/ns/nope/cas/k"), Some(r#"{"value":"a"}"#.into()), 404, "no_such_namespace"),
+        ("POST", a.url("/v1/ns/default/txn"), Some(r#"{}"#.into()), 404, "no_such_namespace"),
+        (
+            "POST",
+            a.url("/v1/ns/s/txn"),
+            Some(r#"{"compare":[{"key":"k","target":"value","op":"~","value":"v"}]}"#.into()),
+            400,
+            "bad_compare",
+        ),
+        (
+            "POST",
+            a.url("/v1/ns/s/txn"),
+            Some(r#"{"compare":[{"key":"k","target":"version","op":"=="}]}"#.into()),
+            400,
+            "bad_compare",
+        ),
+        ("POST", a.url("/v1/ns/s/txn"), Some(r#"{"success":[{"op":"nuke","key":"k"}]}"#.into()), 400, "bad_txn_op"),
+        (
+            "POST",
+            a.url("/v1/ns/s/txn"),
+            Some(r#"{"success":[{"op":"delete","key":"k","value":"v"}]}"#.into()),
+            400,
+            "bad_txn_op",
+        ),
+        ("POST", a.url("/v1/leases"), Some(r#"{"ttl_ms":0}"#.into()), 400, "bad_ttl"),
+        ("POST", a.url("/v1/leases/424242/keepalive"), Some("{}".into()), 404, "lease_not_found"),
+        ("GET", a.url("/v1/leases/424242"), None, 404, "lease_not_found"),
+        (
+            "POST",
+            a.url("/v1/ns/s/lock/m"),
+            Some(json!({ "lease": lease, "mode": "sideways" }).to_string()),
+            400,
+            "bad_mode",
+        ),
+        (
+            "POST",
+            a.url("/v1/ns/s/lock/m"),
+            Some(json!({ "lease": lease, "wait_ms": 10_000_000 }).to_string()),
+            400,
+            "bad_wait",
+        ),
+        ("DELETE", a.url("/v1/ns/s/lock/m"), None, 400, "bad_query"),
+        ("GET", a.url("/v1/ns/s/watch?from_revision=x"), None, 400, "bad_query"),
+        ("POST", a.url("/v1/raft/voters"), Some(r#"{"name":"ghost"}"#.into()), 404, "unknown_member"),
+        ("DELETE", a.url("/v1/raft/voters/node1"), None, 409, "membership_refused"),
+        ("GET", a.url("/v1/ns/s/kv/absent"), None, 404, "not_found"),
+    ];
+    for (method, url, body, status, code) in cases {
+        let (got, v) = c.http.req(method, &url, body.as_deref()).expect("node answers");
+        assert_eq!((got, v["error"].as_str()), (status, Some(code)), "{method} {url}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    // The node keeps serving, and a watch from revision 1 replays the history in order.
+    a.put(&c.http, "s", "k", "v1");
+    a.put(&c.http, "s", "k", "v2");
+    let out = chorus(&["watch", "--ns", "s", "--from-revision", "1", "--timeout-ms", "300", "--node", &a.api]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let values: Vec<&str> = events.iter().filter_map(|e| e["value"].as_str()).collect();
+    assert_eq!(values, ["v1", "v2"], "{events:?}");
+    assert!(events.windows(2).all(|w| w[0]["revision"].as_u64() < w[1]["revision"].as_u64()), "{events:?}");
+}
