@@ -10,12 +10,9 @@
 //! client gave up, e.g. on a paused node that resumes — or never, so it
 //! only ever *excuses* an observation, never requires one.
 //!
-//! **Strong namespaces (extension point).** SPEC §4's checks — the history
-//! of a strong namespace is linearizable (Wing & Gong search, as in Knossos
-//! / Porcupine), and fencing tokens strictly increase — belong in a sibling
-//! module fed by the same [`Record`] history once the daemon serves
-//! `mode: "strong"` (today it answers 501 `strong_unavailable`, which the
-//! runner reports). Nothing here checks them.
+//! Strong namespaces (SPEC §4: linearizable history, fencing tokens that
+//! only grow) are checked by [`crate::strong_checker`] over the same
+//! [`Record`] history; their violations use the kinds below too.
 
 use crate::history::{Hlc, Op, Outcome, Record};
 use serde::Serialize;
@@ -55,6 +52,16 @@ pub enum ViolationKind {
     /// An acknowledged set add missing with no remove that could have
     /// observed it.
     LostAdd,
+    /// A strong register's history has no linearization.
+    NotLinearizable,
+    /// The linearizability search gave up (counted as a violation: an
+    /// unchecked history is not a passed one).
+    Inconclusive,
+    /// Two grants share a fencing token, or a later grant got a smaller one.
+    FencingToken,
+    /// A strong namespace could not be created, or read after the heal,
+    /// with every node up and connected.
+    StrongUnavailable,
 }
 
 /// One broken guarantee, with enough detail to find it in the history.
@@ -356,6 +363,7 @@ mod tests {
             result,
             ts: ts.map(|p| Hlc { physical_us: p, logical: 0, node: "0000000000000001".into() }),
             error: None,
+            answer: None,
         }
     }
     fn put(k: &str, v: &str, i: u64, c: u64, res: Outcome, ts: Option<u64>) -> Record {

@@ -121,6 +121,7 @@ impl Cluster {
         chorus_cli(bin, &["ca", "init", "--dir", &ca_s, "--cluster", "faults"])?;
         let (api_port, peer_port) = if net.is_namespaces() { NS_PORTS } else { LOOPBACK_PORTS };
         let seed = format!("{}:{peer_port}", net.node_ip(0));
+        let voters = crate::strong::voter_names(net.nodes());
         let mut nodes = Vec::new();
         for i in 0..net.nodes() {
             let name = format!("node{}", i + 1);
@@ -132,7 +133,8 @@ impl Cluster {
             let config = format!(
                 "name = \"{name}\"\ncluster_name = \"faults\"\ndata_dir = {:?}\ntls_dir = {:?}\n\
                  api_addr = \"{ip}:{api_port}\"\npeer_addr = \"{ip}:{peer_port}\"\nseeds = [\"{seed}\"]\n\
-                 anti_entropy_interval_ms = {anti_entropy_ms}\nrequest_timeout_ms = 2000\nlog = \"warn\"\n",
+                 anti_entropy_interval_ms = {anti_entropy_ms}\nrequest_timeout_ms = 2000\nlog = \"warn\"\n\
+                 strong_voters = {voters:?}\n",
                 data_dir.display().to_string(),
                 ca.join(&name).display().to_string(),
             );

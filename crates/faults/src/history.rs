@@ -23,7 +23,10 @@ pub enum Outcome {
     Unknown,
 }
 
-/// One write. Each op type goes to its own namespace (see [`crate::run`]).
+/// One operation. Each eventual op type goes to its own namespace (see
+/// [`crate::run`]); the `lin_*` ops go to the strong namespace
+/// [`crate::strong::NS_STRONG`] and `lock` to its lock
+/// [`crate::strong::LOCK_NAME`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -38,6 +41,17 @@ pub enum Op {
     Add { key: String, member: String },
     /// set remove without context: removes every add the node has observed.
     Remove { key: String, member: String },
+    /// Linearizable read of a strong register (the value is in
+    /// [`Record::answer`]).
+    LinRead { key: String },
+    /// Strong put; values are unique within a run.
+    LinWrite { key: String, value: String },
+    /// Strong compare-and-swap: set `value` if the register holds
+    /// `expected` (`None`: the key must be absent).
+    LinCas { key: String, expected: Option<String>, value: String },
+    /// Exclusive acquisition of lock `key` under `lease` (the fencing token
+    /// is in [`Record::answer`]).
+    Lock { key: String, lease: u64 },
 }
 
 impl Op {
@@ -47,7 +61,11 @@ impl Op {
             | Op::Delete { key }
             | Op::Incr { key, .. }
             | Op::Add { key, .. }
-            | Op::Remove { key, .. } => key,
+            | Op::Remove { key, .. }
+            | Op::LinRead { key }
+            | Op::LinWrite { key, .. }
+            | Op::LinCas { key, .. }
+            | Op::Lock { key, .. } => key,
         }
     }
 }
@@ -60,6 +78,19 @@ pub struct Hlc {
     pub physical_us: u64,
     pub logical: u32,
     pub node: String,
+}
+
+/// What an `ok` strong operation answered, beyond "done".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// A linearizable read: the value, `None` when the key was absent (404
+    /// `not_found`).
+    Read(Option<String>),
+    /// A compare-and-swap: whether it swapped.
+    Cas(bool),
+    /// A lock grant: its fencing token.
+    Token(u64),
 }
 
 /// One line of the history file.
@@ -81,6 +112,9 @@ pub struct Record {
     pub ts: Option<Hlc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What an ok strong op answered (read value, swapped, fencing token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
 }
 
 /// A shared, append-only history: the file (JSON lines) and a copy in memory.
@@ -152,11 +186,44 @@ mod tests {
             result: Outcome::Unknown,
             ts: None,
             error: Some("timeout".into()),
+            answer: None,
         };
         log.push(r.clone()).unwrap();
         assert_eq!(log.finish().unwrap(), vec![r.clone()]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"op\":\"incr\"") && text.contains("\"result\":\"unknown\""), "{text}");
         assert_eq!(read_history(&path).unwrap(), vec![r]);
+    }
+
+    #[test]
+    fn strong_records_keep_their_answer_through_a_json_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let log = HistoryLog::create(&path).unwrap();
+        let base = Record {
+            worker: 100,
+            node: 4,
+            op: Op::LinRead { key: "r3".into() },
+            invoke_ns: 5,
+            complete_ns: 9,
+            result: Outcome::Ok,
+            ts: None,
+            error: None,
+            answer: Some(Answer::Read(None)),
+        };
+        let cas = Record {
+            op: Op::LinCas { key: "r3".into(), expected: None, value: "w100-1".into() },
+            answer: Some(Answer::Cas(true)),
+            ..base.clone()
+        };
+        let lock =
+            Record { op: Op::Lock { key: "fence".into(), lease: 77 }, answer: Some(Answer::Token(12)), ..base.clone() };
+        for r in [&base, &cas, &lock] {
+            log.push(r.clone()).unwrap();
+        }
+        log.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"read\":null") && text.contains("\"token\":12"), "{text}");
+        assert_eq!(read_history(&path).unwrap(), vec![base, cas, lock]);
     }
 }

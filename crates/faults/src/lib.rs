@@ -13,4 +13,6 @@ pub mod net;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+pub mod strong;
+pub mod strong_checker;
 pub mod workers;

@@ -20,9 +20,15 @@ struct Args {
     /// Nodes per run.
     #[arg(long, default_value_t = 5)]
     nodes: usize,
-    /// Client worker threads.
+    /// Client worker threads (eventual namespaces).
     #[arg(long, default_value_t = 4)]
     workers: u32,
+    /// Strong register workers (linearizability check).
+    #[arg(long, default_value_t = 2)]
+    strong_workers: u32,
+    /// Fencing workers (lock grants, fencing-token check).
+    #[arg(long, default_value_t = 2)]
+    fence_workers: u32,
     /// Most ops per worker per run.
     #[arg(long, default_value_t = 250)]
     ops: usize,
@@ -56,10 +62,13 @@ fn main() -> ExitCode {
     }
     println!("faults: base seed {seed}, {} runs, {} nodes, chorus at {}", args.runs, args.nodes, bin.display());
     let (mut ops, mut faults, mut violations, mut errors) = (0usize, 0usize, 0usize, 0usize);
+    let mut strong = chorus_faults::strong_checker::StrongStats::default();
     for r in 0..args.runs {
         let s = seed.wrapping_add(r);
         let mut cfg = RunConfig::short(s, args.nodes, bin.clone());
         cfg.workers = args.workers;
+        cfg.strong_workers = args.strong_workers;
+        cfg.fence_workers = args.fence_workers;
         cfg.max_ops_per_worker = args.ops;
         cfg.max_faults = args.faults;
         cfg.out_dir = args.out.clone();
@@ -70,6 +79,13 @@ fn main() -> ExitCode {
             Ok(rep) => {
                 ops += rep.ops;
                 faults += rep.faults;
+                let st = &rep.strong_stats;
+                strong.register_ops += st.register_ops;
+                strong.unknown += st.unknown;
+                strong.max_unknown_per_key = strong.max_unknown_per_key.max(st.max_unknown_per_key);
+                strong.inconclusive += st.inconclusive;
+                strong.lock_requests += st.lock_requests;
+                strong.grants += st.grants;
                 violations += rep.violations.len();
                 println!(
                     "run {}/{} seed={s} mode={} ops={} (ok {} unknown {} fail {}) faults={} violations={} {:.1}s replay: {replay}",
@@ -84,11 +100,18 @@ fn main() -> ExitCode {
                     rep.violations.len(),
                     rep.elapsed.as_secs_f64()
                 );
+                println!(
+                    "    strong: {}; register ops {} (unknown {}, at most {} unknown writes on a key, inconclusive keys {}), lock requests {} (granted {})",
+                    rep.strong,
+                    st.register_ops,
+                    st.unknown,
+                    st.max_unknown_per_key,
+                    st.inconclusive,
+                    st.lock_requests,
+                    st.grants
+                );
                 for f in &rep.fault_log {
                     println!("    fault: {f}");
-                }
-                if r == 0 {
-                    println!("    strong namespaces: {}", rep.strong);
                 }
                 for v in &rep.violations {
                     println!("    VIOLATION: {v}");
@@ -106,6 +129,15 @@ fn main() -> ExitCode {
     if errors > 0 {
         println!("faults: {errors} run(s) could not be carried out");
     }
+    println!(
+        "faults: strong register ops={} unknown={} max-unknown-writes-per-key={} inconclusive={} lock requests={} grants={}",
+        strong.register_ops,
+        strong.unknown,
+        strong.max_unknown_per_key,
+        strong.inconclusive,
+        strong.lock_requests,
+        strong.grants
+    );
     println!("faults: runs={} ops={ops} faults={faults} violations={violations}", args.runs);
     if violations > 0 {
         ExitCode::from(1)

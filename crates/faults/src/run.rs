@@ -1,11 +1,13 @@
 //! One run: network, agents, namespaces, workers + seeded faults, heal,
-//! quiescence, convergence, checks.
+//! quiescence, convergence, final strong reads, checks.
 
 use crate::checker::{self, NodeState, Violation, ViolationKind};
 use crate::cluster::{Cluster, ClusterError, Http};
 use crate::history::{HistoryLog, Outcome};
 use crate::net::{self, Net, NetError};
 use crate::schedule::{self, Fault, Schedule};
+use crate::strong::{self, NS_STRONG, STRONG_OP_TIMEOUT};
+use crate::strong_checker::{self, StrongStats};
 use crate::workers::{self, NS_COUNTER, NS_LWW, NS_SET, WorkerConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,10 @@ pub struct RunConfig {
     pub seed: u64,
     pub nodes: usize,
     pub workers: u32,
+    /// Strong register workers (linearizability) and fencing workers
+    /// (lock grants); each does at most `max_ops_per_worker` ops.
+    pub strong_workers: u32,
+    pub fence_workers: u32,
     pub max_ops_per_worker: usize,
     pub max_faults: usize,
     /// The `chorus` binary.
@@ -50,6 +56,8 @@ impl RunConfig {
             seed,
             nodes,
             workers: 4,
+            strong_workers: 2,
+            fence_workers: 2,
             max_ops_per_worker: 250,
             max_faults: 3,
             chorus_bin,
@@ -77,8 +85,10 @@ pub struct RunReport {
     pub violations: Vec<Violation>,
     /// Where the run's history and logs are (if kept).
     pub kept_dir: Option<PathBuf>,
-    /// What happened to the strong-namespace probe.
+    /// How the strong namespace was set up (or why not).
     pub strong: String,
+    /// What the strong checks saw.
+    pub strong_stats: StrongStats,
     pub elapsed: Duration,
 }
 
@@ -136,8 +146,10 @@ pub fn build_net(nodes: usize, try_namespaces: bool, seed: u64) -> Net {
 }
 
 /// Create the workers' namespaces on node 0, wait until every node has
-/// them, and probe strong namespaces (returns what the probe found).
-pub fn create_namespaces(cluster: &Cluster) -> Result<String, RunError> {
+/// them, then create the strong namespace [`NS_STRONG`]: `Ok(Ok(time))`
+/// when it is ready everywhere, `Ok(Err(why))` when the Raft group did not
+/// serve it in time (a finding, reported by the run as a violation).
+pub fn create_namespaces(cluster: &Cluster) -> Result<Result<Duration, String>, RunError> {
     let api0 = cluster.nodes[0].api.clone();
     for (name, ty) in [(NS_LWW, "lww"), (NS_COUNTER, "counter"), (NS_SET, "set")] {
         let body = json!({ "name": name, "type": ty }).to_string();
@@ -169,13 +181,8 @@ pub fn create_namespaces(cluster: &Cluster) -> Result<String, RunError> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // Strong namespaces (SPEC §4) are the extension point of checker.rs.
-    let body = json!({ "name": "fstrong", "mode": "strong" }).to_string();
-    Ok(match cluster.admin.req("POST", &format!("{api0}/v1/ns"), Some(&body)) {
-        Ok((501, _)) => "unavailable (501 strong_unavailable): linearizability/fencing checks not run".into(),
-        Ok((s, v)) => format!("answered {s} {v}: no strong checker wired yet, not checked"),
-        Err(e) => format!("probe failed: {}", e.reason),
-    })
+    let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api.clone()).collect();
+    Ok(strong::create_namespace(&cluster.admin, &apis))
 }
 
 fn read_ns(http: &Http, api: &str, ns: &str) -> Option<Vec<Value>> {
@@ -350,7 +357,18 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
     }
     cluster.wait_all_alive(HEALTHY_DEADLINE)?;
     let startup_ms = started.elapsed().as_millis();
-    let strong = create_namespaces(&cluster)?;
+    let strong_ready = create_namespaces(&cluster)?;
+    let strong_on = strong_ready.is_ok();
+    let strong = match &strong_ready {
+        Ok(d) => format!(
+            "namespace {NS_STRONG} ready after {}ms (voters {:?}); {} register + {} fencing workers",
+            d.as_millis(),
+            strong::voter_names(cfg.nodes),
+            cfg.strong_workers,
+            cfg.fence_workers
+        ),
+        Err(why) => format!("NOT AVAILABLE: {why}"),
+    };
 
     let history_path = dir.path().join("history.jsonl");
     let log = HistoryLog::create(&history_path)
@@ -365,19 +383,30 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
     let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api.clone()).collect();
     let mut phase_result: Result<(), RunError> = Ok(());
     let ops: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..cfg.workers)
+        let wc = |id, timeout| WorkerConfig {
+            id,
+            seed: cfg.seed,
+            apis: apis.clone(),
+            max_ops: cfg.max_ops_per_worker,
+            timeout,
+        };
+        let (stop, log) = (&stop, &log);
+        let mut handles: Vec<_> = (0..cfg.workers)
             .map(|id| {
-                let wc = WorkerConfig {
-                    id,
-                    seed: cfg.seed,
-                    apis: apis.clone(),
-                    max_ops: cfg.max_ops_per_worker,
-                    timeout: cfg.op_timeout,
-                };
-                let (stop, log) = (&stop, &log);
+                let wc = wc(id, cfg.op_timeout);
                 s.spawn(move || workers::run_worker(&wc, stop, t0, log))
             })
             .collect();
+        if strong_on {
+            for id in 0..cfg.strong_workers {
+                let wc = wc(id, STRONG_OP_TIMEOUT);
+                handles.push(s.spawn(move || strong::run_register_worker(&wc, stop, t0, log)));
+            }
+            for id in 0..cfg.fence_workers {
+                let wc = wc(id, STRONG_OP_TIMEOUT);
+                handles.push(s.spawn(move || strong::run_fence_worker(&wc, stop, t0, log)));
+            }
+        }
         // Faults run on this thread: agents restarted here live as long as it.
         std::thread::sleep(Duration::from_millis(300));
         for step in &schedule.steps {
@@ -413,7 +442,6 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
     if let Some(e) = heal_errors.into_iter().next() {
         return Err(e.into());
     }
-    let history = log.finish().map_err(|source| RunError::Io { what: "history".into(), source })?;
     let heal_at = Instant::now();
     // Membership that does not re-form is reported, not fatal: the
     // guarantee checked is that state converges, which the next step
@@ -428,9 +456,32 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
     let (agreed, states) = await_convergence(&cluster, cfg.converge_deadline);
     fault_log.push(format!("healed: converged={agreed} after {}ms", heal_at.elapsed().as_millis()));
     let mut violations = Vec::new();
+    match &strong_ready {
+        Ok(_) => match strong::final_reads(&apis, t0) {
+            Ok(reads) => {
+                fault_log.push(format!("healed: strong registers read after {}ms", heal_at.elapsed().as_millis()));
+                for r in reads {
+                    let _ = log.push(r);
+                }
+            }
+            Err(why) => violations.push(Violation {
+                kind: ViolationKind::StrongUnavailable,
+                key: NS_STRONG.into(),
+                detail: why,
+            }),
+        },
+        Err(why) => violations.push(Violation {
+            kind: ViolationKind::StrongUnavailable,
+            key: NS_STRONG.into(),
+            detail: format!("at start-up, all nodes up: {why}"),
+        }),
+    }
+    let history = log.finish().map_err(|source| RunError::Io { what: "history".into(), source })?;
     if !agreed {
-        violations = checker::check_convergence(&states);
-        if violations.is_empty() {
+        let diverged = checker::check_convergence(&states);
+        let none = diverged.is_empty();
+        violations.extend(diverged);
+        if none {
             violations.push(Violation {
                 kind: ViolationKind::NotConverged,
                 key: String::new(),
@@ -441,9 +492,12 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
     if let Some((_, state)) = states.first() {
         violations.extend(checker::check_all(&history, state));
     }
+    let (strong_violations, strong_stats) = strong_checker::check_strong(&history);
+    violations.extend(strong_violations);
     let count = |o: Outcome| history.iter().filter(|r| r.result == o).count();
     let report_text = json!({
         "seed": cfg.seed, "mode": mode, "faults": fault_log, "violations": violations, "strong": strong,
+        "strong_stats": strong_stats,
     });
     let _ =
         std::fs::write(dir.path().join("report.json"), serde_json::to_string_pretty(&report_text).unwrap_or_default());
@@ -461,6 +515,7 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
         violations,
         kept_dir: None,
         strong,
+        strong_stats,
         elapsed: started.elapsed(),
     })
 }

@@ -5,6 +5,7 @@
 use crate::cluster::{Http, NoAnswer};
 use crate::history::{HistoryLog, Hlc, Op, Outcome, Record};
 use crate::rng::Rng;
+use crate::strong::{LOCK_WAIT_MS, NS_STRONG};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -77,6 +78,22 @@ pub fn request_of(api: &str, op: &Op) -> (&'static str, String, Option<String>) 
                 Some(json!({ "op": verb, "member": member }).to_string()),
             )
         }
+        Op::LinRead { key } => ("GET", format!("{api}/v1/ns/{NS_STRONG}/kv/{key}"), None),
+        Op::LinWrite { key, value } => {
+            ("PUT", format!("{api}/v1/ns/{NS_STRONG}/kv/{key}"), Some(json!({ "value": value }).to_string()))
+        }
+        Op::LinCas { key, expected, value } => {
+            let body = match expected {
+                Some(e) => json!({ "expected": e, "value": value }),
+                None => json!({ "value": value }),
+            };
+            ("POST", format!("{api}/v1/ns/{NS_STRONG}/cas/{key}"), Some(body.to_string()))
+        }
+        Op::Lock { key, lease } => (
+            "POST",
+            format!("{api}/v1/ns/{NS_STRONG}/lock/{key}"),
+            Some(json!({ "lease": lease, "wait_ms": LOCK_WAIT_MS }).to_string()),
+        ),
     }
 }
 
@@ -88,7 +105,7 @@ pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: Op, t0: Ins
     let answer = http.req(method, &url, body.as_deref());
     let complete_ns = t0.elapsed().as_nanos() as u64;
     let (result, ts, error) = classify(answer);
-    Record { worker, node, op, invoke_ns, complete_ns, result, ts, error }
+    Record { worker, node, op, invoke_ns, complete_ns, result, ts, error, answer: None }
 }
 
 /// 200 → ok (with the receipt's timestamp); 4xx → fail (refused, not

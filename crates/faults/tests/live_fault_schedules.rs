@@ -2,6 +2,9 @@
 //! schedules on five real agents. As root, in network namespaces with
 //! partitions, link faults, crashes, pauses and clock skew; otherwise on
 //! loopback with crashes, pauses and clock skew only (it says why).
+//! Besides the eventual namespaces, every run drives the strong namespace
+//! `lin`: its register history must be linearizable and its fencing tokens
+//! must grow in real-time order.
 
 mod common;
 
@@ -13,11 +16,12 @@ const RUNS: u64 = 10;
 const NODES: usize = 5;
 
 #[test]
-fn ten_seeded_fault_schedules_on_five_nodes_converge_and_lose_no_acknowledged_write() {
+fn ten_seeded_fault_schedules_on_five_nodes_converge_lose_no_write_and_stay_linearizable() {
     let bin = common::chorus_bin();
     let base = std::env::var("CHORUS_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(BASE_SEED);
     let (mut ops, mut ok, mut faults, mut failures) = (0, 0, 0, Vec::new());
     let mut namespaces_runs = 0;
+    let (mut register_ops, mut register_ok, mut unknown, mut grants) = (0, 0, 0, 0);
     for seed in base..base + RUNS {
         let mut cfg = RunConfig::short(seed, NODES, bin.clone());
         cfg.max_faults = 2;
@@ -34,6 +38,15 @@ fn ten_seeded_fault_schedules_on_five_nodes_converge_and_lose_no_acknowledged_wr
             rep.violations.len(),
             rep.elapsed.as_secs_f64()
         );
+        let st = &rep.strong_stats;
+        eprintln!(
+            "    strong: {}; register ops {} (unknown {}, ≤ {} unknown writes per key), lock requests {} (granted {})",
+            rep.strong, st.register_ops, st.unknown, st.max_unknown_per_key, st.lock_requests, st.grants
+        );
+        register_ops += st.register_ops;
+        register_ok += st.register_ops - st.unknown;
+        unknown += st.unknown;
+        grants += st.grants;
         for f in &rep.fault_log {
             eprintln!("    {f}");
         }
@@ -46,11 +59,13 @@ fn ten_seeded_fault_schedules_on_five_nodes_converge_and_lose_no_acknowledged_wr
         }
     }
     eprintln!(
-        "faults: runs={RUNS} ops={ops} faults={faults} violations={} (namespaces runs: {namespaces_runs})",
+        "faults: runs={RUNS} ops={ops} faults={faults} violations={} (namespaces runs: {namespaces_runs}; strong register ops {register_ops}, unknown {unknown}, grants {grants})",
         failures.len()
     );
     assert!(failures.is_empty(), "checker violations:\n{}", failures.join("\n"));
     // The checks must have had something to check.
     assert!(ok > 100, "only {ok} acknowledged ops");
     assert!(faults >= RUNS as usize, "only {faults} faults injected");
+    assert!(register_ok > 100, "only {register_ok} strong register ops with a known outcome");
+    assert!(grants >= RUNS as usize, "only {grants} lock grants");
 }
