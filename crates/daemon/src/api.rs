@@ -670,10 +670,13 @@ async fn get_key(
         })
         .await?;
     match found {
-        Err(()) => {
-            telemetry::read_answered("no_namespace");
-            Err(no_such_namespace(&ns))
-        }
+        Err(()) => match strong_after_miss(&s, &ns).await {
+            Some(svc) => strong_api::get(&svc, &ns, &key, q).await,
+            None => {
+                telemetry::read_answered("no_namespace");
+                Err(no_such_namespace(&ns))
+            }
+        },
         Ok(None) => {
             telemetry::read_answered("not_found");
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key {key:?} not found in namespace {ns:?}")))
@@ -714,6 +717,7 @@ async fn scan(
         return strong_api::scan(&svc, &ns, &q.prefix, q.after.as_deref(), limit, q.stale).await;
     }
     let ns2 = ns.clone();
+    let (prefix, after, stale) = (q.prefix.clone(), q.after.clone(), q.stale);
     let page = s
         .node
         .inspect(move |node: &Node| {
@@ -736,7 +740,12 @@ async fn scan(
             Some((items, next))
         })
         .await?;
-    let (items, next) = page.ok_or_else(|| no_such_namespace(&ns))?;
+    let Some((items, next)) = page else {
+        return match strong_after_miss(&s, &ns).await {
+            Some(svc) => strong_api::scan(&svc, &ns, &prefix, after.as_deref(), limit, stale).await,
+            None => Err(no_such_namespace(&ns)),
+        };
+    };
     telemetry::read_answered("ok");
     Ok(Json(json!({ "namespace": ns, "items": items, "next": next })).into_response())
 }
@@ -823,10 +832,30 @@ async fn put_key(
     if let Some(svc) = strong_api::strong_namespace(&s, &ns) {
         return strong_api::put(&svc, &ns, &key, body).await;
     }
-    let req: PutRequest = parse_body(body)?;
+    let bytes = body.map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+    match put_eventual(&s, &ns, &key, bytes.clone()).await {
+        Err(e) if e.code == "no_such_namespace" || e.code == "bad_json" => match strong_after_miss(&s, &ns).await {
+            Some(svc) => strong_api::put(&svc, &ns, &key, Ok(bytes)).await,
+            None => Err(e),
+        },
+        other => other,
+    }
+}
+
+async fn put_eventual(s: &ApiState, ns: &str, key: &str, bytes: Bytes) -> Result<Response, ApiError> {
+    let req: PutRequest = parse_body(Ok(bytes))?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
     let context = parse_context(req.context.as_deref())?;
-    do_write(&s, ns, key, Op::Put { value, context }).await.map(IntoResponse::into_response)
+    let op = Op::Put { value, context };
+    do_write(s, ns.to_string(), key.to_string(), op).await.map(IntoResponse::into_response)
+}
+
+/// After this node's eventual side found no such namespace: a strong
+/// namespace created on another node a moment ago may not have reached this
+/// replica yet, so the leader is asked (only on this miss path).
+async fn strong_after_miss(s: &ApiState, ns: &str) -> Option<Arc<crate::strong::StrongService>> {
+    let svc = s.strong.as_ref()?;
+    svc.is_strong_linearizable(ns).await.unwrap_or(false).then(|| svc.clone())
 }
 
 #[derive(Deserialize)]
@@ -848,7 +877,14 @@ async fn delete_key(
         return strong_api::delete(&svc, &ns, &key).await;
     }
     let context = parse_context(q.context.as_deref())?;
-    do_write(&s, ns, key, Op::Delete { context }).await.map(IntoResponse::into_response)
+    match do_write(&s, ns.clone(), key.clone(), Op::Delete { context: context.clone() }).await {
+        Ok(receipt) => Ok(receipt.into_response()),
+        Err(e) if e.code == "no_such_namespace" && context.is_none() => match strong_after_miss(&s, &ns).await {
+            Some(svc) => strong_api::delete(&svc, &ns, &key).await,
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// Counters and sets are CRDTs of eventual namespaces.

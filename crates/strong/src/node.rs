@@ -107,7 +107,7 @@ impl StrongConfig {
             pre_vote: true,
             request_timeout_ms: 2_000,
             probe_interval_ms: 100,
-            reachable_window_ms: 500,
+            reachable_window_ms: 1_500,
             lease_tick_ms: 100,
             snapshot_every_entries: 100_000,
             log_kept_behind_snapshot: 5_000,
@@ -478,7 +478,13 @@ impl StrongNode {
                     || reach.get(id).is_some_and(|seen| now.duration_since(*seen) <= window)
             })
             .collect();
-        let has_quorum = !voters.is_empty() && reachable_voters.len() * 2 > voters.len();
+        // A leader whose followers acknowledged it within the window has a
+        // quorum by Raft's own account, whatever the probes say: probes are
+        // only a fast way to refuse early, and a starved probe task (a
+        // loaded machine) must not refuse writes Raft would commit.
+        let raft_quorum_ack =
+            metrics.last_quorum_acked.as_ref().is_some_and(|acked| openraft::Instant::elapsed(&**acked) <= window);
+        let has_quorum = !voters.is_empty() && (raft_quorum_ack || reachable_voters.len() * 2 > voters.len());
         QuorumStatus { voters, reachable_voters, has_quorum }
     }
 
