@@ -206,6 +206,23 @@ impl<S: Storage + 'static> Storage for GroupCommitter<S> {
     fn for_each(&self, space: &str, visit: EntryVisitor<'_>) -> Result<(), ReadError> {
         self.storage.for_each(space, visit)
     }
+
+    fn try_submit(&self, batch: WriteBatch) -> Result<CommitTicket, WriteBatch> {
+        // An invalid batch goes back: `commit` reports why.
+        if batch.validate().is_err() {
+            return Err(batch);
+        }
+        let Some(sender) = self.sender.as_ref() else {
+            return Err(batch);
+        };
+        let (reply, receiver) = oneshot::channel();
+        match sender.try_send(Request { batch, reply }) {
+            Ok(()) => Ok(CommitTicket { receiver }),
+            Err(mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request)) => {
+                Err(request.batch)
+            }
+        }
+    }
 }
 
 /// The outcome of one submitted batch: wait for it with [`CommitTicket::wait`]

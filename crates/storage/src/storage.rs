@@ -4,6 +4,7 @@ use std::ops::ControlFlow;
 
 use crate::batch::WriteBatch;
 use crate::error::{CommitError, ReadError};
+use crate::group::CommitTicket;
 use crate::range::KeyRange;
 
 /// Most entries one [`Storage::scan`] call returns, whatever `limit` asks
@@ -90,6 +91,18 @@ pub trait Storage: Send + Sync {
     /// `visit` must not call back into this store (backends may hold a lock
     /// or a read transaction while it runs).
     fn for_each(&self, space: &str, visit: EntryVisitor<'_>) -> Result<(), ReadError>;
+
+    /// Hands `batch` to this store's own writer without blocking, when it
+    /// has one (a [`crate::GroupCommitter`]) and its queue has room: the
+    /// ticket resolves exactly when [`Storage::commit`] would have
+    /// returned, with the same result. Otherwise the batch comes back, to be
+    /// committed with [`Storage::commit`] on a blocking thread. Async
+    /// callers save a thread hop per commit this way (the Raft log appends
+    /// on every write). The default has no writer and always gives the
+    /// batch back.
+    fn try_submit(&self, batch: WriteBatch) -> Result<CommitTicket, WriteBatch> {
+        Err(batch)
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
@@ -111,5 +124,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
 
     fn for_each(&self, space: &str, visit: EntryVisitor<'_>) -> Result<(), ReadError> {
         (**self).for_each(space, visit)
+    }
+
+    fn try_submit(&self, batch: WriteBatch) -> Result<CommitTicket, WriteBatch> {
+        (**self).try_submit(batch)
     }
 }

@@ -243,3 +243,30 @@ impl GatedStorage {
         self.commits.load(Ordering::SeqCst)
     }
 }
+
+#[test]
+fn try_submit_queues_without_blocking_and_gives_the_batch_back_when_the_queue_is_full() {
+    let (store, control) = gated(None);
+    let config = GroupCommitConfig { queue_capacity: 1, ..GroupCommitConfig::default() };
+    let group = GroupCommitter::with_config(Arc::new(store), config).expect("writer");
+    let first = group.try_submit(put(0)).expect("an empty queue takes the batch");
+    control.wait_until_writer_is_committing();
+    let second = group.try_submit(put(1)).expect("the queue has room for one");
+    // The writer is held inside the first commit: the queue is full, and the
+    // batch comes back whole instead of blocking.
+    let refused = group.try_submit(put(2)).expect_err("a full queue gives the batch back");
+    assert_eq!(refused.len(), 1);
+    control.release(2);
+    first.wait().expect("commit");
+    second.wait().expect("commit");
+    assert_eq!(group.get("s", &1u32.to_be_bytes()).expect("get"), Some(vec![7; 100]));
+    assert_eq!(group.get("s", &2u32.to_be_bytes()).expect("get"), None, "the refused batch was not committed");
+}
+
+#[test]
+fn a_store_without_a_writer_gives_every_batch_back() {
+    let store = MemoryStorage::new();
+    let batch = store.try_submit(put(0)).expect_err("no writer");
+    store.commit(batch).expect("commit");
+    assert_eq!(store.get("s", &0u32.to_be_bytes()).expect("get"), Some(vec![7; 100]));
+}

@@ -68,8 +68,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Commits `batch` durably without blocking the async runtime (the
-/// `Storage` contract forbids calling `commit` on a runtime thread).
+/// `Storage` contract forbids calling `commit` on a runtime thread):
+/// straight into the group committer's queue when the store has one,
+/// otherwise on a blocking thread.
 async fn commit(storage: &Arc<dyn Storage>, batch: WriteBatch) -> io::Result<()> {
+    let batch = match storage.try_submit(batch) {
+        Ok(ticket) => return ticket.await.map_err(io::Error::other),
+        Err(batch) => batch,
+    };
     let storage = Arc::clone(storage);
     tokio::task::spawn_blocking(move || storage.commit(batch))
         .await

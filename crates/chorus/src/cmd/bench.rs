@@ -3,7 +3,9 @@
 
 use crate::cmd::client::{Client, encode_key};
 use crate::cmd::dev::DevLayout;
+use crate::cmd::load::Request;
 use anyhow::{Result, bail};
+use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
@@ -18,6 +20,8 @@ const VALUE_BYTES: usize = 100;
 const PROBE_PERIOD: Duration = Duration::from_millis(5);
 /// A probe not visible on a peer within this counts as this long.
 const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+/// Deadline of one benchmark write.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most concurrent clients.
 const CLIENTS_MAX: usize = 1024;
 
@@ -166,37 +170,13 @@ fn print_run(r: &Run) {
     );
 }
 
-/// `clients` threads write as fast as acknowledgements allow; one more
+/// `clients` closed-loop clients (the shared load generator,
+/// [`crate::cmd::load`]) write as fast as acknowledgements allow; one more
 /// thread writes a probe key every [`PROBE_PERIOD`] and polls the other
 /// nodes until it is visible there (propagation = issue → visible).
 fn load(urls: &[String], clients: usize, duration: Duration, run: usize) -> Result<Run> {
     let stop = Arc::new(AtomicBool::new(false));
-    let value = "x".repeat(VALUE_BYTES);
-    let mut workers = Vec::new();
-    for c in 0..clients {
-        let url = urls[0].clone();
-        let stop = stop.clone();
-        let value = value.clone();
-        workers.push(std::thread::spawn(move || {
-            let client = Client::new(&url);
-            let body = json!({ "value": value });
-            let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::new());
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let path = format!("/v1/ns/default/kv/bench-{run}-{c}-{i}");
-                let t0 = Instant::now();
-                match client.call("PUT", &path, Some(&body)) {
-                    Ok((200, _)) => {
-                        ok += 1;
-                        lat.push(t0.elapsed().as_secs_f64() * 1e3);
-                    }
-                    _ => errors += 1,
-                }
-                i += 1;
-            }
-            (ok, errors, lat)
-        }));
-    }
+    let body = Bytes::from(json!({ "value": "x".repeat(VALUE_BYTES) }).to_string());
     let prober = {
         let urls = urls.to_vec();
         let stop = stop.clone();
@@ -241,17 +221,28 @@ fn load(urls: &[String], clients: usize, duration: Duration, run: usize) -> Resu
             samples
         })
     };
-    let started = Instant::now();
-    std::thread::sleep(duration);
+    let outcome = crate::cmd::load::drive(
+        &urls[..1],
+        clients,
+        duration,
+        REQUEST_TIMEOUT,
+        |_| 0,
+        move |c, i| Request {
+            method: hyper::Method::PUT,
+            path: format!("/v1/ns/default/kv/bench-{run}-{c}-{i}"),
+            body: body.clone(),
+        },
+    );
     stop.store(true, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    let mut r = Run { clients, writes: 0, errors: 0, seconds, ack_ms: Vec::new(), propagation_ms: Vec::new() };
-    for w in workers {
-        let (ok, errors, lat) = w.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))?;
-        r.writes += ok;
-        r.errors += errors;
-        r.ack_ms.extend(lat);
-    }
+    let outcome = outcome?;
+    let mut r = Run {
+        clients,
+        writes: outcome.ok,
+        errors: outcome.errors,
+        seconds: outcome.seconds,
+        ack_ms: outcome.latency_ms,
+        propagation_ms: Vec::new(),
+    };
     r.propagation_ms = prober.join().map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
     Ok(r)
 }

@@ -7,8 +7,9 @@
 //! Method, identical for both systems:
 //! - one cluster at a time (the other is not running), 3 members on
 //!   127.0.0.1, data in a fresh temporary directory, default settings;
-//! - N client threads (1, 16 and 64 by default), one blocking keep-alive
-//!   HTTP/1.1 connection each (ureq); client i talks to member i mod 3, so
+//! - N closed-loop clients (1, 16 and 64 by default) on one thread
+//!   (`crate::cmd::load`), one keep-alive HTTP/1.1 connection each (hyper),
+//!   one request at a time; client i talks to member i mod 3, so
 //!   most requests land on a follower that forwards them to the leader, as
 //!   they would behind a load balancer;
 //! - each client writes keys `c{i}-{n}` with 100-byte values back to back
@@ -31,14 +32,16 @@
 
 use crate::cmd::client::{Client, describe_error};
 use crate::cmd::dev::{DevCluster, DevLayout};
+use crate::cmd::load::Request;
 use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
 use clap::Args;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// Bytes of every benchmark value.
@@ -469,51 +472,35 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// `clients` threads write back to back for `duration`, client i through
-/// member i mod 3. The clock starts when every client has its thread.
+/// `clients` closed-loop clients (the shared load generator,
+/// [`crate::cmd::load`]) write back to back for `duration`, client i
+/// through member i mod 3, with the same bodies as [`Writer`]. The clock
+/// starts when every client is connected.
 fn load(system: System, urls: &[String], clients: usize, duration: Duration) -> Result<Run> {
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let mut threads = Vec::with_capacity(clients);
-    for c in 0..clients {
-        let url = urls[c % urls.len()].clone();
-        let barrier = barrier.clone();
-        threads.push(std::thread::spawn(move || {
-            let writer = Writer::new(system, &url, REQUEST_TIMEOUT);
-            let (mut ok, mut errors, mut latency) = (0u64, 0u64, Vec::new());
-            barrier.wait();
-            let end = Instant::now() + duration;
-            let mut n = 0u64;
-            loop {
-                let t0 = Instant::now();
-                if t0 >= end {
-                    break;
-                }
-                let done = writer.write(&format!("c{c}-{n}"));
-                let t1 = Instant::now();
-                n += 1;
-                if t1 > end {
-                    break;
-                }
-                if done {
-                    ok += 1;
-                    latency.push((t1 - t0).as_secs_f64() * 1e3);
-                } else {
-                    errors += 1;
-                }
-            }
-            (ok, errors, latency)
-        }));
-    }
-    barrier.wait();
-    let mut run = Run { writes: 0, errors: 0, seconds: duration.as_secs_f64(), latency_ms: Vec::new() };
-    for t in threads {
-        let (ok, errors, latency) = t.join().map_err(|_| anyhow!("a client thread panicked"))?;
-        run.writes += ok;
-        run.errors += errors;
-        run.latency_ms.extend(latency);
-    }
-    run.latency_ms.sort_by(f64::total_cmp);
-    Ok(run)
+    let raw = "x".repeat(VALUE_BYTES);
+    let request = move |c: usize, n: u64| {
+        let key = format!("c{c}-{n}");
+        match system {
+            System::Chorus => Request {
+                method: hyper::Method::PUT,
+                path: format!("/v1/ns/{NAMESPACE}/kv/{key}"),
+                body: Bytes::from(format!("{{\"value\":\"{raw}\"}}")),
+            },
+            System::Etcd => Request {
+                method: hyper::Method::POST,
+                path: "/v3/kv/put".into(),
+                body: Bytes::from(format!(
+                    "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                    base64(key.as_bytes()),
+                    base64(raw.as_bytes())
+                )),
+            },
+        }
+    };
+    let outcome = crate::cmd::load::drive(urls, clients, duration, REQUEST_TIMEOUT, |c| c, request)?;
+    let mut latency_ms = outcome.latency_ms;
+    latency_ms.sort_by(f64::total_cmp);
+    Ok(Run { writes: outcome.ok, errors: outcome.errors, seconds: outcome.seconds, latency_ms })
 }
 
 /// One write of the failover client, as the measuring thread sees it.

@@ -5,5 +5,6 @@ pub mod bench_strong;
 pub mod ca;
 pub mod client;
 pub mod dev;
+pub mod load;
 pub mod sim;
 pub mod strong;
