@@ -74,6 +74,9 @@ pub struct Config {
     pub raft_election_timeout_max_ms: u64,
     /// Raft pre-vote: a partitioned node cannot disrupt a healthy leader.
     pub raft_pre_vote: bool,
+    /// Threads of the async runtime; 0 = automatic: one less than the CPUs
+    /// available, at least one (see [`Config::runtime_worker_threads`]).
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -105,6 +108,7 @@ impl Default for Config {
             raft_election_timeout_min_ms: 150,
             raft_election_timeout_max_ms: 300,
             raft_pre_vote: true,
+            worker_threads: 0,
         }
     }
 }
@@ -128,6 +132,25 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The async runtime's thread count: `worker_threads` if set, else
+    /// `$TOKIO_WORKER_THREADS` if set, else one less than the CPUs available
+    /// (at least one). The storage writer and the redb applier are threads
+    /// of their own, busy on every write; leaving them a CPU instead of
+    /// running one runtime thread per CPU beside them cut cross-thread
+    /// wake-ups enough that strong writes went up 25–30% at 16 clients on
+    /// a 2-CPU machine (`chorus bench strong`, docs/design/strong.md).
+    pub fn runtime_worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        if let Some(n) =
+            std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0)
+        {
+            return n;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
     }
 
     /// Read and parse a TOML file.
@@ -264,6 +287,13 @@ mod tests {
     #[test]
     fn an_empty_file_gives_every_default() {
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn worker_threads_set_in_the_file_win_and_automatic_leaves_at_least_one() {
+        let c = Config::from_toml("worker_threads = 3").unwrap();
+        assert_eq!(c.runtime_worker_threads(), 3);
+        assert!(Config::default().runtime_worker_threads() >= 1);
     }
 
     #[test]

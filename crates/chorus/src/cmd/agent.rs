@@ -17,7 +17,11 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config)?;
     chorus_daemon::init_logging(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_worker_threads())
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     let clock = SystemClock::from_env();
     if clock.test_offset_us() != 0 {
         tracing::warn!(

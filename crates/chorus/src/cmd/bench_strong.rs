@@ -6,7 +6,13 @@
 //!
 //! Method, identical for both systems:
 //! - one cluster at a time (the other is not running), 3 members on
-//!   127.0.0.1, data in a fresh temporary directory, default settings;
+//!   127.0.0.1, data in a fresh temporary directory, default settings; a
+//!   fresh cluster for every run;
+//! - interleaved: each client count runs on chorus and then at once on
+//!   etcd, so a machine whose speed drifts (a shared VM: we saw the same
+//!   build vary 2x within minutes) affects both alike; `--rounds R` repeats
+//!   that R times and reports the median round per system and the median of
+//!   the per-round ratios;
 //! - N closed-loop clients (1, 16 and 64 by default) on one thread
 //!   (`crate::cmd::load`), one keep-alive HTTP/1.1 connection each (hyper),
 //!   one request at a time; client i talks to member i mod 3, so
@@ -21,9 +27,8 @@
 //!   first write *issued after the kill* is answered 200 (a write issued
 //!   earlier might have been committed by the old leader, so it proves
 //!   nothing). A write the follower holds for the dead leader costs the
-//!   whole timeout, so the timeout is also the resolution. Each trial kills
-//!   a leader, so trials after the first run on a fresh cluster; the median
-//!   is reported.
+//!   whole timeout, so the timeout is also the resolution. Each trial runs
+//!   on a fresh cluster; the median is reported.
 //!
 //! chorus: `PUT /v1/ns/bench/kv/{key}` `{"value": ...}` on a namespace of
 //! mode strong. etcd 3.4: the gRPC-gateway JSON API, `POST /v3/kv/put`
@@ -50,6 +55,8 @@ const VALUE_BYTES: usize = 100;
 const CLIENTS_MAX: usize = 1024;
 /// Most failover trials (each starts a fresh cluster).
 const FAILOVER_RUNS_MAX: usize = 9;
+/// Most `--rounds`.
+const ROUNDS_MAX: usize = 9;
 /// Members of either cluster.
 const MEMBERS: usize = 3;
 /// The chorus namespace the benchmark writes to.
@@ -87,6 +94,10 @@ pub struct StrongArgs {
     /// Seconds of load per run.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds of runs; each round runs every client count on chorus and
+    /// then on etcd, back to back, and the median round is reported.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// The etcd binary (default: `etcd` on PATH, else /usr/bin/etcd).
     #[arg(long)]
     etcd_bin: Option<PathBuf>,
@@ -585,9 +596,12 @@ fn failover(system: System, cluster: &mut dyn Cluster, timeout: Duration) -> Res
 
 /// Everything measured for one system.
 struct Measured {
-    runs: Vec<Run>,
+    /// Per client count, one run per round.
+    runs: Vec<Vec<Run>>,
     /// One per trial; None: no write succeeded within the deadline.
     failover_ms: Vec<Option<f64>>,
+    /// Set when the system could not be measured (the rest is skipped).
+    failed: bool,
 }
 
 impl Measured {
@@ -605,30 +619,32 @@ impl Measured {
     }
 }
 
-/// Throughput runs then failover trials on one system; `start` makes a
-/// fresh cluster (the first trial reuses the load cluster).
-fn bench_system(
+/// Starts a fresh cluster of one system.
+type StartCluster = dyn Fn() -> Result<Box<dyn Cluster>>;
+
+/// One throughput run on a fresh cluster of `system`.
+fn throughput(
     system: System,
-    counts: &[usize],
+    clients: usize,
     seconds: u64,
+    start: &dyn Fn() -> Result<Box<dyn Cluster>>,
+) -> Result<Run> {
+    eprintln!("{}: starting {MEMBERS} members", system.name());
+    let cluster = start()?;
+    eprintln!("{}: leader is member {}; {clients} clients for {seconds} s", system.name(), cluster.leader()? + 1);
+    load(system, cluster.urls(), clients, Duration::from_secs(seconds))
+}
+
+/// Leader-kill trials on one system, each on a fresh cluster.
+fn failover_trials(
+    system: System,
     failover_runs: usize,
     failover_timeout: Duration,
     start: &dyn Fn() -> Result<Box<dyn Cluster>>,
-) -> Result<Measured> {
-    eprintln!("{}: starting {MEMBERS} members", system.name());
-    let mut cluster = start()?;
-    eprintln!("{}: leader is member {}", system.name(), cluster.leader()? + 1);
-    let mut runs = Vec::new();
-    for &n in counts {
-        eprintln!("{}: {n} clients for {seconds} s", system.name());
-        runs.push(load(system, cluster.urls(), n, Duration::from_secs(seconds))?);
-    }
+) -> Result<Vec<Option<f64>>> {
     let mut failover_ms = Vec::new();
     for trial in 0..failover_runs {
-        if trial > 0 {
-            drop(cluster);
-            cluster = start()?;
-        }
+        let mut cluster = start()?;
         let t = failover(system, cluster.as_mut(), failover_timeout)?;
         eprintln!(
             "{}: failover trial {}: {} ({} failed writes meanwhile, longest {:.0} ms)",
@@ -640,7 +656,27 @@ fn bench_system(
         );
         failover_ms.push(t.ms);
     }
-    Ok(Measured { runs, failover_ms })
+    Ok(failover_ms)
+}
+
+/// The run of median throughput among rounds (None when there is none).
+fn median_run(rounds: &[Run]) -> Option<&Run> {
+    let mut sorted: Vec<&Run> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a.writes_per_s().total_cmp(&b.writes_per_s()));
+    sorted.get(sorted.len() / 2).copied()
+}
+
+/// The median of the per-round ratios chorus/etcd of writes/s (rounds
+/// where both systems ran, each pair measured back to back).
+fn median_ratio(chorus: &[Run], etcd: &[Run]) -> Option<f64> {
+    let mut ratios: Vec<f64> = chorus
+        .iter()
+        .zip(etcd)
+        .filter(|(_, e)| e.writes_per_s() > 0.0)
+        .map(|(c, e)| c.writes_per_s() / e.writes_per_s())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied()
 }
 
 /// `--etcd-bin`, else `etcd` on PATH, else /usr/bin/etcd.
@@ -680,7 +716,9 @@ fn cell(x: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn print_table(clients: usize, chorus: Option<&Run>, etcd: Option<&Run>) {
+/// One client count: the median rounds, and `writes_ratio`, the median of
+/// the per-round ratios.
+fn print_table(clients: usize, chorus: Option<&Run>, etcd: Option<&Run>, writes_ratio: Option<f64>) {
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -690,7 +728,7 @@ fn print_table(clients: usize, chorus: Option<&Run>, etcd: Option<&Run>) {
     let p99 = (chorus.map(Run::p99), etcd.map(Run::p99));
     let errors = (chorus.map(|r| r.errors as f64), etcd.map(|r| r.errors as f64));
     println!("clients {clients:<4} {:>12} {:>12} {:>12}", "chorus", "etcd", "chorus/etcd");
-    println!("  writes/s   {:>12} {:>12} {:>12}", cell(wps.0, 0), cell(wps.1, 0), cell(ratio(wps.0, wps.1), 2));
+    println!("  writes/s   {:>12} {:>12} {:>12}", cell(wps.0, 0), cell(wps.1, 0), cell(writes_ratio, 2));
     println!("  p50 ms     {:>12} {:>12} {:>12}", cell(p50.0, 2), cell(p50.1, 2), cell(ratio(p50.0, p50.1), 2));
     println!("  p99 ms     {:>12} {:>12} {:>12}", cell(p99.0, 2), cell(p99.1, 2), cell(ratio(p99.0, p99.1), 2));
     println!("  errors     {:>12} {:>12}", cell(errors.0, 0), cell(errors.1, 0));
@@ -719,26 +757,57 @@ pub fn run(args: StrongArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut failed = false;
+    if args.rounds == 0 || args.rounds > ROUNDS_MAX {
+        bail!("--rounds must be in 1..={ROUNDS_MAX}");
+    }
     let base_port = args.base_port;
     let chorus_start = move || -> Result<Box<dyn Cluster>> { Ok(Box::new(ChorusCluster::start(base_port)?)) };
-    let chorus =
-        bench_system(System::Chorus, &counts, args.seconds, args.failover_runs, failover_timeout, &chorus_start)
-            .inspect_err(|e| {
-                eprintln!("chorus: {e:#}");
-                failed = true;
-            })
-            .ok();
-    let etcd_measured = etcd.as_ref().and_then(|(bin, _)| {
-        let etcd_base_port = args.etcd_base_port;
-        let etcd_start = || -> Result<Box<dyn Cluster>> { Ok(Box::new(EtcdCluster::start(bin, etcd_base_port)?)) };
-        bench_system(System::Etcd, &counts, args.seconds, args.failover_runs, failover_timeout, &etcd_start)
-            .inspect_err(|e| {
-                eprintln!("etcd: {e:#}");
-                failed = true;
-            })
-            .ok()
+    let etcd_base_port = args.etcd_base_port;
+    let etcd_start = etcd.as_ref().map(|(bin, _)| {
+        let bin = bin.clone();
+        move || -> Result<Box<dyn Cluster>> { Ok(Box::new(EtcdCluster::start(&bin, etcd_base_port)?)) }
     });
+    let mut systems: Vec<(System, &StartCluster, Measured)> = Vec::new();
+    let fresh = || Measured { runs: vec![Vec::new(); counts.len()], failover_ms: Vec::new(), failed: false };
+    systems.push((System::Chorus, &chorus_start, fresh()));
+    if let Some(start) = &etcd_start {
+        systems.push((System::Etcd, start, fresh()));
+    }
+    // Interleaved, so a machine whose speed drifts (a shared VM) affects
+    // both systems alike: every client count runs on chorus and then at
+    // once on etcd, each on a fresh cluster, round after round.
+    for _ in 0..args.rounds {
+        for (k, &n) in counts.iter().enumerate() {
+            for (system, start, measured) in systems.iter_mut() {
+                if measured.failed {
+                    continue;
+                }
+                match throughput(*system, n, args.seconds, *start) {
+                    Ok(run) => measured.runs[k].push(run),
+                    Err(e) => {
+                        eprintln!("{}: {e:#}", system.name());
+                        measured.failed = true;
+                    }
+                }
+            }
+        }
+    }
+    for (system, start, measured) in systems.iter_mut() {
+        if measured.failed {
+            continue;
+        }
+        match failover_trials(*system, args.failover_runs, failover_timeout, *start) {
+            Ok(ms) => measured.failover_ms = ms,
+            Err(e) => {
+                eprintln!("{}: {e:#}", system.name());
+                measured.failed = true;
+            }
+        }
+    }
+    let failed = systems.iter().any(|(_, _, m)| m.failed);
+    let mut measured = systems.into_iter().map(|(_, _, m)| Some(m).filter(|m| !m.failed));
+    let chorus = measured.next().flatten();
+    let etcd_measured = measured.next().flatten();
 
     println!(
         "strong writes: {MEMBERS} members on 127.0.0.1 each, {VALUE_BYTES}-byte values, {} s per run, client i → member i mod {MEMBERS}{}",
@@ -747,14 +816,14 @@ pub fn run(args: StrongArgs) -> Result<ExitCode> {
     );
     let mut rows = Vec::new();
     for (k, &clients) in counts.iter().enumerate() {
-        let c = chorus.as_ref().and_then(|m| m.runs.get(k));
-        let e = etcd_measured.as_ref().and_then(|m| m.runs.get(k));
-        print_table(clients, c, e);
+        let c_rounds = chorus.as_ref().and_then(|m| m.runs.get(k)).map_or(&[][..], Vec::as_slice);
+        let e_rounds = etcd_measured.as_ref().and_then(|m| m.runs.get(k)).map_or(&[][..], Vec::as_slice);
+        let (c, e) = (median_run(c_rounds), median_run(e_rounds));
+        let ratio = median_ratio(c_rounds, e_rounds);
+        print_table(clients, c, e, ratio);
         let field = |r: Option<&Run>, f: fn(&Run) -> f64| r.map_or(Value::Null, |r| number(f(r)));
-        let ratio = match (c, e) {
-            (Some(c), Some(e)) if e.writes_per_s() > 0.0 => number(c.writes_per_s() / e.writes_per_s()),
-            _ => Value::Null,
-        };
+        let per_round = |runs: &[Run]| Value::Array(runs.iter().map(|r| number(r.writes_per_s())).collect());
+        let ratio = ratio.map_or(Value::Null, number);
         rows.push(json!({
             "clients": clients,
             "chorus_writes_per_s": field(c, Run::writes_per_s),
@@ -766,6 +835,8 @@ pub fn run(args: StrongArgs) -> Result<ExitCode> {
             "etcd_p99_ms": field(e, Run::p99),
             "etcd_errors": e.map(|r| r.errors),
             "ratio_writes_per_s": ratio,
+            "chorus_writes_per_s_rounds": per_round(c_rounds),
+            "etcd_writes_per_s_rounds": per_round(e_rounds),
         }));
     }
     let chorus_failover = chorus.as_ref().and_then(Measured::failover_median);
@@ -801,6 +872,7 @@ pub fn run(args: StrongArgs) -> Result<ExitCode> {
             "value_bytes": VALUE_BYTES,
             "members": MEMBERS,
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "failover_timeout_ms": args.failover_timeout_ms,
         });
         println!("{top}");
@@ -814,10 +886,20 @@ mod tests {
 
     #[test]
     fn a_majority_of_failed_failover_trials_makes_the_median_null() {
-        let m = |failover_ms| Measured { runs: Vec::new(), failover_ms };
+        let m = |failover_ms| Measured { runs: Vec::new(), failover_ms, failed: false };
         assert_eq!(m(vec![Some(300.0), None, Some(100.0)]).failover_median(), Some(300.0));
         assert_eq!(m(vec![None, Some(100.0), None]).failover_median(), None);
         assert_eq!(m(vec![Some(5.0)]).failover_median(), Some(5.0));
+    }
+
+    #[test]
+    fn the_ratio_is_the_median_of_back_to_back_pairs() {
+        let run = |writes: u64| Run { writes, errors: 0, seconds: 1.0, latency_ms: Vec::new() };
+        let chorus = [run(200), run(90), run(300)];
+        let etcd = [run(100), run(100), run(100)];
+        assert_eq!(median_ratio(&chorus, &etcd), Some(2.0));
+        assert_eq!(median_run(&chorus).map(|r| r.writes), Some(200));
+        assert_eq!(median_ratio(&chorus, &[]), None);
     }
 
     #[test]
