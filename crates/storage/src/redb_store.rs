@@ -275,24 +275,50 @@ fn apply_batches(db: &Database, batches: &[WriteBatch], durability: Durability) 
             let table = write.open_table(SpaceTable::new(name)).map_err(table_fault)?;
             tables.insert(*space, table);
         }
+        // Puts and deletes are collected per key, last one winning, and
+        // written in key order: the backlog rewrites a few keys on every
+        // commit (the HLC high-water mark, namespace records), and sorted
+        // inserts walk the B-tree once instead of hopping around it. A range
+        // delete first writes what was collected before it, so order holds.
+        let mut latest: BTreeMap<(&str, &[u8]), Option<&[u8]>> = BTreeMap::new();
+        let write_latest = |latest: &mut BTreeMap<(&str, &[u8]), Option<&[u8]>>,
+                            tables: &mut BTreeMap<&str, redb::Table<'_, &'static [u8], &'static [u8]>>|
+         -> Result<(), Fault> {
+            for ((space, key), value) in std::mem::take(latest) {
+                let Some(table) = tables.get_mut(space) else {
+                    unreachable!("every keyspace of the batches was opened above");
+                };
+                match value {
+                    Some(value) => {
+                        table.insert(key, value).map_err(storage_fault)?;
+                    }
+                    None => {
+                        table.remove(key).map_err(storage_fault)?;
+                    }
+                }
+            }
+            Ok(())
+        };
         for op in batches.iter().flat_map(|b| b.ops()) {
-            let Some(table) = tables.get_mut(op.space()) else {
-                unreachable!("every keyspace of the batches was opened above");
-            };
             match op {
-                Op::Put { key, value, .. } => {
-                    table.insert(key.as_slice(), value.as_slice()).map_err(storage_fault)?;
+                Op::Put { space, key, value } => {
+                    latest.insert((space.as_str(), key.as_slice()), Some(value.as_slice()));
                 }
-                Op::Delete { key, .. } => {
-                    table.remove(key.as_slice()).map_err(storage_fault)?;
+                Op::Delete { space, key } => {
+                    latest.insert((space.as_str(), key.as_slice()), None);
                 }
-                Op::DeleteRange { range, .. } => {
+                Op::DeleteRange { space, range } => {
+                    write_latest(&mut latest, &mut tables)?;
+                    let Some(table) = tables.get_mut(space.as_str()) else {
+                        unreachable!("every keyspace of the batches was opened above");
+                    };
                     if !range.is_empty() {
                         table.retain_in::<&[u8], _>(range.as_slices(), |_, _| false).map_err(storage_fault)?;
                     }
                 }
             }
         }
+        write_latest(&mut latest, &mut tables)?;
         // A keyspace exists exactly while it holds a key (the contract on
         // `Storage`), so tables these batches emptied, or opened only to
         // delete from, are removed.
@@ -476,6 +502,8 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    use crate::range::KeyRange;
+
     fn backlog_len(store: &RedbStorage) -> usize {
         store.shared.backlog.lock().unwrap_or_else(PoisonError::into_inner).batches.len()
     }
@@ -517,6 +545,34 @@ mod tests {
         let name = table_name("s");
         let table = read.open_table(SpaceTable::new(&name)).expect("table");
         assert_eq!(table.iter().expect("iter").count(), 10);
+    }
+
+    #[test]
+    fn many_batches_applied_together_keep_their_order_around_range_deletes() {
+        let store = RedbStorage::in_memory().expect("in-memory db");
+        let mut batches = Vec::new();
+        let mut b = WriteBatch::new();
+        b.put("s", b"a".as_slice(), b"1".as_slice()).put("s", b"b".as_slice(), b"1".as_slice());
+        batches.push(b);
+        let mut b = WriteBatch::new();
+        b.put("s", b"a".as_slice(), b"2".as_slice())
+            .delete_range("s", KeyRange::between(b"a".as_slice(), b"c".as_slice()));
+        batches.push(b);
+        let mut b = WriteBatch::new();
+        b.put("s", b"b".as_slice(), b"3".as_slice()).put("s", b"c".as_slice(), b"3".as_slice());
+        batches.push(b);
+        let mut b = WriteBatch::new();
+        b.delete("s", b"c".as_slice()).put("t", b"x".as_slice(), b"4".as_slice()).put(
+            "t",
+            b"x".as_slice(),
+            b"5".as_slice(),
+        );
+        batches.push(b);
+        apply_batches(&store.shared.db, &batches, Durability::None).expect("apply");
+        assert_eq!(store.get("s", b"a").expect("get"), None, "the range delete came after both puts of a");
+        assert_eq!(store.get("s", b"b").expect("get"), Some(b"3".to_vec()), "the put after the range delete wins");
+        assert_eq!(store.get("s", b"c").expect("get"), None, "the later delete wins");
+        assert_eq!(store.get("t", b"x").expect("get"), Some(b"5".to_vec()), "the last put of a key wins");
     }
 
     #[test]
