@@ -4,9 +4,10 @@
 #
 #   scripts/faults.sh [--runs N] [--seed S] [--nodes K] [other chorus-faults flags]
 #
-# Builds chorus and chorus-faults (release when FAULTS_PROFILE=release,
-# else debug: a debug build of both takes ~1 min here, release ~5), then runs
-# the harness. Each run prints its seed and the exact command replaying it;
+# Builds chorus WITH the `test-knobs` feature (clock skew and the injected
+# bug are test knobs, absent from normal builds) and chorus-faults, into
+# target/knobs-release when FAULTS_PROFILE=release, else target/knobs (a
+# debug build takes a few minutes here, release more), then runs the harness. Each run prints its seed and the exact command replaying it;
 # the LAST line is `faults: runs=N ops=M faults=F violations=V`, and the exit
 # status is non-zero when V > 0 (or when a run could not be carried out).
 # As root it builds network namespaces (install iproute2/nftables with
@@ -16,10 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile="${FAULTS_PROFILE:-debug}"
 if [[ "$profile" == release ]]; then
-    cargo build --release -p chorus -p chorus-faults >&2
-    dir=target/release
+    dir=knobs-release
 else
-    cargo build -p chorus -p chorus-faults >&2
-    dir=target/debug
+    dir=knobs
 fi
+cargo build --profile "$dir" -p chorus -p chorus-faults --features chorus/test-knobs >&2
+dir="target/$dir"
 exec "$dir/chorus-faults" --chorus-bin "$dir/chorus" "$@"

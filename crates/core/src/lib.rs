@@ -23,11 +23,15 @@ pub mod types;
 pub mod wire;
 
 pub use causal::{Dot, SeenSet, VersionVector};
+/// The highest tier (SPEC §1: tiers 0–8); one bound for every tier check.
+pub use chorus_clock::TIER_MAX;
 pub use crdt::{Entry, Op, ReadValue, ValueType};
 pub use hlc::{Hlc, HlcError, Timestamp};
+#[cfg(feature = "test-knobs")]
+pub use node::InjectedBug;
 pub use node::{
-    Action, InjectedBug, LocalWrite, Member, MemberState, Node, NodeConfig, NodeStats, ReadResult, WriteError,
-    WriteReceipt, tiers_may_talk,
+    Action, Halted, LocalWrite, Member, MemberState, NamespaceCreated, Node, NodeConfig, NodeStats, PersistId,
+    ReadResult, RequestId, WriteError, WriteReceipt, tiers_may_talk,
 };
 pub use persist::{PersistBatch, RecoveryImage, StoreOp};
 pub use rng::Rng;

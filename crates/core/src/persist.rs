@@ -101,7 +101,8 @@ pub(crate) fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
     postcard::to_stdvec(record).unwrap_or_default()
 }
 
-pub(crate) fn decode_namespace(bytes: &[u8]) -> Result<NamespaceRecord, String> {
+/// Decode a stored namespace record.
+pub fn decode_namespace(bytes: &[u8]) -> Result<NamespaceRecord, String> {
     let r: NamespaceRecord = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
     if r.version != RECORD_VERSION {
         return Err(format!("unknown record version {}", r.version));

@@ -49,6 +49,42 @@ pub enum Message {
     /// One step of a range-based reconciliation session, run when seen sets
     /// are equal but fingerprints are not (silent divergence).
     Reconcile(ReconcileStep),
+    /// A namespace creation spreading to every reachable node, tier by tier
+    /// (a diffusing computation: `docs/design/replication.md`, "Namespace
+    /// creation").
+    Announce(NamespaceAnnounce),
+    /// The answer to an [`Message::Announce`]: which nodes of the sender's
+    /// part of the spread hold the namespace durably.
+    Confirm(NamespaceConfirm),
+}
+
+/// Node ids one announcement or confirmation names at most.
+pub const ANNOUNCE_NODES_MAX: usize = 65_536;
+
+/// "Create this namespace, pass it on, and tell me who has it."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceAnnounce {
+    /// The node the client asked; with `id` it names the announcement.
+    pub origin: NodeId,
+    pub id: u64,
+    pub namespace: String,
+    pub value_type: ValueType,
+    /// Nodes that some sender already sent this announcement to: a receiver
+    /// does not send it to them again (each of them answers its own sender).
+    pub covered: Vec<NodeId>,
+    /// How long the receiver may wait for the nodes it passes the
+    /// announcement on to before it answers with what it has.
+    pub budget_us: u64,
+}
+
+/// "These nodes hold the namespace durably" (the sender and the nodes it
+/// passed the announcement on to, transitively). Empty: the sender had
+/// already answered this announcement to someone else, or refused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceConfirm {
+    pub origin: NodeId,
+    pub id: u64,
+    pub confirmed: Vec<NodeId>,
 }
 
 /// A reconciliation message for one namespace. `body` is a
@@ -313,6 +349,17 @@ pub fn validate(message: &Message, value_bytes_max: usize) -> Result<(), DecodeE
             }
         }
         Message::SyncPush(p) => validate_deltas(&p.deltas, value_bytes_max)?,
+        Message::Announce(a) => {
+            validate_name(&a.namespace)?;
+            if a.covered.len() > ANNOUNCE_NODES_MAX {
+                return Err(DecodeError::Invalid(format!("announcement names {} nodes", a.covered.len())));
+            }
+        }
+        Message::Confirm(c) => {
+            if c.confirmed.len() > ANNOUNCE_NODES_MAX {
+                return Err(DecodeError::Invalid(format!("confirmation names {} nodes", c.confirmed.len())));
+            }
+        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 use chorus_core::crdt::{Op, ValueType};
 use chorus_core::node::{Action, LocalWrite, Node, NodeConfig};
 use chorus_core::persist::{RecoveryImage, entries_space};
-use chorus_core::{NodeId, wire};
+use chorus_core::{NodeId, RequestId, wire};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -30,7 +30,8 @@ fn apply(image: &mut RecoveryImage, node: &mut Node) -> Vec<(NodeId, wire::Messa
     let mut sends = Vec::new();
     while let Some(action) = node.poll_action() {
         match action {
-            Action::Persist(batch) => {
+            Action::Persist { id, batch } => {
+                node.handle_persisted(id);
                 for op in batch.ops {
                     let space = image.entry(op.space).or_default();
                     match op.value {
@@ -40,6 +41,10 @@ fn apply(image: &mut RecoveryImage, node: &mut Node) -> Vec<(NodeId, wire::Messa
                 }
             }
             Action::Send { to, message } => sends.push((to, message)),
+            Action::WriteDone { result, .. } => {
+                result.expect("write accepted");
+            }
+            other => panic!("unexpected action {other:?}"),
         }
     }
     sends
@@ -115,19 +120,16 @@ fn converged_pair(rewritten: usize) -> Base {
     b.create_namespace(NS, ValueType::Lww).unwrap();
     let mut pair = Pair { a, b, image_a: RecoveryImage::new(), image_b: RecoveryImage::new(), bytes: 0, messages: 0 };
     for chunk in (0..N).collect::<Vec<_>>().chunks(5000) {
-        let writes: Vec<LocalWrite> = chunk.iter().map(|&i| put(i, 1)).collect();
-        for r in pair.a.handle_local_writes(T0, writes) {
-            r.expect("write accepted");
-        }
+        let writes: Vec<(RequestId, LocalWrite)> = chunk.iter().map(|&i| (RequestId(i as u64), put(i, 1))).collect();
+        pair.a.handle_local_writes(T0, writes);
     }
     apply(&mut pair.image_a, &mut pair.a);
     let space = entries_space(NS);
     let old: BTreeMap<Vec<u8>, Vec<u8>> =
         (0..rewritten).map(|i| (key(i), pair.image_a[&space][&key(i)].clone())).collect();
-    let writes: Vec<LocalWrite> = (0..rewritten).map(|i| put(i, 2)).collect();
-    for r in pair.a.handle_local_writes(T0 + 1, writes) {
-        r.expect("write accepted");
-    }
+    let writes: Vec<(RequestId, LocalWrite)> = (0..rewritten).map(|i| (RequestId(i as u64), put(i, 2))).collect();
+    pair.a.handle_local_writes(T0 + 1, writes);
+    apply(&mut pair.image_a, &mut pair.a);
     pair.sync_until_equal(T0 + 2, 100);
     (pair.image_a, pair.image_b, old)
 }

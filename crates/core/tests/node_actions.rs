@@ -13,6 +13,9 @@ use chorus_core::{
 };
 use std::collections::BTreeSet;
 
+mod common;
+use common::Driven;
+
 const NS: &str = "ns";
 const T0: u64 = 1_000_000;
 
@@ -26,8 +29,8 @@ fn member(n: u64, tier: u8) -> Member {
 
 /// A node with namespace `NS` of type `ty`, knowing `peers` (all tier 0),
 /// with its start-up actions drained.
-fn node_with(me: u64, config: NodeConfig, ty: ValueType, peers: &[u64]) -> Node {
-    let mut node = Node::new(id(me), config, me);
+fn node_with(me: u64, config: NodeConfig, ty: ValueType, peers: &[u64]) -> Driven {
+    let mut node = Driven::from(Node::new(id(me), config, me));
     node.create_namespace(NS, ty).expect("valid name");
     let mut ms: Vec<Member> = peers.iter().map(|&p| member(p, 0)).collect();
     ms.push(member(me, 0));
@@ -36,15 +39,15 @@ fn node_with(me: u64, config: NodeConfig, ty: ValueType, peers: &[u64]) -> Node 
     node
 }
 
-fn drain(node: &mut Node) -> Vec<Action> {
-    std::iter::from_fn(|| node.poll_action()).collect()
+fn drain(node: &mut Driven) -> Vec<Action> {
+    node.drain()
 }
 
 fn put(key: &[u8], value: &[u8]) -> LocalWrite {
     LocalWrite { namespace: NS.into(), key: key.to_vec(), op: Op::Put { value: value.to_vec(), context: None } }
 }
 
-fn write(node: &mut Node, now: u64, w: LocalWrite) -> WriteReceipt {
+fn write(node: &mut Driven, now: u64, w: LocalWrite) -> WriteReceipt {
     let mut r = node.handle_local_writes(now, vec![w]);
     assert_eq!(r.len(), 1);
     r.pop().expect("one result").expect("write accepted")
@@ -54,8 +57,8 @@ fn persists(actions: &[Action]) -> Vec<&PersistBatch> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Persist(b) => Some(b),
-            Action::Send { .. } => None,
+            Action::Persist { batch, .. } => Some(batch),
+            _ => None,
         })
         .collect()
 }
@@ -65,7 +68,7 @@ fn sends(actions: &[Action]) -> Vec<(NodeId, &Message)> {
         .iter()
         .filter_map(|a| match a {
             Action::Send { to, message } => Some((*to, message)),
-            Action::Persist(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -84,7 +87,7 @@ fn over_the_wire(m: &Message) -> Message {
 
 /// Deliver every `Send` addressed to `to` among `actions`, returning the
 /// actions `to` emitted in response.
-fn deliver(actions: &[Action], from: NodeId, to: &mut Node, now: u64) -> Vec<Action> {
+fn deliver(actions: &[Action], from: NodeId, to: &mut Driven, now: u64) -> Vec<Action> {
     let mut out = Vec::new();
     for (dest, m) in sends(actions) {
         if dest == to.id() {
@@ -123,7 +126,7 @@ fn a_local_write_persists_entry_namespace_and_clock_then_pushes_to_fanout_distin
     let actions = drain(&mut node);
     assert_eq!(actions.len(), 3, "one persist and two sends: {actions:?}");
 
-    let Action::Persist(batch) = &actions[0] else { panic!("the persist comes first: {actions:?}") };
+    let Action::Persist { batch, .. } = &actions[0] else { panic!("the persist comes first: {actions:?}") };
     let entry = node.namespace(NS).unwrap().get(b"k").unwrap().clone();
     let entries_space = persist::entries_space(NS);
     let spaces: Vec<(&str, &[u8])> = batch.ops.iter().map(|o| (o.space.as_str(), o.key.as_slice())).collect();
@@ -307,7 +310,7 @@ fn one_three_message_sync_makes_two_nodes_equal() {
 #[test]
 fn recovery_from_the_persisted_batches_restores_state_and_never_reuses_a_dot_or_timestamp() {
     let config = NodeConfig::default();
-    let mut a = Node::new(id(1), config.clone(), 1);
+    let mut a = Driven::from(Node::new(id(1), config.clone(), 1));
     let mut b = node_with(2, config.clone(), ValueType::Mv, &[1]);
     let mut image = RecoveryImage::new();
     a.create_namespace(NS, ValueType::Mv).unwrap();
@@ -329,7 +332,7 @@ fn recovery_from_the_persisted_batches_restores_state_and_never_reuses_a_dot_or_
     let max_dot = issued.iter().map(|r| r.dot.counter).max().unwrap();
     let max_ts = issued.iter().map(|r| r.ts).max().unwrap().max(remote_ts);
 
-    let mut r = Node::recover(id(1), config, 99, &image).expect("the image is valid");
+    let mut r = Driven::from(Node::recover(id(1), config, 99, &image).expect("the image is valid"));
     assert_eq!(digest(&r, NS), digest(&a, NS));
     assert_eq!(r.namespace(NS).unwrap().seen(), a.namespace(NS).unwrap().seen());
     assert!(r.hlc_high_water() >= max_ts);
@@ -347,7 +350,7 @@ fn a_message_from_a_member_two_tiers_away_is_rejected_and_counted() {
     write(&mut a, T0, put(b"far", b"x"));
     let far_push = the_push(&drain(&mut a)).items;
 
-    let mut b = Node::new(id(2), NodeConfig::default(), 2);
+    let mut b = Driven::from(Node::new(id(2), NodeConfig::default(), 2));
     b.create_namespace(NS, ValueType::Lww).unwrap();
     b.set_members(T0, &[member(2, 0), member(9, 2), member(1, 1)]);
     drain(&mut b);
@@ -387,7 +390,7 @@ fn a_key_over_4096_bytes_is_refused_and_one_of_4096_is_accepted() {
 
 #[test]
 fn a_push_from_a_clock_beyond_the_max_offset_is_dropped_and_counted() {
-    let config = NodeConfig { max_offset_us: 1_000, ..NodeConfig::default() };
+    let config = NodeConfig { offset_max_us: 1_000, ..NodeConfig::default() };
     let mut a = node_with(1, config.clone(), ValueType::Lww, &[2]);
     let mut b = node_with(2, config, ValueType::Lww, &[1]);
     write(&mut a, T0 + 5_000, put(b"k", b"future"));
@@ -472,7 +475,7 @@ fn a_peer_claiming_our_own_dots_up_to_the_largest_counter_does_not_break_our_nex
 fn a_restart_after_collecting_our_own_tombstone_does_not_reuse_its_dots() {
     let config = NodeConfig::default();
     let mut image = RecoveryImage::new();
-    let mut a = Node::new(id(1), config.clone(), 1);
+    let mut a = Driven::from(Node::new(id(1), config.clone(), 1));
     a.create_namespace(NS, ValueType::Lww).unwrap();
     a.set_members(T0, &[member(1, 0), member(2, 0)]);
     apply_to_image(&mut image, &drain(&mut a));
@@ -505,7 +508,7 @@ fn a_restart_after_collecting_our_own_tombstone_does_not_reuse_its_dots() {
     apply_to_image(&mut image, &drain(&mut a));
     assert_eq!(a.namespace(NS).unwrap().get(b"x"), None, "precondition: the tombstone was collected");
 
-    let mut r = Node::recover(id(1), config, 1, &image).expect("the image is valid");
+    let mut r = Driven::from(Node::recover(id(1), config, 1, &image).expect("the image is valid"));
     r.set_members(T0 + 100, &[member(1, 0), member(2, 0)]);
     let next = write(&mut r, T0 + 100, put(b"y", b"new"));
     assert!(

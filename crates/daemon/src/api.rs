@@ -149,6 +149,10 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::Op(_) => ApiError::new(StatusCode::CONFLICT, "operation_refused", message),
         WriteError::Clock(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "clock_unsafe", message),
         WriteError::DotsExhausted => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "dots_exhausted", message),
+        // The node stopped before taking the write: nothing changed.
+        WriteError::Halted(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message),
+        // The write's batch failed: it may or may not survive.
+        WriteError::PersistFailed(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
         _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_refused", message),
     }
 }
@@ -560,7 +564,8 @@ async fn create_namespace(
         }
     }
     match s.node.create_namespace(req.name.clone(), value_type).await? {
-        Ok(()) => Ok((
+        Ok(outcome) if !outcome.unconfirmed.is_empty() => Err(unconfirmed_error(&s, &req.name, &outcome.unconfirmed)),
+        Ok(_) => Ok((
             StatusCode::CREATED,
             Json(NamespaceBody { name: req.name, mode: "eventual", value_type: value_type.as_str(), keys: 0 }),
         )),
@@ -570,6 +575,22 @@ async fn create_namespace(
         Err(e @ NamespaceError::InvalidName(_)) => Err(ApiError::bad_request("bad_namespace_name", e.to_string())),
         Err(e) => Err(ApiError::bad_request("namespace_refused", e.to_string())),
     }
+}
+
+/// 504: the namespace was created here (and wherever the announcement
+/// reached), but these live members did not confirm within
+/// `namespace_confirm_timeout_ms`.
+fn unconfirmed_error(s: &ApiState, name: &str, unconfirmed: &[NodeId]) -> ApiError {
+    let names: std::collections::HashMap<NodeId, String> =
+        s.membership.members().into_iter().map(|m| (NodeId::from_name(&m.name), m.name)).collect();
+    let missing: Vec<String> =
+        unconfirmed.iter().map(|id| names.get(id).cloned().unwrap_or_else(|| id.to_string())).collect();
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!("namespace {name:?} was created on this node, but members {missing:?} did not confirm it in time"),
+    )
+    .with_details(json!({ "unconfirmed": missing }))
 }
 
 async fn create_strong_namespace(

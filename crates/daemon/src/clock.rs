@@ -26,30 +26,27 @@ pub trait Clock: Send + Sync + 'static {
     fn now_us(&self) -> u64;
 }
 
-/// **Testing knob.** Environment variable that shifts [`SystemClock`] by
-/// this many milliseconds (may be negative), as if the machine's OS clock
-/// were wrong by that much. It exists so that tests can run a node with a
-/// skewed clock on one machine (e.g. to check that a node 2 s off refuses
-/// to join). It shifts everything the node reads from the OS clock: probe
-/// timestamps, the HLC's physical time and the generation. Never set it in
-/// production; `chorus agent` logs a warning when it is set.
-pub const TEST_CLOCK_OFFSET_ENV: &str = "CHORUS_TEST_CLOCK_OFFSET_MS";
-
-/// The OS real-time clock, optionally shifted by the testing knob
-/// [`TEST_CLOCK_OFFSET_ENV`].
+/// The OS real-time clock. Builds with the `test-knobs` feature can shift
+/// it ([`SystemClock::from_env`]), as if the machine's clock were wrong.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock {
     offset_us: i64,
 }
 
 impl SystemClock {
-    /// The OS clock shifted by `$CHORUS_TEST_CLOCK_OFFSET_MS` when set.
-    pub fn from_env() -> Self {
-        let offset_ms = std::env::var(TEST_CLOCK_OFFSET_ENV).ok().and_then(|v| v.trim().parse::<i64>().ok());
-        SystemClock { offset_us: offset_ms.unwrap_or(0).saturating_mul(1000) }
+    /// The OS clock, unshifted.
+    pub fn os() -> Self {
+        SystemClock { offset_us: 0 }
     }
 
-    /// The shift applied by the testing knob, µs (0 in production).
+    /// The OS clock shifted by the test knob `CHORUS_TEST_CLOCK_OFFSET_MS`
+    /// (see `crate::knobs`); only builds with the `test-knobs` feature have it.
+    #[cfg(feature = "test-knobs")]
+    pub fn from_env() -> Self {
+        SystemClock { offset_us: crate::knobs::clock_offset_us_from_env() }
+    }
+
+    /// The shift applied by the test knob, µs (0 in production).
     pub fn test_offset_us(&self) -> i64 {
         self.offset_us
     }

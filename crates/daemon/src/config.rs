@@ -74,6 +74,10 @@ pub struct Config {
     pub raft_election_timeout_max_ms: u64,
     /// Raft pre-vote: a partitioned node cannot disrupt a healthy leader.
     pub raft_pre_vote: bool,
+    /// How long creating an eventual namespace waits for every reachable
+    /// node to confirm it holds it; past it the create answers 504 naming
+    /// the members that did not (it was still created where it reached).
+    pub namespace_confirm_timeout_ms: u64,
     /// Threads of the async runtime; 0 = automatic: one less than the CPUs
     /// available, at least one (see [`Config::runtime_worker_threads`]).
     pub worker_threads: usize,
@@ -108,6 +112,7 @@ impl Default for Config {
             raft_election_timeout_min_ms: 150,
             raft_election_timeout_max_ms: 300,
             raft_pre_vote: true,
+            namespace_confirm_timeout_ms: 3_000,
             worker_threads: 0,
         }
     }
@@ -169,8 +174,11 @@ impl Config {
         if let Err(e) = chorus_net::ca::validate_node_name(&self.name) {
             return invalid("name", e.to_string());
         }
-        if self.tier > 8 {
-            return invalid("tier", format!("{} is above 8", self.tier));
+        if self.tier > chorus_core::TIER_MAX {
+            return invalid("tier", format!("{} is above {}", self.tier, chorus_core::TIER_MAX));
+        }
+        if !(1..=600_000).contains(&self.namespace_confirm_timeout_ms) {
+            return invalid("namespace_confirm_timeout_ms", "must be in 1..=600000".into());
         }
         let cap = chorus_core::limits::VALUE_BYTES_CAP as u32;
         if self.max_value_bytes == 0 || self.max_value_bytes > cap {
@@ -267,7 +275,8 @@ impl Config {
             fanout: self.fanout,
             hop_limit: self.hop_limit,
             anti_entropy_interval_us: self.anti_entropy_interval_ms.saturating_mul(1000),
-            max_offset_us: self.max_offset_ms.saturating_mul(1000),
+            offset_max_us: self.max_offset_ms.saturating_mul(1000),
+            namespace_confirm_wait_us: self.namespace_confirm_timeout_ms.saturating_mul(1000),
             value_bytes_max: self.max_value_bytes,
             ..chorus_core::NodeConfig::default()
         }

@@ -20,6 +20,8 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "test-knobs")]
+pub mod knobs;
 pub mod probe;
 pub mod runtime;
 pub mod strong;
@@ -35,7 +37,6 @@ use chorus_core::persist::RecoveryImage;
 use chorus_core::{Node, NodeId, ValueType};
 use chorus_net::{Membership, MembershipConfig, NodeCredentials, NodeIdentity, Transport, TransportConfig};
 use chorus_storage::{GroupCommitter, RedbStorage, Storage, WriteBatch};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -154,7 +155,7 @@ fn next_generation(store: &RedbStorage, now_us: u64) -> anyhow::Result<u64> {
 /// Start a node: recover the store, bind QUIC, check the local clock
 /// against the seeds, join the cluster, serve HTTP.
 ///
-/// `clock` is the raw OS clock (production: [`SystemClock::from_env`]);
+/// `clock` is the raw OS clock (production: [`SystemClock::os`]);
 /// the core receives it corrected by the node's clock service. Fails with
 /// [`probe::JoinRefused`] in the error chain when the seeds' clocks are
 /// further than `max_offset_ms` from ours.
@@ -178,8 +179,19 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
 
     let id = NodeId::from_name(&config.name);
     let seed = now_us ^ id.0 ^ generation.rotate_left(17);
-    let mut node =
-        Node::recover(id, config.node_config(), seed, &image).context("recovering the node from its store")?;
+    #[allow(unused_mut)]
+    let mut node_config = config.node_config();
+    #[cfg(feature = "test-knobs")]
+    let knobs = knobs::DriverKnobs::from_env();
+    #[cfg(feature = "test-knobs")]
+    if knobs.ack_before_fsync {
+        tracing::warn!(
+            "{} is set: writes are acknowledged BEFORE they are durable (a test knob that breaks durability)",
+            knobs::ACK_BEFORE_FSYNC_ENV
+        );
+        node_config.injected_bug = Some(chorus_core::InjectedBug::ReleaseReceiptsBeforeDurable);
+    }
+    let mut node = Node::recover(id, node_config, seed, &image).context("recovering the node from its store")?;
     drop(image);
     // Corrected time never goes below what the HLC already issued, even if
     // the OS clock stepped back while the node was down.
@@ -240,19 +252,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         tier: config.tier,
         value_bytes_max: config.max_value_bytes as usize,
         group_writes_max: config.group_commit_writes_max,
-        alive_peers: Vec::new(),
-        ack_before_fsync: runtime::ack_before_fsync_from_env(),
-        deferred: None,
-        reads: Vec::new(),
+        #[cfg(feature = "test-knobs")]
+        knobs,
     };
-    if driver.ack_before_fsync {
-        tracing::warn!(
-            "{} is set: writes are acknowledged BEFORE they are durable (a testing knob that breaks durability)",
-            runtime::ACK_BEFORE_FSYNC_ENV
-        );
-    }
     // The default namespace's record is durable before anyone can write.
-    driver.execute_actions(&HashMap::new()).await.context("persisting the default namespace")?;
+    driver.persist_startup().await.context("persisting the default namespace")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (handle, node_task) = runtime::spawn(

@@ -1,44 +1,44 @@
-//! The node task: the one owner of the core [`Node`].
+//! The node task: the one owner of the core [`Node`], and a plain executor
+//! of its actions.
 //!
-//! Every input — client commands, peer messages, membership changes and
-//! timers — reaches the node through this task, so the sans-IO state
-//! machine is driven exactly as its contract (`chorus_core::node`) says,
-//! with no locks around it. One *turn* of the task:
+//! Every input — client commands, peer messages, membership changes, timers
+//! and storage completions — reaches the node through this task, so the
+//! sans-IO state machine is driven exactly as its contract says
+//! (`chorus_core::node`; `docs/design/replication.md`, "The driver
+//! contract"). The core decides what may be exposed when: it holds back
+//! every Send and every answer until the batches it depends on are durable.
+//! This task keeps no ordering logic of its own. One *turn*:
 //!
 //! 1. waits for any input, then drains what else is already queued (bounded:
 //!    [`INCOMING_PER_TURN_MAX`] peer messages, `group_commit_writes_max`
 //!    client writes or [`WRITE_GROUP_BYTES_MAX`] bytes);
-//! 2. hands all drained client writes to ONE `handle_local_writes` call;
-//! 3. drains `poll_action`, concatenates every `Persist` of the turn into one
-//!    store batch and hands it to the group committer (which merges the
-//!    batches queued during one fsync into one commit), and keeps the turn's
-//!    `Send`s and client answers *staged* until that batch is durable;
-//! 4. meanwhile the next turn may start (up to [`PIPELINE_DEPTH_MAX`] turns
-//!    in flight). Staged turns complete strictly in order: a turn's messages
-//!    go out and its clients are answered only when its batch and every
-//!    earlier one are durable.
+//! 2. hands all drained client writes to ONE `handle_local_writes` call
+//!    (group commit is handing many writes in at once);
+//! 3. executes the node's actions in order: consecutive Persists are handed
+//!    to the group committer as one store batch without waiting (several
+//!    are in flight; the committer merges those queued during one fsync),
+//!    Sends go to the transport, answers to their callers;
+//! 4. when a commit completes, tells the node (`handle_persisted`) and
+//!    executes what that released.
 //!
-//! Moving a later `Persist` ahead of an earlier `Send` is safe: persisting
-//! state earlier than required never exposes anything, and every `Send`
-//! still runs after every `Persist` that preceded it. Reads see the node's
-//! state, which runs ahead of the disk while turns are in flight, so a read
-//! waits until nothing is in flight (and holds back new turns meanwhile):
-//! a client never reads state that is not yet durable.
-//!
-//! That is group commit as in DeWitt et al., SIGMOD 1984, pipelined so the
-//! node task prepares the next group while the disk flushes the last.
+//! While [`PERSISTS_IN_FLIGHT_MAX`] batches are in flight the task takes no
+//! new input (backpressure); completions are always taken.
 
 use crate::clock::{Clock, ClockHandle};
 use crate::probe;
 use crate::telemetry;
 use chorus_core::node::NamespaceError;
 use chorus_core::wire::{self, Message};
-use chorus_core::{Action, LocalWrite, Member, MemberState, Node, NodeId, ValueType, WriteError, WriteReceipt};
+use chorus_core::{
+    Action, Halted, LocalWrite, Member, MemberState, NamespaceCreated, Node, NodeId, PersistId, RequestId, ValueType,
+    WriteError, WriteReceipt,
+};
 use chorus_net::{Incoming, MemberInfo, PeerAddr, Transport};
 use chorus_storage::{CommitTicket, GroupCommitter, RedbStorage, WriteBatch};
+use futures_util::FutureExt;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Peer messages handled in one turn at most, so client writes are never
@@ -50,22 +50,30 @@ pub const INCOMING_PER_TURN_MAX: usize = 256;
 /// the push messages it produces.
 pub const WRITE_GROUP_BYTES_MAX: usize = 8 << 20;
 
+/// Batches in flight to the group committer at most before the task stops
+/// taking new input. Each turn adds about one; the committer merges the
+/// batches queued during one fsync, so a few in flight keep the disk busy.
+pub const PERSISTS_IN_FLIGHT_MAX: u64 = 8;
+
+/// Where a write is answered.
+pub type WriteReply = oneshot::Sender<Result<WriteReceipt, WriteError>>;
 /// Where a namespace creation is answered.
-pub type NamespaceReply = oneshot::Sender<Result<(), NamespaceError>>;
-/// A read-only closure run on the node task.
-pub type InspectFn = Box<dyn FnOnce(&Node) + Send>;
+pub type NamespaceReply = oneshot::Sender<Result<NamespaceCreated, NamespaceError>>;
+/// A read-only closure run on the node task. It reads the node's state at
+/// once and returns the delivery of its answer, which runs when the core
+/// releases the read (everything it saw is durable by then).
+pub type InspectFn = Box<dyn FnOnce(&Node) -> Deliver + Send>;
+/// Sends a read's answer to its caller.
+pub type Deliver = Box<dyn FnOnce() + Send>;
 
 /// What the rest of the daemon asks of the node.
-pub enum Command {
+pub enum NodeCommand {
     /// A client write; answered once it is durable.
-    Write { write: LocalWrite, reply: oneshot::Sender<Result<WriteReceipt, WriteError>> },
-    /// Create an eventual namespace; answered once its record is durable.
-    CreateNamespace {
-        name: String,
-        value_type: ValueType,
-        reply: oneshot::Sender<Result<(), chorus_core::node::NamespaceError>>,
-    },
-    /// Run a read-only closure against the node after this turn's commit.
+    Write { write: LocalWrite, reply: WriteReply },
+    /// Create an eventual namespace; answered once every reachable node
+    /// holds it durably (or the confirmation wait is over).
+    CreateNamespace { name: String, value_type: ValueType, reply: NamespaceReply },
+    /// Read the node's state; answered once what it saw is durable.
     Inspect(InspectFn),
 }
 
@@ -78,7 +86,8 @@ pub enum CallError {
     /// been applied.
     #[error("the node did not answer within the request deadline")]
     Timeout,
-    /// The node task has stopped (shutdown or a fatal storage error).
+    /// The node task has stopped (shutdown or a storage failure), or the
+    /// node halted before it could answer.
     #[error("the node is stopping")]
     Stopped,
 }
@@ -86,42 +95,54 @@ pub enum CallError {
 /// A cheap handle to the node task.
 #[derive(Clone)]
 pub struct NodeHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<NodeCommand>,
     deadline: Duration,
+    /// Extra time a namespace creation may take: the core's confirmation wait.
+    namespace_wait: Duration,
 }
 
 impl NodeHandle {
-    async fn call<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, CallError> {
+    async fn call<R>(
+        &self,
+        deadline: Duration,
+        make: impl FnOnce(oneshot::Sender<R>) -> NodeCommand,
+    ) -> Result<R, CallError> {
         let (reply, rx) = oneshot::channel();
         let work = async {
             self.tx.send(make(reply)).await.map_err(|_| CallError::Stopped)?;
             rx.await.map_err(|_| CallError::Stopped)
         };
-        tokio::time::timeout(self.deadline, work).await.map_err(|_| CallError::Timeout)?
+        tokio::time::timeout(deadline, work).await.map_err(|_| CallError::Timeout)?
     }
 
     /// Apply one client write; returns once it is durable.
     pub async fn write(&self, write: LocalWrite) -> Result<Result<WriteReceipt, WriteError>, CallError> {
-        self.call(|reply| Command::Write { write, reply }).await
+        self.call(self.deadline, |reply| NodeCommand::Write { write, reply }).await
     }
 
-    /// Create a namespace; returns once it is durable.
+    /// Create a namespace; returns once every reachable node holds it
+    /// durably, or with the members that did not confirm in time.
     pub async fn create_namespace(
         &self,
         name: String,
         value_type: ValueType,
-    ) -> Result<Result<(), chorus_core::node::NamespaceError>, CallError> {
-        self.call(|reply| Command::CreateNamespace { name, value_type, reply }).await
+    ) -> Result<Result<NamespaceCreated, NamespaceError>, CallError> {
+        let deadline = self.deadline + self.namespace_wait;
+        self.call(deadline, |reply| NodeCommand::CreateNamespace { name, value_type, reply }).await
     }
 
-    /// Read from the node: `f` runs on the node task against durable state.
+    /// Read from the node: `f` runs on the node task against its current
+    /// state; the answer is returned once that state is durable.
     pub async fn inspect<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Node) -> R + Send + 'static,
     ) -> Result<R, CallError> {
-        self.call(|reply: oneshot::Sender<R>| {
-            Command::Inspect(Box::new(move |node: &Node| {
-                let _ = reply.send(f(node));
+        self.call(self.deadline, |reply: oneshot::Sender<R>| {
+            NodeCommand::Inspect(Box::new(move |node: &Node| {
+                let answer = f(node);
+                Box::new(move || {
+                    let _ = reply.send(answer);
+                })
             }))
         })
         .await
@@ -139,93 +160,52 @@ pub struct Driver {
     pub tier: u8,
     pub value_bytes_max: usize,
     pub group_writes_max: usize,
-    /// Peers alive in the last membership view.
-    pub alive_peers: Vec<NodeId>,
-    /// TESTING KNOB, breaks durability on purpose: see [`ACK_BEFORE_FSYNC_ENV`].
-    pub ack_before_fsync: bool,
-    /// Writes held back by the knob, and when the first was held.
-    pub deferred: Option<(WriteBatch, std::time::Instant)>,
-    /// Reads waiting until nothing is in flight (they must see durable state).
-    pub reads: Vec<InspectFn>,
+    /// Test-only fault knobs (feature `test-knobs`).
+    #[cfg(feature = "test-knobs")]
+    pub knobs: crate::knobs::DriverKnobs,
 }
 
-/// `CHORUS_TEST_ACK_BEFORE_FSYNC=1` makes the node answer clients *before*
-/// their writes are durable and hold the commit back for up to
-/// [`DEFERRED_COMMIT_MAX`]: a `kill -9` in that window loses acknowledged
-/// writes. It exists only so the fault-injection checkers can prove they
-/// catch a real durability bug; never set it anywhere else. The agent logs
-/// a warning when it is set.
-pub const ACK_BEFORE_FSYNC_ENV: &str = "CHORUS_TEST_ACK_BEFORE_FSYNC";
-
-/// How long the knob holds writes back before committing them.
-pub const DEFERRED_COMMIT_MAX: Duration = Duration::from_secs(2);
-
-/// Whether the durability-breaking test knob is set.
-pub fn ack_before_fsync_from_env() -> bool {
-    std::env::var(ACK_BEFORE_FSYNC_ENV).is_ok_and(|v| v == "1")
-}
-
-/// Replies owed at the end of a turn.
+/// Callers waiting for the core to release their answers.
 #[derive(Default)]
-struct Owed {
-    writes: Vec<(LocalWrite, oneshot::Sender<Result<WriteReceipt, WriteError>>)>,
-    write_bytes: usize,
-    namespaces: Vec<(NamespaceReply, Result<(), NamespaceError>)>,
-    /// Propagation latencies (µs) of remote writes applied this turn.
-    propagation_us: Vec<u64>,
+struct Pending {
+    next: u64,
+    writes: HashMap<RequestId, WriteReply>,
+    namespaces: HashMap<RequestId, NamespaceReply>,
+    reads: HashMap<RequestId, Deliver>,
 }
 
-/// Turns whose commits may be in flight at once. Each turn's batch joins
-/// the group committer's queue as soon as the turn ends, so the committer
-/// merges the batches of turns that ended during one fsync.
-pub const PIPELINE_DEPTH_MAX: usize = 8;
+impl Pending {
+    fn next_id(&mut self) -> RequestId {
+        self.next += 1;
+        RequestId(self.next)
+    }
+}
 
-/// A turn whose effects wait for its batch (and every earlier batch) to be
-/// durable: Persist before expose.
-struct Staged {
-    /// `None`: the turn persisted nothing (it still waits for the turns
-    /// before it, whose state its messages may carry).
-    ticket: Option<CommitTicket>,
+/// One store batch handed to the group committer: the Persists it carries.
+struct InFlight {
+    ids: Vec<PersistId>,
     ops: usize,
-    started: std::time::Instant,
-    sends: Vec<(NodeId, Message)>,
-    writes: Vec<(WriteReply, Result<WriteReceipt, WriteError>)>,
-    namespaces: Vec<(NamespaceReply, Result<(), NamespaceError>)>,
-    propagation_us: Vec<u64>,
+    started: Instant,
+    ticket: CommitTicket,
 }
 
-/// Where a client write is answered.
-type WriteReply = oneshot::Sender<Result<WriteReceipt, WriteError>>;
-
-impl From<Owed> for Staged {
-    fn from(owed: Owed) -> Staged {
-        Staged {
-            ticket: None,
-            ops: 0,
-            started: std::time::Instant::now(),
-            sends: Vec::new(),
-            writes: Vec::new(),
-            namespaces: owed.namespaces,
-            propagation_us: owed.propagation_us,
-        }
+/// Resolves when the oldest in-flight batch completes.
+async fn head_done(in_flight: &mut VecDeque<InFlight>) -> Result<(), chorus_storage::CommitError> {
+    match in_flight.front_mut() {
+        Some(f) => (&mut f.ticket).await,
+        None => std::future::pending().await,
     }
 }
 
-/// Resolves when the oldest staged turn is durable.
-async fn head_durable(in_flight: &mut VecDeque<Staged>) -> Result<(), chorus_storage::CommitError> {
-    match in_flight.front_mut().and_then(|s| s.ticket.as_mut()) {
-        Some(ticket) => ticket.await,
-        None => Ok(()),
-    }
-}
-
-/// Why the node task stopped with an error: the node must stop (a commit
-/// whose fate is unknown leaves memory ahead of disk).
+/// Why the node task stopped with an error: the node must stop (its
+/// memory may be ahead of its disk).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriverError {
     #[error("storage commit failed: {0}")]
     Commit(#[from] chorus_storage::CommitError),
+    #[error(transparent)]
+    Halted(#[from] Halted),
 }
 
 /// Start the node task. Returns its handle and a join handle that resolves
@@ -239,43 +219,49 @@ pub fn spawn(
     deadline: Duration,
 ) -> (NodeHandle, tokio::task::JoinHandle<Result<(), DriverError>>) {
     let (tx, rx) = mpsc::channel(queue_max);
+    let namespace_wait = Duration::from_micros(driver.node.config().namespace_confirm_wait_us);
     let task = tokio::spawn(driver.run(rx, incoming, members, shutdown));
-    (NodeHandle { tx, deadline }, task)
+    (NodeHandle { tx, deadline, namespace_wait }, task)
 }
 
 enum Wake {
-    Durable(Result<(), chorus_storage::CommitError>),
-    Command(Command),
+    Done(Result<(), chorus_storage::CommitError>),
+    Command(NodeCommand),
     Incoming(Incoming),
     Members,
     Timer,
     Stop,
 }
 
+/// The inputs of one turn.
+#[derive(Default)]
+struct Turn {
+    writes: Vec<(RequestId, LocalWrite)>,
+    write_bytes: usize,
+}
+
+/// The executor's state across turns.
+struct Exec {
+    peers: HashMap<NodeId, PeerAddr>,
+    pending: Pending,
+    in_flight: VecDeque<InFlight>,
+}
+
 impl Driver {
-    /// Execute the actions the node queued (used at startup too).
-    pub async fn execute_actions(&mut self, peers: &HashMap<NodeId, PeerAddr>) -> Result<(), DriverError> {
-        let mut sends = Vec::new();
-        let mut batch = self.drain_actions(&mut sends);
-        if self.ack_before_fsync {
-            // The knob: hold writes back (the client already has its answer).
-            let held = self.deferred.get_or_insert_with(|| (WriteBatch::new(), std::time::Instant::now()));
-            held.0.append(batch);
-            batch = WriteBatch::new();
-            if held.1.elapsed() >= DEFERRED_COMMIT_MAX
-                && let Some((late, _)) = self.deferred.take()
-            {
-                batch = late;
+    /// Execute the actions queued before the task starts (the default
+    /// namespace's record), waiting for each commit: nothing may be served
+    /// before it is durable.
+    pub async fn persist_startup(&mut self) -> Result<(), DriverError> {
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                Action::Persist { id, batch } => {
+                    self.committer.commit_async(store_batch(batch)).await?;
+                    self.node.handle_persisted(id);
+                }
+                Action::Halted(h) => return Err(h.into()),
+                // No peers, clients or reads exist yet.
+                _ => {}
             }
-        }
-        if !batch.is_empty() {
-            let ops = batch.len();
-            let started = std::time::Instant::now();
-            self.committer.commit_async(batch).await?;
-            telemetry::group_committed(ops, started.elapsed().as_secs_f64());
-        }
-        for (to, message) in sends {
-            self.send(peers, to, &message);
         }
         Ok(())
     }
@@ -297,188 +283,204 @@ impl Driver {
 
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<Command>,
+        mut commands: mpsc::Receiver<NodeCommand>,
         mut incoming: mpsc::Receiver<Incoming>,
         mut members: watch::Receiver<Arc<Vec<MemberInfo>>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), DriverError> {
-        let mut peers: HashMap<NodeId, PeerAddr> = HashMap::new();
-        let mut in_flight: VecDeque<Staged> = VecDeque::new();
+        let mut exec = Exec { peers: HashMap::new(), pending: Pending::default(), in_flight: VecDeque::new() };
         // The first membership view, even if empty, starts the anti-entropy timer.
         members.mark_changed();
         loop {
-            // No new turn while reads wait for the state to be durable, or
-            // while the pipeline is full: only commits complete meanwhile.
-            let barrier = in_flight.len() >= PIPELINE_DEPTH_MAX || (!self.reads.is_empty() && !in_flight.is_empty());
+            let accepting = self.node.persists_in_flight() < PERSISTS_IN_FLIGHT_MAX;
             let timer = self.node.poll_timeout().map(|due_us| {
                 let wait_us = due_us.saturating_sub(self.clock.now_us());
                 tokio::time::Instant::now() + Duration::from_micros(wait_us)
             });
+            #[cfg(feature = "test-knobs")]
+            let timer = self.knobs.earlier_wake(timer);
             let wake = tokio::select! {
-                r = head_durable(&mut in_flight), if !in_flight.is_empty() => Wake::Durable(r),
-                c = commands.recv(), if !barrier => c.map_or(Wake::Stop, Wake::Command),
-                m = incoming.recv(), if !barrier => m.map_or(Wake::Stop, Wake::Incoming),
-                r = members.changed(), if !barrier => if r.is_ok() { Wake::Members } else { Wake::Stop },
-                _ = sleep_until_opt(timer), if !barrier => Wake::Timer,
+                r = head_done(&mut exec.in_flight) => Wake::Done(r),
+                c = commands.recv(), if accepting => c.map_or(Wake::Stop, Wake::Command),
+                m = incoming.recv(), if accepting => m.map_or(Wake::Stop, Wake::Incoming),
+                r = members.changed(), if accepting => if r.is_ok() { Wake::Members } else { Wake::Stop },
+                _ = sleep_until_opt(timer), if accepting => Wake::Timer,
                 _ = shutdown.changed() => Wake::Stop,
             };
-            let mut owed = Owed::default();
+            let mut turn = Turn::default();
             let mut members_changed = false;
             match wake {
-                Wake::Durable(result) => {
-                    result?;
-                    if let Some(done) = in_flight.pop_front() {
-                        self.finish(done, &peers);
-                    }
-                    if in_flight.is_empty() {
-                        self.answer_reads();
-                    }
+                Wake::Done(result) => {
+                    self.completed(&mut exec, result);
+                    self.execute(&mut exec).await?;
                     continue;
                 }
                 Wake::Stop => {
                     // Finish what is in flight: acknowledged means durable.
-                    while let Some(mut staged) = in_flight.pop_front() {
-                        if let Some(ticket) = staged.ticket.take() {
-                            ticket.await?;
-                        }
-                        self.finish(staged, &peers);
+                    while !exec.in_flight.is_empty() {
+                        let result = head_done(&mut exec.in_flight).await;
+                        self.completed(&mut exec, result);
+                        self.execute(&mut exec).await?;
                     }
                     return Ok(());
                 }
-                Wake::Command(c) => self.take_command(c, &mut owed),
-                Wake::Incoming(m) => self.take_incoming(m, &mut peers, &mut owed),
+                Wake::Command(c) => self.take_command(c, &mut exec, &mut turn),
+                Wake::Incoming(m) => self.take_incoming(m, &mut exec.peers),
                 Wake::Members => members_changed = true,
                 Wake::Timer => {}
             }
             for _ in 0..INCOMING_PER_TURN_MAX {
                 match incoming.try_recv() {
-                    Ok(m) => self.take_incoming(m, &mut peers, &mut owed),
+                    Ok(m) => self.take_incoming(m, &mut exec.peers),
                     Err(_) => break,
                 }
             }
-            while owed.writes.len() < self.group_writes_max && owed.write_bytes < WRITE_GROUP_BYTES_MAX {
+            while turn.writes.len() < self.group_writes_max && turn.write_bytes < WRITE_GROUP_BYTES_MAX {
                 match commands.try_recv() {
-                    Ok(c) => self.take_command(c, &mut owed),
+                    Ok(c) => self.take_command(c, &mut exec, &mut turn),
                     Err(_) => break,
                 }
             }
             if members_changed || members.has_changed().unwrap_or(false) {
                 let view = members.borrow_and_update().clone();
-                self.take_members(&view, &mut peers);
+                self.take_members(&view, &mut exec.peers);
             }
             let now_us = self.clock.now_us();
             if self.node.poll_timeout().is_some_and(|due| due <= now_us) {
                 self.node.handle_timeout(now_us);
             }
-            let (writes, replies): (Vec<LocalWrite>, Vec<_>) = std::mem::take(&mut owed.writes).into_iter().unzip();
-            let results = if writes.is_empty() { Vec::new() } else { self.node.handle_local_writes(now_us, writes) };
-            if self.ack_before_fsync {
-                // The knob: answer first, commit (held back) afterwards.
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-                self.execute_actions(&peers).await?;
-                self.finish(Staged { writes: Vec::new(), ..Staged::from(owed) }, &peers);
-                self.answer_reads();
-                continue;
+            if !turn.writes.is_empty() {
+                self.node.handle_local_writes(now_us, std::mem::take(&mut turn.writes));
             }
-            let mut staged = Staged::from(owed);
-            staged.writes = replies.into_iter().zip(results).collect();
-            self.stage(&mut staged).await?;
-            if staged.ticket.is_none() && in_flight.is_empty() {
-                self.finish(staged, &peers);
-                self.answer_reads();
-            } else {
-                in_flight.push_back(staged);
-            }
+            self.execute(&mut exec).await?;
         }
     }
 
-    /// Drains every queued action: the Persists concatenated into one store
-    /// batch (returned), the Sends appended to `sends` in order.
-    fn drain_actions(&mut self, sends: &mut Vec<(NodeId, Message)>) -> WriteBatch {
-        let mut batch = WriteBatch::new();
-        while let Some(action) = self.node.poll_action() {
-            match action {
-                Action::Persist(p) => {
-                    for op in p.ops {
-                        match op.value {
-                            Some(v) => batch.put(op.space, op.key, v),
-                            None => batch.delete(op.space, op.key),
-                        };
+    /// The oldest in-flight batch completed: tell the node, and take every
+    /// later batch that has completed too.
+    fn completed(&mut self, exec: &mut Exec, mut result: Result<(), chorus_storage::CommitError>) {
+        loop {
+            let Some(done) = exec.in_flight.pop_front() else { return };
+            match result {
+                Ok(()) => {
+                    telemetry::group_committed(done.ops, done.started.elapsed().as_secs_f64());
+                    for id in done.ids {
+                        self.node.handle_persisted(id);
                     }
                 }
-                Action::Send { to, message } => sends.push((to, message)),
+                Err(e) => {
+                    tracing::error!(error = %e, "storage commit failed; the node halts");
+                    if let Some(&first) = done.ids.first() {
+                        self.node.handle_persist_failed(first, e.to_string());
+                    }
+                    return;
+                }
+            }
+            match exec.in_flight.front_mut().and_then(|f| (&mut f.ticket).now_or_never()) {
+                Some(next) => result = next,
+                None => return,
             }
         }
-        batch
     }
 
-    /// Drains the node's actions into `staged`: the turn's Persists become
-    /// one batch handed to the group committer (its ticket kept), the Sends
-    /// wait in `staged` until that batch — and every earlier one — is durable.
-    async fn stage(&mut self, staged: &mut Staged) -> Result<(), DriverError> {
-        let batch = self.drain_actions(&mut staged.sends);
-        if !batch.is_empty() {
-            staged.ops = batch.len();
-            staged.ticket = Some(self.committer.submit_async(batch).await?);
+    /// Execute every action the node has ready, in order.
+    async fn execute(&mut self, exec: &mut Exec) -> Result<(), DriverError> {
+        // Consecutive Persists become one store batch, up to the store's
+        // bounds; it is handed over before any later Persist, and nothing
+        // handed out below depends on it (the core released it).
+        let mut group: Option<(Vec<PersistId>, WriteBatch)> = None;
+        while let Some(action) = self.node.poll_action() {
+            match action {
+                Action::Persist { id, batch } => {
+                    let batch = store_batch(batch);
+                    if let Some((ids, open)) = group.as_mut()
+                        && fits(open, &batch)
+                    {
+                        open.append(batch);
+                        ids.push(id);
+                        continue;
+                    }
+                    if let Some(full) = group.replace((vec![id], batch)) {
+                        self.submit(exec, full).await;
+                    }
+                }
+                Action::Send { to, message } => self.send(&exec.peers, to, &message),
+                Action::WriteDone { request, result } => {
+                    if let Some(reply) = exec.pending.writes.remove(&request) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Action::NamespaceDone { request, result } => {
+                    if let Some(reply) = exec.pending.namespaces.remove(&request) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Action::ReadReady { request, result } => {
+                    // A halted node drops the answer: the caller sees `Stopped`.
+                    if let Some(deliver) = exec.pending.reads.remove(&request)
+                        && result.is_ok()
+                    {
+                        deliver();
+                    }
+                }
+                Action::Halted(h) => {
+                    tracing::error!(error = %h, "the node halted");
+                    return Err(h.into());
+                }
+            }
+        }
+        if let Some(last) = group.take() {
+            self.submit(exec, last).await;
+        }
+        #[cfg(feature = "test-knobs")]
+        if let Some(due) = self.knobs.release_due() {
+            self.commit_now(exec, due).await;
         }
         Ok(())
     }
 
-    /// A staged turn is durable (and so is every turn before it): send its
-    /// messages, answer its clients.
-    fn finish(&mut self, staged: Staged, peers: &HashMap<NodeId, PeerAddr>) {
-        if staged.ops > 0 {
-            telemetry::group_committed(staged.ops, staged.started.elapsed().as_secs_f64());
-        }
-        for (to, message) in staged.sends {
-            self.send(peers, to, &message);
-        }
-        for (reply, result) in staged.writes {
-            let _ = reply.send(result);
-        }
-        for (reply, result) in staged.namespaces {
-            let _ = reply.send(result);
-        }
-        for us in staged.propagation_us {
-            telemetry::propagation(us);
-        }
+    /// Hand one store batch to the group committer without waiting for it.
+    async fn submit(&mut self, exec: &mut Exec, (ids, batch): (Vec<PersistId>, WriteBatch)) {
+        #[cfg(feature = "test-knobs")]
+        let Some((ids, batch)) = self.knobs.hold_back(ids, batch) else { return };
+        self.commit_now(exec, (ids, batch)).await;
     }
 
-    /// Runs the waiting reads; only called when nothing is in flight, so
-    /// they see exactly the durable state.
-    fn answer_reads(&mut self) {
-        for f in std::mem::take(&mut self.reads) {
-            f(&self.node);
-        }
-    }
-
-    fn take_command(&mut self, command: Command, owed: &mut Owed) {
-        match command {
-            Command::Write { write, reply } => {
-                owed.write_bytes += write.key.len() + op_bytes(&write.op);
-                owed.writes.push((write, reply));
-            }
-            Command::CreateNamespace { name, value_type, reply } => {
-                let result = self.node.create_namespace(&name, value_type);
-                if result.is_ok() {
-                    // Namespaces spread through anti-entropy summaries:
-                    // sync with every live peer now rather than within the
-                    // next rounds, so the namespace is usable cluster-wide
-                    // within a round trip.
-                    let now_us = self.clock.now_us();
-                    for peer in self.alive_peers.clone() {
-                        self.node.start_sync(now_us, peer);
-                    }
+    async fn commit_now(&mut self, exec: &mut Exec, (ids, batch): (Vec<PersistId>, WriteBatch)) {
+        let ops = batch.len();
+        match self.committer.submit_async(batch).await {
+            Ok(ticket) => exec.in_flight.push_back(InFlight { ids, ops, started: Instant::now(), ticket }),
+            Err(e) => {
+                tracing::error!(error = %e, "a batch was refused by the store; the node halts");
+                if let Some(&first) = ids.first() {
+                    self.node.handle_persist_failed(first, e.to_string());
                 }
-                owed.namespaces.push((reply, result));
             }
-            Command::Inspect(f) => self.reads.push(f),
         }
     }
 
-    fn take_incoming(&mut self, incoming: Incoming, peers: &mut HashMap<NodeId, PeerAddr>, owed: &mut Owed) {
+    fn take_command(&mut self, command: NodeCommand, exec: &mut Exec, turn: &mut Turn) {
+        match command {
+            NodeCommand::Write { write, reply } => {
+                let id = exec.pending.next_id();
+                exec.pending.writes.insert(id, reply);
+                turn.write_bytes += write.key.len() + op_bytes(&write.op);
+                turn.writes.push((id, write));
+            }
+            NodeCommand::CreateNamespace { name, value_type, reply } => {
+                let id = exec.pending.next_id();
+                exec.pending.namespaces.insert(id, reply);
+                self.node.handle_create_namespace(self.clock.now_us(), id, &name, value_type);
+            }
+            NodeCommand::Inspect(f) => {
+                let id = exec.pending.next_id();
+                exec.pending.reads.insert(id, f(&self.node));
+                self.node.handle_read(id);
+            }
+        }
+    }
+
+    fn take_incoming(&mut self, incoming: Incoming, peers: &mut HashMap<NodeId, PeerAddr>) {
         let (from, payload) = match incoming {
             Incoming::Message { from, payload } => (from, payload),
             Incoming::Request { from, payload, respond } => {
@@ -514,7 +516,7 @@ impl Driver {
             for item in &push.items {
                 let fresh = self.node.namespace(&item.namespace).is_none_or(|ns| !ns.seen().contains(item.dot));
                 if fresh {
-                    owed.propagation_us.push(now_us.saturating_sub(item.ts.physical_us));
+                    telemetry::propagation(now_us.saturating_sub(item.ts.physical_us));
                 }
             }
         }
@@ -537,14 +539,28 @@ impl Driver {
             // counts, `rejected_tier`) messages from the others.
             members.push(Member { id, tier: m.tier, state });
         }
-        self.alive_peers = members
-            .iter()
-            .filter(|m| m.state == MemberState::Alive && chorus_core::tiers_may_talk(self.tier, m.tier))
-            .map(|m| m.id)
-            .collect();
         telemetry::members(view);
         self.node.set_members(self.clock.now_us(), &members);
     }
+}
+
+/// The store form of a core batch.
+fn store_batch(batch: chorus_core::PersistBatch) -> WriteBatch {
+    let mut out = WriteBatch::new();
+    for op in batch.ops {
+        match op.value {
+            Some(v) => out.put(op.space, op.key, v),
+            None => out.delete(op.space, op.key),
+        };
+    }
+    out
+}
+
+/// Whether `next` may join `open` without crossing the store's bounds of
+/// one batch.
+fn fits(open: &WriteBatch, next: &WriteBatch) -> bool {
+    open.len() + next.len() <= chorus_storage::BATCH_OPS_MAX
+        && open.payload_bytes() + next.payload_bytes() <= chorus_storage::BATCH_BYTES_MAX
 }
 
 fn op_bytes(op: &chorus_core::Op) -> usize {

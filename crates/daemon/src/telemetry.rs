@@ -149,6 +149,8 @@ fn kind(message: &Message) -> &'static str {
         Message::SyncReply(_) => "sync_reply",
         Message::SyncPush(_) => "sync_push",
         Message::Reconcile(_) => "reconcile",
+        Message::Announce(_) => "announce",
+        Message::Confirm(_) => "confirm",
     }
 }
 

@@ -5,6 +5,22 @@ use chorus_core::crdt::{Entry, ValueType};
 use chorus_core::{Dot, Node, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Checker names: every violation in a report starts with one of them.
+pub const CONVERGENCE: &str = "convergence";
+pub const ACKED_WRITES_SURVIVE: &str = "acked_writes_survive";
+pub const SEEN_IMPLIES_REFLECTED: &str = "seen_implies_reflected";
+pub const DOTS_UNIQUE: &str = "dots_unique";
+pub const HLC_MONOTONE: &str = "hlc_monotone";
+/// A write was acknowledged before its batch was on the node's disk.
+pub const ACK_BEFORE_DURABLE: &str = "ack_before_durable";
+/// A message claimed an own dot of the sender that was not yet on its disk.
+pub const SENT_BEFORE_DURABLE: &str = "sent_before_durable";
+/// One own dot was exposed (pushed or acknowledged) for two different writes.
+pub const DOT_REUSED: &str = "dot_reused";
+pub const RECOVERY: &str = "recovery";
+pub const DECODE: &str = "decode";
+pub const VALID_WRITE_REFUSED: &str = "valid_write_refused";
+
 /// What an acknowledged client write did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteKind {
@@ -27,6 +43,21 @@ pub struct AckedWrite {
     pub ts: Timestamp,
     pub at_us: u64,
 }
+
+/// A write whose client never learned the outcome (its node crashed or
+/// halted with the write's batch in flight): it may or may not have been
+/// applied, and both are correct.
+#[derive(Clone, Debug)]
+pub struct MaybeWrite {
+    pub namespace: String,
+    pub key: Vec<u8>,
+    pub kind: WriteKind,
+    pub at_us: u64,
+}
+
+/// Counter increments of unknown outcome, per key, beyond which any total
+/// in their range is accepted (the subset sums would be too many to list).
+const MAYBE_INCREMENTS_LISTED_MAX: usize = 12;
 
 /// An acknowledged delete (`None`) or set-member removal, with its time.
 type Removal<'a> = (u64, Option<&'a [u8]>);
@@ -83,12 +114,38 @@ pub fn convergence(nodes: &[&Node]) -> Vec<String> {
 /// `collected` names the keys this node collected as stable tombstones: a
 /// later write to such a key starts a fresh clock, so for them a write is
 /// "reflected" by its value semantics rather than by the clock.
-pub fn acked_writes_survive(node: &Node, acked: &[AckedWrite], collected: &BTreeSet<(String, Vec<u8>)>) -> Vec<String> {
+///
+/// `maybe` lists writes of unknown outcome: each may or may not be present
+/// (a maybe-delete can explain an absent value, a maybe-increment a counter
+/// total off by it).
+pub fn acked_writes_survive(
+    node: &Node,
+    acked: &[AckedWrite],
+    maybe: &[MaybeWrite],
+    collected: &BTreeSet<(String, Vec<u8>)>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut counter_sums: BTreeMap<(&str, &[u8]), i128> = BTreeMap::new();
     // Keys that saw an acknowledged delete/remove at or after a given time
     // (an absent key or member is then a legitimate outcome).
     let mut removals: BTreeMap<(&str, &[u8]), Vec<Removal>> = BTreeMap::new();
+    let mut maybe_increments: BTreeMap<(&str, &[u8]), Vec<i64>> = BTreeMap::new();
+    // LWW keys with a delete of unknown outcome (its timestamp is unknown,
+    // so it may beat any put).
+    let mut maybe_lww_deletes: BTreeSet<(&str, &[u8])> = BTreeSet::new();
+    for w in maybe {
+        match &w.kind {
+            WriteKind::Delete => {
+                removals.entry((&w.namespace, &w.key)).or_default().push((w.at_us, None));
+                maybe_lww_deletes.insert((&w.namespace, &w.key));
+            }
+            WriteKind::Remove(m) => {
+                removals.entry((&w.namespace, &w.key)).or_default().push((w.at_us, Some(m)));
+            }
+            WriteKind::Increment(a) => maybe_increments.entry((&w.namespace, &w.key)).or_default().push(*a),
+            _ => {}
+        }
+    }
     for w in acked {
         match &w.kind {
             WriteKind::Delete => {
@@ -117,9 +174,12 @@ pub fn acked_writes_survive(node: &Node, acked: &[AckedWrite], collected: &BTree
             // LWW: only a delete with a greater timestamp may hide a put,
             // whenever it was issued (a node whose clock runs ahead issues
             // later timestamps earlier in real time).
-            (WriteKind::Put(_), None) if w.namespace_type == ValueType::Lww => !acked
-                .iter()
-                .any(|d| d.kind == WriteKind::Delete && d.namespace == w.namespace && d.key == w.key && d.ts > w.ts),
+            (WriteKind::Put(_), None) if w.namespace_type == ValueType::Lww => {
+                !maybe_lww_deletes.contains(&(w.namespace.as_str(), w.key.as_slice()))
+                    && !acked.iter().any(|d| {
+                        d.kind == WriteKind::Delete && d.namespace == w.namespace && d.key == w.key && d.ts > w.ts
+                    })
+            }
             (WriteKind::Put(_), None) => !removed_after(w, None),
             (WriteKind::Delete, Some(Entry::Lww(r))) => r.ts < w.ts,
             (WriteKind::Put(v), Some(Entry::Mv(r))) => {
@@ -153,7 +213,7 @@ pub fn acked_writes_survive(node: &Node, acked: &[AckedWrite], collected: &BTree
             ));
         }
     }
-    for ((ns, key), sum) in counter_sums {
+    for (&(ns, key), &sum) in &counter_sums {
         let got = match node.namespace(ns).and_then(|n| n.get(key)) {
             Some(e @ Entry::Counter(_)) => match e.read() {
                 chorus_core::ReadValue::Counter(v) => i128::from(v),
@@ -161,15 +221,32 @@ pub fn acked_writes_survive(node: &Node, acked: &[AckedWrite], collected: &BTree
             },
             _ => 0,
         };
-        if got != sum {
+        let extra = maybe_increments.get(&(ns, key)).map(Vec::as_slice).unwrap_or(&[]);
+        if !possible_total(sum, extra, got) {
             out.push(format!(
-                "node {}: counter {ns}/{} reads {got}, acknowledged increments sum to {sum}",
+                "node {}: counter {ns}/{} reads {got}, acknowledged increments sum to {sum} (and {} of unknown outcome: {extra:?})",
                 node.id(),
-                String::from_utf8_lossy(key)
+                String::from_utf8_lossy(key),
+                extra.len()
             ));
         }
     }
     out
+}
+
+/// Whether `got` is `acked` plus the sum of some subset of `maybe`.
+fn possible_total(acked: i128, maybe: &[i64], got: i128) -> bool {
+    if maybe.len() > MAYBE_INCREMENTS_LISTED_MAX {
+        let low: i128 = maybe.iter().filter(|&&a| a < 0).map(|&a| i128::from(a)).sum();
+        let high: i128 = maybe.iter().filter(|&&a| a > 0).map(|&a| i128::from(a)).sum();
+        return (acked + low..=acked + high).contains(&got);
+    }
+    let mut sums: BTreeSet<i128> = std::iter::once(acked).collect();
+    for &a in maybe {
+        let next: Vec<i128> = sums.iter().map(|s| s + i128::from(a)).collect();
+        sums.extend(next);
+    }
+    sums.contains(&got)
 }
 
 /// The seen-set invariant anti-entropy relies on: if a node claims to have

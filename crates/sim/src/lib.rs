@@ -17,6 +17,27 @@ mod world;
 
 pub use world::{SimConfig, SimReport, run};
 
+/// The test-only bugs by their command-line names (`chorus sim --inject-bug`).
+#[cfg(feature = "test-knobs")]
+pub const BUGS: [(&str, chorus_core::InjectedBug); 4] = [
+    ("skip-merge-on-push", chorus_core::InjectedBug::SkipMergeOnPush),
+    ("release-sends-before-durable", chorus_core::InjectedBug::ReleaseSendsBeforeDurable),
+    ("release-receipts-before-durable", chorus_core::InjectedBug::ReleaseReceiptsBeforeDurable),
+    ("forget-own-dots-on-recovery", chorus_core::InjectedBug::ForgetOwnDotsOnRecovery),
+];
+
+/// The command-line name of a test-only bug.
+#[cfg(feature = "test-knobs")]
+pub fn bug_name(bug: chorus_core::InjectedBug) -> &'static str {
+    BUGS.iter().find(|(_, b)| *b == bug).map(|(n, _)| *n).unwrap_or("unknown")
+}
+
+/// The bug a command-line name stands for.
+#[cfg(feature = "test-knobs")]
+pub fn bug_by_name(name: &str) -> Option<chorus_core::InjectedBug> {
+    BUGS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
 /// The clock-service scenario (issue 6): N nodes with true offsets and
 /// drifts, asymmetric jittery delays and lying clocks, running the real
 /// `chorus-clock` estimator. Lives in `chorus-clock`; re-exported here so

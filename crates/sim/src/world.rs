@@ -1,15 +1,17 @@
 //! The simulated world: nodes, disks, network, clients and the event loop.
 
-use crate::check::{self, AckedWrite, WriteKind};
+use crate::check::{self, AckedWrite, MaybeWrite, WriteKind};
 use crate::net::{self, Faults};
 use chorus_core::crdt::Op;
-use chorus_core::node::{Action, InjectedBug, LocalWrite, Member, MemberState, Node, NodeConfig};
-use chorus_core::persist::RecoveryImage;
+#[cfg(feature = "test-knobs")]
+use chorus_core::node::InjectedBug;
+use chorus_core::node::{Action, LocalWrite, Member, MemberState, Node, NodeConfig};
+use chorus_core::persist::{self, PersistBatch, RecoveryImage};
 use chorus_core::wire::{self, Message};
-use chorus_core::{Dot, NodeId, Rng, Timestamp, limits};
+use chorus_core::{Dot, NodeId, PersistId, RequestId, Rng, Timestamp, ValueType, WriteError, limits};
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 /// Everything that determines a run. Equal configs give equal runs.
@@ -44,6 +46,15 @@ pub struct SimConfig {
     pub fanout: u32,
     /// Writes issued in the broadcast probe phase (see [`SimReport`]).
     pub probe_writes: u32,
+    /// A Persist completes after a seeded delay of up to this much (its
+    /// completion never overtakes an earlier batch's), so several batches
+    /// are in flight at once, as with the daemon's pipelined group commit.
+    pub disk_delay_max_us: u64,
+    /// Probability that a batch fails during chaos (a disk error): the node
+    /// halts, saying why, and is restarted from its disk.
+    pub disk_errors: f64,
+    /// Exists only with the `test-knobs` feature.
+    #[cfg(feature = "test-knobs")]
     pub injected_bug: Option<InjectedBug>,
 }
 
@@ -70,6 +81,9 @@ impl SimConfig {
             detection_ms: 1500,
             fanout: 0,
             probe_writes: 20,
+            disk_delay_max_us: 4_000,
+            disk_errors: 0.0,
+            #[cfg(feature = "test-knobs")]
             injected_bug: None,
         }
     }
@@ -81,6 +95,7 @@ impl SimConfig {
         self.partitions = true;
         self.crashes = true;
         self.skew_ms = 100;
+        self.disk_errors = 0.0005;
         self
     }
 
@@ -99,6 +114,12 @@ impl SimConfig {
         if self.crashes {
             cmd.push_str(" --crashes");
         }
+        if self.disk_errors > 0.0 {
+            cmd.push_str(&format!(" --disk-errors {}", self.disk_errors));
+        }
+        if self.disk_delay_max_us != SimConfig::new(self.nodes, 0).disk_delay_max_us {
+            cmd.push_str(&format!(" --disk-delay-max-us {}", self.disk_delay_max_us));
+        }
         if self.skew_ms > 0 {
             cmd.push_str(&format!(" --skew-ms {}", self.skew_ms));
         }
@@ -107,6 +128,10 @@ impl SimConfig {
         }
         if self.chaos_ms != 10_000 {
             cmd.push_str(&format!(" --chaos-ms {}", self.chaos_ms));
+        }
+        #[cfg(feature = "test-knobs")]
+        if let Some(bug) = self.injected_bug {
+            cmd.push_str(&format!(" --inject-bug {}", crate::bug_name(bug)));
         }
         cmd
     }
@@ -133,8 +158,11 @@ pub struct SimReport {
     pub virtual_ms_to_converge: u64,
     pub messages_per_node: f64,
     pub bytes_per_node: f64,
-    /// Checker failures; empty when every invariant held.
+    /// Checker failures, each `checker: what happened`; empty when every
+    /// invariant held.
     pub violations: Vec<String>,
+    /// How many violations each checker reported (names in `check`).
+    pub violations_by_checker: BTreeMap<String, u64>,
     pub peak_rss_bytes: u64,
     pub writes_attempted: u64,
     pub writes_acked: u64,
@@ -149,17 +177,39 @@ pub struct SimReport {
     pub propagation_p99_ms: f64,
     pub crashes: u32,
     pub partitions: u32,
+    /// Batches that failed (injected disk errors); each halted its node.
+    pub disk_errors: u32,
+    /// Most batches one node had in flight at once.
+    pub persists_in_flight_max: u64,
     pub virtual_ms_total: u64,
     pub replay: String,
 }
 
 #[derive(Debug)]
 enum Event {
-    Deliver { from: u32, to: u32, bytes: Rc<Vec<u8>> },
-    Timeout { node: u32 },
-    Write { node: u32 },
-    Crash { node: u32 },
-    Restart { node: u32 },
+    Deliver {
+        from: u32,
+        to: u32,
+        bytes: Rc<Vec<u8>>,
+    },
+    /// The oldest in-flight batch of `node` completes (if the node is still
+    /// the same incarnation).
+    Persisted {
+        node: u32,
+        incarnation: u64,
+    },
+    Timeout {
+        node: u32,
+    },
+    Write {
+        node: u32,
+    },
+    Crash {
+        node: u32,
+    },
+    Restart {
+        node: u32,
+    },
     PartitionStart,
     PartitionEnd,
     Membership,
@@ -193,13 +243,35 @@ impl Ord for Scheduled {
 
 struct SimNode {
     node: Option<Node>,
+    /// What survives a crash.
     disk: RecoveryImage,
+    /// Batches handed to the disk and not yet durable, oldest first.
+    in_flight: VecDeque<(PersistId, PersistBatch)>,
+    /// When the newest in-flight batch completes (completions keep order).
+    last_completion_us: u64,
+    /// Bumped at every crash, so completions of a dead process are ignored.
+    incarnation: u64,
+    /// Per namespace, the greatest own dot counter any durable record on
+    /// this node's disk reflects: what `sent_before_durable` and
+    /// `ack_before_durable` compare against.
+    durable_own: HashMap<String, u64>,
     skew_us: i64,
     timeout_at: Option<u64>,
     last_issued: Option<Timestamp>,
     restarts: u64,
     /// Keys this node deleted from its disk: collected tombstones.
     collected: BTreeSet<(String, Vec<u8>)>,
+}
+
+/// A client write waiting for its outcome.
+struct PendingWrite {
+    node: usize,
+    namespace: &'static str,
+    namespace_type: ValueType,
+    key: Vec<u8>,
+    kind: WriteKind,
+    at_us: u64,
+    probe: bool,
 }
 
 /// Per-write propagation bookkeeping.
@@ -235,6 +307,8 @@ struct World {
     converged_at_us: Option<u64>,
     final_converged: bool,
     acked: Vec<AckedWrite>,
+    /// Writes whose outcome their client never learned.
+    maybe: Vec<MaybeWrite>,
     violations: Vec<String>,
     propagation: HashMap<(String, Dot), Propagation>,
     latencies_us: Vec<u64>,
@@ -243,7 +317,14 @@ struct World {
     writes_attempted: u64,
     crashes: u32,
     partitions: u32,
+    disk_errors: u32,
+    persists_in_flight_max: u64,
     write_counter: u64,
+    pending_writes: HashMap<u64, PendingWrite>,
+    /// Own dots a node exposed (pushed or acknowledged): (node, namespace,
+    /// counter) → the write's (key, timestamp). A dot exposed twice with
+    /// different writes is a reused dot.
+    exposed: HashMap<(usize, String, u64), (Vec<u8>, Timestamp)>,
 }
 
 fn node_id(i: usize) -> NodeId {
@@ -276,6 +357,10 @@ impl World {
                 last_issued: None,
                 restarts: 0,
                 collected: BTreeSet::new(),
+                in_flight: VecDeque::new(),
+                last_completion_us: 0,
+                incarnation: 0,
+                durable_own: HashMap::new(),
             });
         }
         World {
@@ -293,6 +378,7 @@ impl World {
             converged_at_us: None,
             final_converged: false,
             acked: Vec::new(),
+            maybe: Vec::new(),
             violations: Vec::new(),
             propagation: HashMap::new(),
             latencies_us: Vec::new(),
@@ -301,7 +387,11 @@ impl World {
             writes_attempted: 0,
             crashes: 0,
             partitions: 0,
+            disk_errors: 0,
+            persists_in_flight_max: 0,
             write_counter: 0,
+            pending_writes: HashMap::new(),
+            exposed: HashMap::new(),
             cfg,
         }
     }
@@ -339,28 +429,35 @@ impl World {
     }
 
     /// Execute the actions a node queued, in order, and re-arm its timer.
+    /// The driver contract (`chorus_core::node`): a Persist goes to the
+    /// disk and completes later; everything else runs as it comes out.
     fn after_input(&mut self, i: usize) {
         loop {
             let Some(node) = self.nodes[i].node.as_mut() else { return };
             let Some(action) = node.poll_action() else { break };
+            let in_flight = node.persists_in_flight();
             match action {
-                Action::Persist(batch) => {
-                    for op in batch.ops {
-                        match op.value {
-                            Some(v) => {
-                                self.nodes[i].disk.entry(op.space).or_default().insert(op.key, v);
-                            }
-                            None => {
-                                if let Some(ns) = op.space.strip_prefix("e.") {
-                                    self.nodes[i].collected.insert((ns.to_string(), op.key.clone()));
-                                }
-                                let disk = &mut self.nodes[i].disk;
-                                disk.entry(op.space).or_default().remove(&op.key);
-                            }
-                        }
-                    }
+                Action::Persist { id, batch } => {
+                    self.persists_in_flight_max = self.persists_in_flight_max.max(in_flight);
+                    let delay = self.rng.below(self.cfg.disk_delay_max_us + 1);
+                    let at = (self.now_us + delay).max(self.nodes[i].last_completion_us);
+                    self.nodes[i].last_completion_us = at;
+                    self.nodes[i].in_flight.push_back((id, batch));
+                    let incarnation = self.nodes[i].incarnation;
+                    self.schedule(at, Event::Persisted { node: i as u32, incarnation });
                 }
-                Action::Send { to, message } => self.send(i, to, &message),
+                Action::Send { to, message } => {
+                    self.check_send(i, &message);
+                    self.send(i, to, &message);
+                }
+                Action::WriteDone { request, result } => self.write_done(i, request, result),
+                Action::NamespaceDone { .. } | Action::ReadReady { .. } => {}
+                Action::Halted(h) => {
+                    // A real driver stops the process; a supervisor restarts it.
+                    let _ = h;
+                    self.crash(i);
+                    return;
+                }
             }
         }
         let timeout = self.nodes[i].node.as_ref().and_then(|n| n.poll_timeout());
@@ -372,6 +469,205 @@ impl World {
                 self.schedule(at, Event::Timeout { node: i as u32 });
             }
         }
+    }
+
+    /// The oldest in-flight batch of node `i` completes: durable, or (an
+    /// injected disk error) failed.
+    fn persisted(&mut self, i: usize, incarnation: u64) {
+        if self.nodes[i].incarnation != incarnation || self.nodes[i].node.is_none() {
+            return;
+        }
+        let Some((id, batch)) = self.nodes[i].in_flight.pop_front() else { return };
+        if !self.healing && self.rng.chance(self.cfg.disk_errors) {
+            self.disk_errors += 1;
+            // The batch did not reach the disk, and nothing after it will:
+            // the node halts (its outcomes come out) and is restarted.
+            self.nodes[i].in_flight.clear();
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_persist_failed(id, "injected disk error");
+            }
+        } else {
+            self.write_to_disk(i, batch);
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_persisted(id);
+            }
+        }
+        self.after_input(i);
+    }
+
+    /// Apply a batch to node `i`'s durable image.
+    fn write_to_disk(&mut self, i: usize, batch: PersistBatch) {
+        let me = node_id(i);
+        for op in batch.ops {
+            match op.value {
+                Some(v) => {
+                    // What our own dots the durable state reflects, decoded
+                    // from the bytes (not taken from the node's word).
+                    let own = if let Some(ns) = op.space.strip_prefix("e.") {
+                        persist::decode_entry(&v).ok().map(|r| (ns.to_string(), r.entry.clock().get(me)))
+                    } else if op.space == persist::NAMESPACES_SPACE {
+                        persist::decode_namespace(&v).ok().map(|r| {
+                            (String::from_utf8_lossy(&op.key).into_owned(), r.seen.to_seen().contiguous().get(me))
+                        })
+                    } else {
+                        None
+                    };
+                    if let Some((ns, c)) = own {
+                        let slot = self.nodes[i].durable_own.entry(ns).or_default();
+                        *slot = (*slot).max(c);
+                    }
+                    self.nodes[i].disk.entry(op.space).or_default().insert(op.key, v);
+                }
+                None => {
+                    if let Some(ns) = op.space.strip_prefix("e.") {
+                        self.nodes[i].collected.insert((ns.to_string(), op.key.clone()));
+                    }
+                    let disk = &mut self.nodes[i].disk;
+                    disk.entry(op.space).or_default().remove(&op.key);
+                }
+            }
+        }
+    }
+
+    fn violation(&mut self, checker: &'static str, detail: String) {
+        self.violations.push(format!("{checker}: {detail}"));
+    }
+
+    /// `sent_before_durable`: every claim about our own dots in a message
+    /// (a pushed write, an entry's clock, a seen set) must already be on our
+    /// disk; otherwise a crash lets the restarted node reuse a dot a peer
+    /// has seen. Also records pushed own dots for `dot_reused`.
+    fn check_send(&mut self, i: usize, message: &Message) {
+        let me = node_id(i);
+        let mut claims: Vec<(&str, u64)> = Vec::new();
+        let mut pushed: Vec<(&str, u64, &[u8], Timestamp)> = Vec::new();
+        match message {
+            Message::Push(p) => {
+                for item in &p.items {
+                    claims.push((&item.namespace, item.entry.clock().get(me)));
+                    if item.dot.node == me {
+                        pushed.push((&item.namespace, item.dot.counter, &item.key, item.ts));
+                    }
+                }
+            }
+            Message::SyncRequest(r) => {
+                for s in &r.summaries {
+                    claims.push((&s.namespace, seen_claim(&s.seen, me)));
+                }
+            }
+            Message::SyncReply(r) => deltas_claims(&r.deltas, me, &mut claims),
+            Message::SyncPush(p) => deltas_claims(&p.deltas, me, &mut claims),
+            _ => {}
+        }
+        let mut found = Vec::new();
+        for (ns, c) in claims {
+            let durable = self.nodes[i].durable_own.get(ns).copied().unwrap_or(0);
+            if c > durable {
+                found.push(format!(
+                    "node {i} sent a message claiming its own dot {c} of {ns} while only {durable} was durable"
+                ));
+            }
+        }
+        let pushed: Vec<(String, u64, Vec<u8>, Timestamp)> =
+            pushed.into_iter().map(|(n, c, k, t)| (n.to_string(), c, k.to_vec(), t)).collect();
+        for d in found {
+            self.violation(check::SENT_BEFORE_DURABLE, d);
+        }
+        for (ns, counter, key, ts) in pushed {
+            self.expose(i, ns, counter, key, ts);
+        }
+    }
+
+    /// `dot_reused`: an own dot exposed (pushed or acknowledged) must always
+    /// name the same write.
+    fn expose(&mut self, i: usize, ns: String, counter: u64, key: Vec<u8>, ts: Timestamp) {
+        match self.exposed.get(&(i, ns.clone(), counter)) {
+            Some((k, t)) if *k != key || *t != ts => {
+                let detail = format!(
+                    "node {i} exposed dot {counter} of {ns} for key {:?} at {ts}, but it already named key {:?} at {t}",
+                    String::from_utf8_lossy(&key),
+                    String::from_utf8_lossy(k)
+                );
+                self.violation(check::DOT_REUSED, detail);
+            }
+            Some(_) => {}
+            None => {
+                self.exposed.insert((i, ns, counter), (key, ts));
+            }
+        }
+    }
+
+    /// A write's outcome reached its client.
+    fn write_done(&mut self, i: usize, request: RequestId, result: Result<chorus_core::WriteReceipt, WriteError>) {
+        let Some(w) = self.pending_writes.remove(&request.0) else { return };
+        debug_assert_eq!(w.node, i);
+        let receipt = match result {
+            Ok(r) => r,
+            // Refused by a halted node: nothing changed.
+            Err(WriteError::Halted(_)) => return,
+            // The batch failed: the outcome is unknown.
+            Err(WriteError::PersistFailed(_)) => {
+                self.maybe.push(MaybeWrite {
+                    namespace: w.namespace.to_string(),
+                    key: w.key,
+                    kind: w.kind,
+                    at_us: w.at_us,
+                });
+                return;
+            }
+            Err(e) => {
+                self.violation(check::VALID_WRITE_REFUSED, format!("node {i}: a valid write was refused: {e}"));
+                return;
+            }
+        };
+        // `ack_before_durable`: the acknowledged write is on this node's disk.
+        let space = persist::entries_space(w.namespace);
+        let on_disk = self.nodes[i]
+            .disk
+            .get(&space)
+            .and_then(|s| s.get(&w.key))
+            .and_then(|v| persist::decode_entry(v).ok())
+            .is_some_and(|r| r.entry.clock().contains(receipt.dot));
+        let collected = self.nodes[i].collected.contains(&(w.namespace.to_string(), w.key.clone()));
+        if !on_disk && !collected {
+            self.violation(
+                check::ACK_BEFORE_DURABLE,
+                format!(
+                    "node {i} acknowledged {:?} of {}/{} (dot {}) before it was durable",
+                    w.kind,
+                    w.namespace,
+                    String::from_utf8_lossy(&w.key),
+                    receipt.dot
+                ),
+            );
+        }
+        if let Some(last) = self.nodes[i].last_issued
+            && receipt.ts <= last
+        {
+            self.violation(
+                check::HLC_MONOTONE,
+                format!("node {i}: HLC went backwards: issued {} after {last}", receipt.ts),
+            );
+        }
+        self.nodes[i].last_issued = Some(receipt.ts);
+        self.expose(i, w.namespace.to_string(), receipt.dot.counter, w.key.clone(), receipt.ts);
+        if w.probe {
+            self.probe_dots.insert((w.namespace.to_string(), receipt.dot));
+            self.propagation.insert(
+                (w.namespace.to_string(), receipt.dot),
+                Propagation { at_us: w.at_us, reached_by_push: 0, max_round: 0 },
+            );
+        }
+        self.acked.push(AckedWrite {
+            node: i,
+            namespace: w.namespace.to_string(),
+            namespace_type: w.namespace_type,
+            key: w.key,
+            kind: w.kind,
+            dot: receipt.dot,
+            ts: receipt.ts,
+            at_us: w.at_us,
+        });
     }
 
     fn send(&mut self, from: usize, to: NodeId, message: &Message) {
@@ -404,7 +700,7 @@ impl World {
         let message = match wire::decode(bytes, limits::VALUE_BYTES_DEFAULT) {
             Ok(m) => m,
             Err(e) => {
-                self.violations.push(format!("node {to} could not decode a message from node {from}: {e}"));
+                self.violation(check::DECODE, format!("node {to} could not decode a message from node {from}: {e}"));
                 return;
             }
         };
@@ -462,44 +758,29 @@ impl World {
         };
         let torn = self.cfg.crashes && !self.healing && self.rng.chance(TORN_WRITE_CRASH_P);
         let now = self.physical_us(i);
+        let request = self.write_counter;
         let Some(node) = self.nodes[i].node.as_mut() else { return };
-        let mut results =
-            node.handle_local_writes(now, vec![LocalWrite { namespace: ns.to_string(), key: key.clone(), op }]);
-        if torn {
-            // The process dies before the commit is durable: the write was
-            // never acknowledged and nothing of it may survive.
-            self.crash(i);
-            return;
-        }
+        node.handle_local_writes(
+            now,
+            vec![(RequestId(request), LocalWrite { namespace: ns.to_string(), key: key.clone(), op })],
+        );
+        self.pending_writes.insert(
+            request,
+            PendingWrite {
+                node: i,
+                namespace: ns,
+                namespace_type: ty,
+                key,
+                kind,
+                at_us: self.now_us,
+                probe: self.probing,
+            },
+        );
         self.after_input(i);
-        match results.pop() {
-            Some(Ok(receipt)) => {
-                if let Some(last) = self.nodes[i].last_issued
-                    && receipt.ts <= last
-                {
-                    self.violations.push(format!("node {i}: HLC went backwards: issued {} after {last}", receipt.ts));
-                }
-                self.nodes[i].last_issued = Some(receipt.ts);
-                if self.probing {
-                    self.probe_dots.insert((ns.to_string(), receipt.dot));
-                    self.propagation.insert(
-                        (ns.to_string(), receipt.dot),
-                        Propagation { at_us: self.now_us, reached_by_push: 0, max_round: 0 },
-                    );
-                }
-                self.acked.push(AckedWrite {
-                    node: i,
-                    namespace: ns.to_string(),
-                    namespace_type: ty,
-                    key,
-                    kind,
-                    dot: receipt.dot,
-                    ts: receipt.ts,
-                    at_us: self.now_us,
-                });
-            }
-            Some(Err(e)) => self.violations.push(format!("node {i}: a valid write was refused: {e}")),
-            None => {}
+        if torn {
+            // The process dies while the write's batch is in flight: it was
+            // never acknowledged, and a prefix of what was in flight survives.
+            self.crash(i);
         }
     }
 
@@ -507,6 +788,27 @@ impl World {
         if self.nodes[i].node.take().is_some() {
             self.crashes += 1;
             self.nodes[i].timeout_at = None;
+            self.nodes[i].incarnation += 1;
+            // A prefix of the batches in flight reached the disk.
+            let in_flight = std::mem::take(&mut self.nodes[i].in_flight);
+            let survive = self.rng.below(in_flight.len() as u64 + 1) as usize;
+            for (_, batch) in in_flight.into_iter().take(survive) {
+                self.write_to_disk(i, batch);
+            }
+            self.nodes[i].last_completion_us = 0;
+            // Writes in flight at the crash: their clients never hear back,
+            // and the surviving prefix may hold some of them.
+            let lost: Vec<u64> = self.pending_writes.iter().filter(|(_, w)| w.node == i).map(|(r, _)| *r).collect();
+            for r in lost {
+                if let Some(w) = self.pending_writes.remove(&r) {
+                    self.maybe.push(MaybeWrite {
+                        namespace: w.namespace.to_string(),
+                        key: w.key,
+                        kind: w.kind,
+                        at_us: w.at_us,
+                    });
+                }
+            }
             let down_for = 500_000 + self.rng.below(3_000_000);
             let at = (self.now_us + down_for).min(self.heal_at_us);
             self.schedule(at, Event::Restart { node: i as u32 });
@@ -518,6 +820,7 @@ impl World {
         if self.nodes[i].node.is_some() {
             return;
         }
+
         self.nodes[i].restarts += 1;
         let seed = self.rng.next_u64();
         match Node::recover(node_id(i), node_config(&self.cfg), seed, &self.nodes[i].disk) {
@@ -525,16 +828,15 @@ impl World {
                 if let Some(last) = self.nodes[i].last_issued
                     && node.hlc_high_water() < last
                 {
-                    self.violations.push(format!(
-                        "node {i}: recovered HLC high water {} is below issued {last}",
-                        node.hlc_high_water()
-                    ));
+                    let detail =
+                        format!("node {i}: recovered HLC high water {} is below issued {last}", node.hlc_high_water());
+                    self.violation(check::HLC_MONOTONE, detail);
                 }
                 self.nodes[i].node = Some(node);
                 self.refresh_membership(i);
                 self.schedule(self.now_us + self.cfg.detection_ms * 1000, Event::Membership);
             }
-            Err(e) => self.violations.push(format!("node {i}: recovery failed: {e}")),
+            Err(e) => self.violation(check::RECOVERY, format!("node {i}: recovery failed: {e}")),
         }
     }
 
@@ -551,7 +853,17 @@ impl World {
                 if let Some(node) = self.nodes[i].node.as_mut()
                     && let Err(e) = node.create_namespace(name, ty)
                 {
-                    self.violations.push(format!("node {i}: {e}"));
+                    self.violation(check::VALID_WRITE_REFUSED, format!("node {i}: {e}"));
+                }
+            }
+            // Like the daemon at startup: the namespaces every client may
+            // use are durable before the node serves anyone.
+            while let Some(action) = self.nodes[i].node.as_mut().and_then(Node::poll_action) {
+                if let Action::Persist { id, batch } = action {
+                    self.write_to_disk(i, batch);
+                    if let Some(node) = self.nodes[i].node.as_mut() {
+                        node.handle_persisted(id);
+                    }
                 }
             }
             self.refresh_membership(i);
@@ -590,6 +902,7 @@ impl World {
             self.now_us = s.at_us;
             match s.event {
                 Event::Deliver { from, to, bytes } => self.deliver(from as usize, to as usize, &bytes),
+                Event::Persisted { node, incarnation } => self.persisted(node as usize, incarnation),
                 Event::Timeout { node } => {
                     let i = node as usize;
                     if self.nodes[i].timeout_at == Some(self.now_us) {
@@ -674,17 +987,26 @@ impl World {
         let mut violations = std::mem::take(&mut self.violations);
         if !converged {
             violations.push(format!(
-                "not converged {} ms after heal: {}",
+                "{}: not converged {} ms after heal: {}",
+                check::CONVERGENCE,
                 self.cfg.heal_max_ms,
                 check::convergence(&live).join("; ")
             ));
         }
-        violations.extend(check::dots_unique(&self.acked));
+        let named = |name: &'static str, found: Vec<String>| found.into_iter().map(move |v| format!("{name}: {v}"));
+        violations.extend(named(check::DOTS_UNIQUE, check::dots_unique(&self.acked)));
         for sim_node in &self.nodes {
             if let Some(node) = &sim_node.node {
-                violations.extend(check::acked_writes_survive(node, &self.acked, &sim_node.collected));
-                violations.extend(check::seen_implies_reflected(node, &self.acked, &sim_node.collected));
+                let lost = check::acked_writes_survive(node, &self.acked, &self.maybe, &sim_node.collected);
+                violations.extend(named(check::ACKED_WRITES_SURVIVE, lost));
+                let unsound = check::seen_implies_reflected(node, &self.acked, &sim_node.collected);
+                violations.extend(named(check::SEEN_IMPLIES_REFLECTED, unsound));
             }
+        }
+        let mut violations_by_checker: BTreeMap<String, u64> = BTreeMap::new();
+        for v in &violations {
+            let name = v.split(':').next().unwrap_or_default();
+            *violations_by_checker.entry(name.to_string()).or_default() += 1;
         }
         if violations.len() > 50 {
             let extra = violations.len() - 50;
@@ -713,6 +1035,7 @@ impl World {
             messages_per_node: self.messages as f64 / n.max(1) as f64,
             bytes_per_node: self.bytes as f64 / n.max(1) as f64,
             violations,
+            violations_by_checker,
             peak_rss_bytes: peak_rss_bytes(),
             writes_attempted: self.writes_attempted,
             writes_acked: self.acked.len() as u64,
@@ -727,6 +1050,8 @@ impl World {
             propagation_p99_ms: pct(0.99),
             crashes: self.crashes,
             partitions: self.partitions,
+            disk_errors: self.disk_errors,
+            persists_in_flight_max: self.persists_in_flight_max,
             virtual_ms_total: self.now_us / 1000,
             replay: self.cfg.replay_command(),
         }
@@ -737,8 +1062,25 @@ fn node_config(cfg: &SimConfig) -> NodeConfig {
     NodeConfig {
         anti_entropy_interval_us: cfg.anti_entropy_interval_ms * 1000,
         fanout: cfg.fanout,
+        #[cfg(feature = "test-knobs")]
         injected_bug: cfg.injected_bug,
         ..NodeConfig::default()
+    }
+}
+
+/// What a seen set claims about `me`'s own dots: the greatest counter.
+fn seen_claim(seen: &wire::WireSeen, me: NodeId) -> u64 {
+    let prefix = seen.contiguous.iter().filter(|(n, _)| *n == me).map(|(_, c)| *c).max().unwrap_or(0);
+    let exceptions = seen.exceptions.iter().filter(|(n, _)| *n == me).flat_map(|(_, l)| l.iter().copied()).max();
+    prefix.max(exceptions.unwrap_or(0))
+}
+
+fn deltas_claims<'a>(deltas: &'a [wire::NamespaceDelta], me: NodeId, claims: &mut Vec<(&'a str, u64)>) {
+    for d in deltas {
+        claims.push((&d.namespace, seen_claim(&d.seen, me)));
+        for (_, e) in &d.entries {
+            claims.push((&d.namespace, e.clock().get(me)));
+        }
     }
 }
 

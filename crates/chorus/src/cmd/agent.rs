@@ -22,12 +22,14 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting tokio")?;
+    #[cfg(feature = "test-knobs")]
     let clock = SystemClock::from_env();
+    #[cfg(not(feature = "test-knobs"))]
+    let clock = SystemClock::os();
     if clock.test_offset_us() != 0 {
         tracing::warn!(
             offset_us = clock.test_offset_us(),
-            "{} is set: this node's OS clock readings are shifted on purpose (a testing knob; never in production)",
-            chorus_daemon::clock::TEST_CLOCK_OFFSET_ENV
+            "this node's OS clock readings are shifted on purpose (a test knob; never in production)"
         );
     }
     runtime.block_on(async move {

@@ -60,9 +60,30 @@ pub struct SimArgs {
     /// Anti-entropy period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     anti_entropy_ms: u64,
+    /// Probability that a batch fails to persist during chaos (the node
+    /// halts and restarts from its disk).
+    #[arg(long, default_value_t = 0.0)]
+    disk_errors: f64,
+    /// Each batch becomes durable after a seeded delay of up to this many
+    /// virtual µs (several batches are in flight at once).
+    #[arg(long, default_value_t = 4000)]
+    disk_delay_max_us: u64,
+    /// A deliberately broken node, to show that the checkers catch it (only
+    /// in builds with the `test-knobs` feature).
+    #[cfg(feature = "test-knobs")]
+    #[arg(long, value_parser = parse_bug)]
+    inject_bug: Option<chorus_core::InjectedBug>,
     /// Print one JSON object on the last line instead of the summary.
     #[arg(long)]
     json: bool,
+}
+
+#[cfg(feature = "test-knobs")]
+fn parse_bug(name: &str) -> std::result::Result<chorus_core::InjectedBug, String> {
+    chorus_sim::bug_by_name(name).ok_or_else(|| {
+        let names: Vec<&str> = chorus_sim::BUGS.iter().map(|(n, _)| *n).collect();
+        format!("unknown bug {name:?}; one of {names:?}")
+    })
 }
 
 pub fn run(args: SimArgs) -> Result<ExitCode> {
@@ -74,6 +95,9 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     }
     if !(0.0..1.0).contains(&args.loss) || !(0.0..1.0).contains(&args.duplicate) {
         bail!("--loss and --duplicate must be in [0, 1)");
+    }
+    if !(0.0..1.0).contains(&args.disk_errors) {
+        bail!("--disk-errors must be in [0, 1)");
     }
     if args.latency_min_ms > args.latency_max_ms {
         bail!("--latency-min-ms must not exceed --latency-max-ms");
@@ -91,6 +115,12 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
     cfg.latency_min_ms = args.latency_min_ms;
     cfg.latency_max_ms = args.latency_max_ms;
     cfg.anti_entropy_interval_ms = args.anti_entropy_ms.max(1);
+    cfg.disk_errors = args.disk_errors;
+    cfg.disk_delay_max_us = args.disk_delay_max_us;
+    #[cfg(feature = "test-knobs")]
+    {
+        cfg.injected_bug = args.inject_bug;
+    }
     let started = std::time::Instant::now();
     let report = chorus_sim::run(cfg);
     let wall = started.elapsed();
@@ -105,8 +135,8 @@ pub fn run(args: SimArgs) -> Result<ExitCode> {
 fn print_summary(r: &SimReport, wall: std::time::Duration) {
     println!("chorus sim: {} nodes, seed {}", r.nodes, r.seed);
     println!(
-        "  writes        {} issued, {} acknowledged durable; {} crashes, {} partitions",
-        r.writes_attempted, r.writes_acked, r.crashes, r.partitions
+        "  writes        {} issued, {} acknowledged durable; {} crashes, {} partitions, {} disk errors",
+        r.writes_attempted, r.writes_acked, r.crashes, r.partitions, r.disk_errors
     );
     println!(
         "  broadcast     {:.1} % of writes reached every node by push alone, in at most {} rounds (limit {})",

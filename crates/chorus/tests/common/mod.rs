@@ -94,8 +94,8 @@ impl Agent {
         self.child = Some(spawn_agent(&self.config, &self.log));
     }
 
-    /// Start with extra environment variables (e.g. the testing knob
-    /// `CHORUS_TEST_CLOCK_OFFSET_MS`).
+    /// Start with extra environment variables (e.g. the test knob
+    /// `CHORUS_TEST_CLOCK_OFFSET_MS`, which runs the test-knobs binary).
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} already running", self.name);
         self.child = Some(spawn_agent_with_env(&self.config, &self.log, env));
@@ -157,10 +157,15 @@ pub fn spawn_agent(config: &Path, log: &Path) -> Child {
     spawn_agent_with_env(config, log, &[])
 }
 
+/// Agents started with a test knob in their environment run the binary
+/// built with the `test-knobs` feature (target/knobs/chorus): the normal
+/// binary ignores every knob.
 pub fn spawn_agent_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Child {
     let out = std::fs::File::create(log).expect("log file");
     let err = out.try_clone().expect("log file");
-    let mut cmd = Command::new(BIN);
+    let knobbed = env.iter().any(|(k, _)| k.starts_with("CHORUS_TEST_"));
+    let bin: &Path = if knobbed { chorus_testkit::knobs_binary() } else { Path::new(BIN) };
+    let mut cmd = Command::new(bin);
     cmd.arg("agent").arg("--config").arg(config).stdin(Stdio::null()).stdout(out).stderr(err);
     cmd.envs(env.iter().copied());
     #[cfg(target_os = "linux")]

@@ -4,17 +4,14 @@
 
 use std::path::PathBuf;
 
-/// The `chorus` binary built by this workspace. `cargo test --workspace`
-/// builds it (the `chorus` package has integration tests); a nested
-/// `cargo build` from inside a test would block on cargo's build lock, so
-/// with `cargo test -p chorus-faults` alone run `cargo build -p chorus`
-/// first (or set `$CHORUS_BIN`).
+/// The `chorus` binary the harness runs: `$CHORUS_BIN` when set, else the
+/// one built with the `test-knobs` feature (target/knobs/chorus, built on
+/// first use by chorus-testkit). The harness needs the knobs: clock skew is
+/// `CHORUS_TEST_CLOCK_OFFSET_MS`, and the injected-bug test uses
+/// `CHORUS_TEST_ACK_BEFORE_FSYNC`; the normal binary ignores both.
 pub fn chorus_bin() -> PathBuf {
-    let bin = chorus_faults::run::default_chorus_bin();
-    assert!(
-        bin.is_file(),
-        "the chorus binary is not at {}: run `cargo build -p chorus` (or set CHORUS_BIN) first",
-        bin.display()
-    );
-    bin
+    match std::env::var_os("CHORUS_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => chorus_testkit::knobs_binary().to_path_buf(),
+    }
 }

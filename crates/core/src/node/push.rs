@@ -1,0 +1,120 @@
+//! Eager broadcast: pushing new writes and applying pushed ones.
+
+use super::*;
+
+impl Node {
+    pub(super) fn send_push(&mut self, targets: &[NodeId], hops: u8, items: Vec<PushItem>) {
+        if items.is_empty() {
+            return;
+        }
+        for chunk in items.chunks(crate::wire::ITEMS_PER_MESSAGE_MAX) {
+            for &to in targets {
+                self.stats.push_messages_sent += 1;
+                self.send(to, Message::Push(Push { hops, items: chunk.to_vec() }));
+            }
+        }
+    }
+
+    pub(super) fn peer_allowed(&mut self, from: NodeId) -> bool {
+        match self.peers.get(&from) {
+            Some(p) if !tiers_may_talk(self.config.tier, p.tier) => {
+                self.stats.rejected_tier += 1;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    pub(super) fn ensure_namespace(&mut self, name: &str, value_type: ValueType, batch: &mut PersistBatch) -> bool {
+        match self.namespaces.get(name) {
+            Some(ns) if ns.value_type() == value_type => true,
+            Some(_) => {
+                self.stats.rejected_type += 1;
+                false
+            }
+            None => {
+                if !valid_namespace_name(name) {
+                    return false;
+                }
+                self.namespaces.insert(name.to_string(), Namespace::new(name.to_string(), value_type));
+                self.persist_namespace(batch, name);
+                true
+            }
+        }
+    }
+
+    /// Check an incoming entry before merging it: it must not claim writes
+    /// of ours that we never issued (a forged or corrupt state would poison
+    /// our dot counter), and its timestamps must pass our clock check (they
+    /// are then folded into the HLC). A refused entry is dropped whole.
+    pub(super) fn admit(&mut self, now_us: u64, namespace: &str, entry: &Entry) -> bool {
+        let own = self.namespaces.get(namespace).map(|ns| ns.own_counter(self.id)).unwrap_or(0);
+        if entry.clock().get(self.id) > own {
+            self.stats.rejected_forged += 1;
+            return false;
+        }
+        let ts = entry.max_timestamp();
+        if ts == Timestamp::ZERO {
+            return true;
+        }
+        match self.hlc.update(ts, now_us) {
+            Ok(_) => true,
+            Err(_) => {
+                self.stats.rejected_clock += 1;
+                false
+            }
+        }
+    }
+
+    pub(super) fn on_push(&mut self, now_us: u64, from: NodeId, push: Push) {
+        let mut batch = PersistBatch::default();
+        let mut forward: Vec<PushItem> = Vec::new();
+        let mut origins: BTreeSet<NodeId> = BTreeSet::new();
+        for item in push.items {
+            self.stats.push_items_received += 1;
+            if !self.ensure_namespace(&item.namespace, item.value_type, &mut batch) {
+                continue;
+            }
+            let already = self.namespaces.get(&item.namespace).is_some_and(|ns| ns.seen().contains(item.dot));
+            if already {
+                self.stats.push_duplicates += 1;
+                continue;
+            }
+            if !self.admit(now_us, &item.namespace, &item.entry) {
+                continue;
+            }
+            let Some(ns) = self.namespaces.get_mut(&item.namespace) else { continue };
+            if injected!(self.config, SkipMergeOnPush) {
+                ns.seen_mut().insert(item.dot);
+            } else {
+                let before = lww_value_ts(ns.get(&item.key));
+                match ns.merge(&item.key, &item.entry) {
+                    Ok(MergeOutcome::Changed) => {
+                        if let Some(e) = ns.get(&item.key) {
+                            if before.is_some_and(|b| Some(b) != lww_value_ts(Some(e))) {
+                                self.stats.lww_overwrites += 1;
+                            }
+                            batch.ops.push(entry_op(&item.namespace, &item.key, e));
+                        }
+                    }
+                    Ok(MergeOutcome::Unchanged) => {}
+                    Err(JoinError::TypeMismatch { .. }) => {
+                        self.stats.rejected_type += 1;
+                        continue;
+                    }
+                }
+                ns.seen_mut().insert(item.dot);
+            }
+            origins.insert(item.dot.node);
+            forward.push(item);
+        }
+        self.finish_persist(batch);
+        let next_hops = push.hops.saturating_add(1);
+        if next_hops < self.hop_limit() && !forward.is_empty() {
+            let fanout = self.fanout();
+            let targets = self.rng.sample_where(&self.live, fanout, |p| *p != from && !origins.contains(p));
+            self.stats.push_items_forwarded += forward.len() as u64;
+            self.send_push(&targets, next_hops, forward);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Rebuilding a node from its store (see `docs/design/replication.md`,
+//! "Durability and restart").
+
+use super::*;
+
+impl Node {
+    /// Rebuild a node from everything its store holds.
+    pub fn recover(id: NodeId, config: NodeConfig, seed: u64, image: &RecoveryImage) -> Result<Self, RecoverError> {
+        let mut node = Node::new(id, config, seed);
+        let corrupt = |space: &str, key: &[u8], reason: String| RecoverError::Corrupt {
+            space: space.to_string(),
+            key: key.to_vec(),
+            reason,
+        };
+        if let Some(meta) = image.get(persist::META_SPACE)
+            && let Some(bytes) = meta.get(persist::HLC_KEY)
+        {
+            let hw = persist::decode_hlc(bytes).map_err(|r| corrupt(persist::META_SPACE, persist::HLC_KEY, r))?;
+            node.hlc = Hlc::resume(id, node.config.offset_max_us, hw);
+        }
+        let value_max = node.config.value_bytes_max as usize;
+        if let Some(spaces) = image.get(persist::NAMESPACES_SPACE) {
+            for (name_bytes, record) in spaces {
+                let name = String::from_utf8(name_bytes.clone())
+                    .map_err(|_| corrupt(persist::NAMESPACES_SPACE, name_bytes, "name is not UTF-8".into()))?;
+                let rec =
+                    persist::decode_namespace(record).map_err(|r| corrupt(persist::NAMESPACES_SPACE, name_bytes, r))?;
+                let mut ns = Namespace::new(name.clone(), rec.value_type);
+                let space = persist::entries_space(&name);
+                if let Some(entries) = image.get(&space) {
+                    for (key, bytes) in entries {
+                        // A corrupt entry is dropped, not fatal: the seen set
+                        // still claims its dots, so equal seen sets with
+                        // unequal fingerprints make reconciliation fetch it
+                        // back from a peer.
+                        let er = match persist::decode_entry(bytes) {
+                            Ok(er)
+                                if er.entry.value_type() == rec.value_type && er.entry.validate(value_max).is_ok() =>
+                            {
+                                er
+                            }
+                            _ => {
+                                node.stats.corrupt_entries_dropped += 1;
+                                continue;
+                            }
+                        };
+                        // Timestamps inside stored entries are ours or were
+                        // accepted before; the HLC must stay above them.
+                        let ts = er.entry.max_timestamp();
+                        if ts > node.hlc.high_water() && ts.node == id {
+                            node.hlc = Hlc::resume(id, node.config.offset_max_us, ts);
+                        }
+                        ns.install(key.clone(), er.entry);
+                    }
+                }
+                // The stored record may predate the entries: fold every
+                // entry's clock into it (each clock entry is a dot whose
+                // write this entry reflects), and restore our own counter
+                // to the greatest own dot anywhere, since own dots are dense
+                // and each was durable before it was exposed.
+                let mut seen = rec.seen.to_seen();
+                let mut own_max = seen.contiguous().get(id);
+                let forget_own = injected!(node.config, ForgetOwnDotsOnRecovery);
+                for (_, e) in ns.entries() {
+                    for (o, c) in e.clock().iter() {
+                        if forget_own && o == id {
+                            continue;
+                        }
+                        seen.insert(Dot { node: o, counter: c });
+                    }
+                    if !forget_own {
+                        own_max = own_max.max(e.clock().get(id));
+                    }
+                }
+                let (mut prefix, exceptions) = seen.into_parts();
+                prefix.raise(id, own_max);
+                ns.set_seen(SeenSet::from_parts(prefix, exceptions));
+                node.namespaces.insert(name, ns);
+            }
+        }
+        Ok(node)
+    }
+}
