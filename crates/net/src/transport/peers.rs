@@ -1,0 +1,247 @@
+//! The peer table: one entry per peer with its bounded outgoing queue, the
+//! slot of its current connection and its held datagrams; the quarantine of
+//! misbehaving peers; and the reconnect backoff a peer's driver uses.
+//! Keeping this state apart from the tasks that move bytes makes the rules
+//! about which connection a peer uses (the duplicate tie-break of a
+//! simultaneous dial) readable in one place; see
+//! `docs/design/transport-and-membership.md`, section 2 (duplicates,
+//! reconnect backoff) and section 3 (quarantine).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::RngExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::connection::{peer_driver, serve_connection};
+use super::stats::{PeerStats, bump};
+use super::{
+    DUPLICATE_CLOSE_GRACE, DUPLICATE_WINDOW, Inner, PEERS_MAX, PeerAddr, QUARANTINE_BASE, QUARANTINE_MAX, RequestError,
+    TransportConfig, code, varint,
+};
+use crate::ca::validate_node_name;
+use crate::frame::FrameError;
+
+/// The connection currently used for a peer.
+#[derive(Clone)]
+pub(super) struct Slot {
+    pub(super) conn: quinn::Connection,
+    since: Instant,
+    dialed_by_us: bool,
+}
+
+/// What request waiters watch: the slot, and a counter of failed dials so
+/// they can give up early instead of waiting for their deadline.
+#[derive(Clone, Default)]
+pub(super) struct ConnState {
+    pub(super) slot: Option<Slot>,
+    pub(super) dial_failures: u64,
+}
+
+impl ConnState {
+    pub(super) fn live(&self) -> Option<quinn::Connection> {
+        self.slot.as_ref().filter(|s| s.conn.close_reason().is_none()).map(|s| s.conn.clone())
+    }
+}
+
+pub(super) struct Peer {
+    pub(super) name: String,
+    addr: Mutex<SocketAddr>,
+    pub(super) queue: mpsc::Sender<Bytes>,
+    pub(super) state: watch::Sender<ConnState>,
+    pub(super) pending_datagrams: Mutex<VecDeque<Bytes>>,
+    /// Wakes the driver when a datagram or request needs a connection.
+    pub(super) demand: tokio::sync::Notify,
+    waiters: AtomicUsize,
+    /// Dialing is not attempted for request waiters before this instant.
+    pub(super) backoff_until: Mutex<Option<Instant>>,
+    pub(super) stop: watch::Sender<bool>,
+    pub(super) stats: Arc<PeerStats>,
+}
+
+impl Peer {
+    pub(super) fn addr(&self) -> SocketAddr {
+        *self.addr.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn live(&self) -> Option<quinn::Connection> {
+        self.state.borrow().live()
+    }
+
+    pub(super) fn wants_connection(&self) -> bool {
+        let pending = !self.pending_datagrams.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        (pending || self.waiters.load(Ordering::Acquire) > 0) && self.live().is_none()
+    }
+}
+
+/// The "equal jitter" backoff of Brooker, "Exponential Backoff And Jitter"
+/// (AWS Architecture Blog, 2015): half the exponential delay is fixed, half
+/// random, so retries spread out without ever retrying immediately.
+pub(super) struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub(super) fn new(config: &TransportConfig) -> Self {
+        Backoff {
+            min: Duration::from_millis(config.reconnect_backoff_min_ms),
+            max: Duration::from_millis(config.reconnect_backoff_max_ms),
+            attempt: 0,
+        }
+    }
+
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let exp = self.min.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = exp / 2;
+        let jitter_ms = rand::rng().random_range(0..=half.as_millis() as u64);
+        half + Duration::from_millis(jitter_ms)
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Inner {
+    /// The peer entry for `addr.name`, created (with its driver task) on
+    /// first use; a changed address is recorded for the next dial.
+    pub(super) fn peer(self: &Arc<Self>, addr: &PeerAddr) -> Result<Arc<Peer>, ()> {
+        if addr.name == self.config.node_name || validate_node_name(&addr.name).is_err() {
+            return Err(());
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = peers.get(&addr.name) {
+            let mut current = peer.addr.lock().unwrap_or_else(|e| e.into_inner());
+            if *current != addr.addr {
+                *current = addr.addr;
+            }
+            return Ok(peer.clone());
+        }
+        if peers.len() >= PEERS_MAX || *self.shutdown.borrow() {
+            return Err(());
+        }
+        let (queue_tx, queue_rx) = mpsc::channel(self.config.per_peer_queue_max);
+        let peer = Arc::new(Peer {
+            name: addr.name.clone(),
+            addr: Mutex::new(addr.addr),
+            queue: queue_tx,
+            state: watch::Sender::new(ConnState::default()),
+            pending_datagrams: Mutex::new(VecDeque::new()),
+            demand: tokio::sync::Notify::new(),
+            waiters: AtomicUsize::new(0),
+            backoff_until: Mutex::new(None),
+            stop: watch::Sender::new(false),
+            stats: self.stats.peer(&addr.name),
+        });
+        peers.insert(addr.name.clone(), peer.clone());
+        drop(peers);
+        tokio::spawn(peer_driver(self.clone(), peer.clone(), queue_rx));
+        Ok(peer)
+    }
+
+    pub(super) fn quarantined(&self, name: &str) -> bool {
+        let quarantine = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+        quarantine.get(name).is_some_and(|(until, _)| Instant::now() < *until)
+    }
+
+    /// Quarantines a misbehaving peer for a period that doubles per offence
+    /// (SPEC §8) and closes its connection.
+    pub(super) fn punish(&self, name: &str, conn: &quinn::Connection, reason: &FrameError) {
+        bump(&self.stats.frame_errors);
+        let mut quarantine = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = quarantine.entry(name.to_owned()).or_insert((Instant::now(), 0));
+        let period = QUARANTINE_BASE.saturating_mul(1u32 << entry.1.min(16)).min(QUARANTINE_MAX);
+        entry.0 = Instant::now() + period;
+        entry.1 = entry.1.saturating_add(1);
+        drop(quarantine);
+        warn!(peer = name, error = %reason, quarantine_ms = period.as_millis() as u64,
+            "peer broke the framing protocol; closing and quarantining");
+        conn.close(varint(code::PROTOCOL_VIOLATION), b"protocol violation");
+    }
+
+    /// Makes `conn` the peer's connection unless a better one exists, and
+    /// starts serving it either way (the peer may use it until it closes).
+    pub(super) fn register(self: &Arc<Self>, peer: &Arc<Peer>, conn: quinn::Connection, dialed_by_us: bool) {
+        let now = Instant::now();
+        let new = Slot { conn: conn.clone(), since: now, dialed_by_us };
+        // In a simultaneous dial both sides must keep the same connection:
+        // the one dialed by the lexicographically smaller name.
+        let we_are_smaller = self.config.node_name < peer.name;
+        let preferred = |slot: &Slot| slot.dialed_by_us == we_are_smaller;
+        let mut loser = None;
+        peer.state.send_modify(|state| match &state.slot {
+            Some(existing)
+                if existing.conn.close_reason().is_none() && existing.conn.stable_id() != conn.stable_id() =>
+            {
+                let simultaneous = now.duration_since(existing.since) < DUPLICATE_WINDOW;
+                let keep_new = !simultaneous || (preferred(&new) && !preferred(existing));
+                if keep_new {
+                    loser = Some(existing.conn.clone());
+                    state.slot = Some(new.clone());
+                } else {
+                    loser = Some(conn.clone());
+                }
+            }
+            _ => state.slot = Some(new.clone()),
+        });
+        if let Some(loser) = loser {
+            debug!(peer = %peer.name, "duplicate connection; closing the loser after a grace period");
+            tokio::spawn(async move {
+                tokio::time::sleep(DUPLICATE_CLOSE_GRACE).await;
+                loser.close(varint(code::DUPLICATE), b"duplicate");
+            });
+        }
+        peer.backoff_until.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tokio::spawn(serve_connection(self.clone(), peer.clone(), conn));
+    }
+
+    /// A live connection to `peer`, asking its driver to dial if needed.
+    /// Fails fast while the peer is in reconnect backoff.
+    pub(super) async fn connection_for(&self, peer: &Arc<Peer>) -> Result<quinn::Connection, RequestError> {
+        if let Some(conn) = peer.live() {
+            return Ok(conn);
+        }
+        let backing_off =
+            peer.backoff_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|until| Instant::now() < until);
+        if backing_off {
+            return Err(RequestError::Unreachable(peer.name.clone()));
+        }
+        let mut rx = peer.state.subscribe();
+        let failures_before = rx.borrow().dial_failures;
+        peer.waiters.fetch_add(1, Ordering::AcqRel);
+        struct Waiter<'a>(&'a AtomicUsize);
+        impl Drop for Waiter<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _waiter = Waiter(&peer.waiters);
+        peer.demand.notify_one();
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            {
+                let state = rx.borrow_and_update();
+                if let Some(conn) = state.live() {
+                    return Ok(conn);
+                }
+                if state.dial_failures != failures_before {
+                    return Err(RequestError::Unreachable(peer.name.clone()));
+                }
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() {
+                    return Err(RequestError::Shutdown);
+                },
+                _ = shutdown.wait_for(|s| *s) => return Err(RequestError::Shutdown),
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The replicated state machine of a strong namespace: a revisioned
+//! key-value store with transactions, leases, locks and a watch history.
+//!
+//! Pure and deterministic: no I/O, no clock, no randomness. Every input is a
+//! [`Command`] taken from the Raft log, applied in log order; time enters only
+//! as the `now_ms` carried *inside* commands (stamped by the proposing leader),
+//! so every replica computes the same state from the same log.
+//!
+//! The data model follows etcd's MVCC API (etcd `mvcc/kvstore.go`, the
+//! `mvccpb.KeyValue` message): one global `revision` that grows by one per
+//! command that changes anything, and per key `create_revision`,
+//! `mod_revision`, `version` and the bound `lease`. Locks take etcd's
+//! "revision as fencing token" idea (Kleppmann, "How to do distributed
+//! locking", 2016): a grant bumps the revision, and the new revision is the
+//! token, so tokens strictly increase across all holders of all locks.
+//!
+//! The interface and its interpreter are kept apart (see
+//! `docs/design/strong.md`, section "State machine (`kv`)"): `command` holds
+//! the plain data types that cross the Raft log and the client API
+//! ([`Command`], [`Response`], [`KvError`], transactions, leases, locks,
+//! watch events) with the size checks every command passes, and
+//! `state_machine` holds [`KvStateMachine`], which applies them. The limits
+//! below bound both.
+
+mod command;
+mod state_machine;
+
+pub use command::{
+    Command, Compare, CompareOp, CompareTarget, KeyValue, KvError, Lease, LeaseId, LockMode, LockState, Response,
+    TxnOp, TxnOpResult, WatchEvent, WatchEventKind,
+};
+pub use state_machine::KvStateMachine;
+
+/// Largest user key, in bytes (SPEC §1: 4 KiB per key).
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+/// Largest value, in bytes (SPEC §1 default).
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most compares in one transaction.
+pub const TXN_COMPARES_MAX: usize = 128;
+/// Most operations in one branch of a transaction.
+pub const TXN_OPS_MAX: usize = 128;
+/// Most live leases. Bounds memory and the cost of one expiry sweep.
+pub const LEASES_MAX: usize = 100_000;
+/// Longest lease TTL: one day. Keeps `now + ttl` far from overflow.
+pub const LEASE_TTL_MS_MAX: u64 = 24 * 3600 * 1000;
+/// Most holders of one shared lock.
+pub const LOCK_HOLDERS_MAX: usize = 1024;
+/// Most keys one range read returns.
+pub const RANGE_LIMIT_MAX: usize = 10_000;
+/// Watch events kept in the history; older ones are compacted away and a
+/// watcher asking for them gets [`KvError::Compacted`].
+pub const WATCH_HISTORY_MAX: usize = 10_000;

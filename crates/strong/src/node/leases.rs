@@ -1,0 +1,48 @@
+//! The leader's lease task: after an election it refreshes every lease, so
+//! clients have a full TTL to find the new leader, then proposes
+//! `ExpireLeases` whenever a deadline has passed. Time comes from the
+//! injected clock and enters the log inside commands, so every replica
+//! expires the same leases (`docs/design/strong.md`, section "State machine
+//! (`kv`)", item "leases").
+
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+
+use super::{Inner, StrongNode};
+use crate::kv::Command;
+
+/// On the leader: after winning an election, refresh every lease (a full
+/// TTL from now, so clients can find the new leader); then, each tick,
+/// propose `ExpireLeases` when some lease's deadline has passed.
+pub(super) async fn lease_loop(inner: std::sync::Weak<Inner>) {
+    let mut refreshed_term = None;
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let node = StrongNode { inner: strong };
+        let tick = Duration::from_millis(node.inner.config.lease_tick_ms);
+        let metrics = node.metrics();
+        if metrics.state == ServerState::Leader && metrics.current_leader == Some(node.inner.id) {
+            let now_ms = node.inner.config.clock.now_ms();
+            let deadline = Instant::now() + Duration::from_millis(node.inner.config.request_timeout_ms);
+            if refreshed_term != Some(metrics.current_term) {
+                if node.write_local(Command::RefreshLeases { now_ms }, deadline).await.is_ok() {
+                    refreshed_term = Some(metrics.current_term);
+                }
+            } else {
+                let expired = {
+                    let shared = node.inner.sm.read().unwrap_or_else(PoisonError::into_inner);
+                    shared.kv.has_expired_leases(now_ms)
+                };
+                if expired && let Err(e) = node.write_local(Command::ExpireLeases { now_ms }, deadline).await {
+                    tracing::debug!(error = %e, "lease expiry proposal failed");
+                }
+            }
+        } else {
+            refreshed_term = None;
+        }
+        drop(node);
+        tokio::time::sleep(tick).await;
+    }
+}

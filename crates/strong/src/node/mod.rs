@@ -1,0 +1,160 @@
+//! A strong-namespace Raft node: openraft wired to chorus storage and
+//! transport, plus the client API (write, linearizable query, membership).
+//!
+//! This is an I/O layer: it spawns tasks and reads the clock through the
+//! injected [`WallClock`]; the replicated logic is in [`crate::kv`].
+//!
+//! This module builds a [`StrongNode`] (opening the Raft log and state
+//! machine, starting openraft and the background tasks) and shuts it down;
+//! the rest is split along the node's seams (see `docs/design/strong.md`,
+//! section "Client semantics (`node`)"):
+//!
+//! - `config`: [`StrongConfig`] and the [`WallClock`] it injects;
+//! - `client`: the client API (write, query, read) and its local execution
+//!   on the leader;
+//! - `routing`: running a request where it must run, forwarding it to the
+//!   leader and following leadership changes;
+//! - `membership`: cluster initialization and voter changes;
+//! - `quorum`: reachability of the voters, the `NoQuorum` refusal and the
+//!   node's status;
+//! - `serve`: the handler of Raft RPCs and forwarded requests from peers;
+//! - `leases`: the leader's lease refresh and expiry task.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use chorus_net::Transport;
+use chorus_storage::Storage;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Raft, RaftMetrics};
+use tokio::task::JoinHandle;
+
+use crate::error::StartError;
+use crate::network::NetworkFactory;
+use crate::store::{LogStore, SmShared, SmStore};
+use crate::types::{PeerNode, StrongTypes};
+
+mod client;
+mod config;
+mod leases;
+mod membership;
+mod quorum;
+mod routing;
+mod serve;
+
+pub use client::{Query, QueryResponse, QueryResult};
+pub use config::{StrongConfig, SystemClock, WallClock};
+pub use quorum::{QuorumStatus, StrongStatus};
+
+use leases::lease_loop;
+use quorum::probe_loop;
+
+/// Allowed numbers of voters at initialization (SPEC §4).
+pub const VOTER_COUNTS: [usize; 4] = [1, 3, 5, 7];
+/// Most voters at any time.
+pub const VOTERS_MAX: usize = 7;
+/// Most times a write or read follows a `NotLeader` answer before giving up.
+pub const FORWARD_HOPS_MAX: usize = 3;
+
+struct Inner {
+    id: u64,
+    config: StrongConfig,
+    raft: Raft<StrongTypes, SmStore>,
+    sm: Arc<RwLock<SmShared>>,
+    transport: Transport,
+    /// Last successful probe answer per voter.
+    reach: Mutex<BTreeMap<u64, Instant>>,
+    started: Instant,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A strong-namespace Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct StrongNode {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for StrongNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrongNode").field("id", &self.inner.id).finish_non_exhaustive()
+    }
+}
+
+impl StrongNode {
+    /// Loads the log and snapshot from `storage` (keyspaces `raft.*`),
+    /// starts Raft over `transport` and the background tasks (reachability
+    /// probe, lease expiry). Incoming strong requests must be fed to
+    /// [`StrongNode::handle_request`] (or use [`StrongNode::serve`]).
+    ///
+    /// `storage` should be the node's `GroupCommitter` (as `Arc<dyn
+    /// Storage>`) so Raft appends share fsyncs with other writers.
+    pub async fn start(
+        config: StrongConfig,
+        storage: Arc<dyn Storage>,
+        transport: Transport,
+    ) -> Result<StrongNode, StartError> {
+        let raft_config = Arc::new(config.raft_config()?);
+        let log = LogStore::open(Arc::clone(&storage)).await?;
+        let sm = SmStore::open(storage).await?;
+        let shared = sm.shared();
+        let network = NetworkFactory { transport: transport.clone(), id: config.node_id };
+        let raft = Raft::new(config.node_id, raft_config, network, log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let node = StrongNode {
+            inner: Arc::new(Inner {
+                id: config.node_id,
+                config,
+                raft,
+                sm: shared,
+                transport,
+                reach: Mutex::new(BTreeMap::new()),
+                started: Instant::now(),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let probe = tokio::spawn(probe_loop(Arc::downgrade(&node.inner)));
+        let leases = tokio::spawn(lease_loop(Arc::downgrade(&node.inner)));
+        lock(&node.inner.tasks).extend([probe, leases]);
+        Ok(node)
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// This node's address record (name and transport address).
+    pub fn peer_node(&self) -> PeerNode {
+        let addr = self
+            .inner
+            .config
+            .advertise_addr
+            .or_else(|| self.inner.transport.local_addr().ok())
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        PeerNode { name: self.inner.transport.node_name().to_owned(), addr }
+    }
+
+    /// The openraft handle, for metrics and advanced use.
+    pub fn raft(&self) -> &Raft<StrongTypes, SmStore> {
+        &self.inner.raft
+    }
+
+    fn metrics(&self) -> RaftMetrics<StrongTypes> {
+        self.inner.raft.metrics().borrow_watched().clone()
+    }
+
+    /// Stops the background tasks and Raft. The transport is the caller's.
+    pub async fn shutdown(&self) {
+        for task in lock(&self.inner.tasks).drain(..) {
+            task.abort();
+        }
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
