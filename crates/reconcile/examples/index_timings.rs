@@ -6,6 +6,10 @@
 //! The comparison against negentropy and a full-state transfer is
 //! `chorus bench anti-entropy`.
 
+// An example is a program, not protocol code: it reads its arguments and the
+// monotonic clock, which `clippy.toml` forbids in this crate's library.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::time::Instant;
 
 use chorus_reconcile::{ItemIndex, item_tag};
