@@ -1,6 +1,10 @@
 //! Prints the clock scenario report as JSON lines, one per seed:
 //! `cargo run -p chorus-clock --example clock_scenario -- NODES LIARS SECS SEEDS [lan]`.
 
+// An example is a program, not protocol code: it reads its arguments, which
+// `clippy.toml` forbids in this crate's library.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use chorus_clock::{ClockScenarioParams, run_clock_scenario};
 
 fn main() {

@@ -19,15 +19,15 @@
 //! - [`Reconciler`]: one side of one session; [`Reconciler::initiate`] and
 //!   [`Reconciler::handle`] consume and produce [`Message`]s, never I/O.
 //! - [`Message::encode`] / [`Message::decode`]: the versioned wire format.
-//! - [`bench_compare`]: the anti-entropy benchmark against negentropy and a
-//!   full-state transfer.
+//!
+//! The benchmark against negentropy and a full-state transfer is not here:
+//! it reads the clock, so it lives in the `chorus` binary
+//! (`chorus bench anti-entropy`).
 
-mod bench;
 mod index;
 mod session;
 mod wire;
 
-pub use bench::{BenchReport, bench_compare};
 pub use index::{
     DEFAULT_BUCKET_BITS, Digest, IndexError, ItemIndex, Key, MAX_BUCKET_BITS, MAX_KEY_BYTES, Prefix, RangeFingerprint,
     item_tag, tag_check, tag_sum_bytes, tag_sum_mask,

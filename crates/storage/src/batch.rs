@@ -22,10 +22,12 @@ pub const BATCH_OPS_MAX: usize = 65_536;
 /// Most payload bytes in one batch (see [`WriteBatch::payload_bytes`]).
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// One write operation on one keyspace.
+/// One write operation on one keyspace. Named for the batch it belongs to,
+/// so it is not confused with the core's CRDT operation (`chorus_core::Op`)
+/// or its persistence record (`chorus_core::persist::StoreOp`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Op {
+pub enum BatchOp {
     /// Sets `key` to `value` in `space`, replacing any earlier value.
     Put {
         /// Keyspace name.
@@ -53,35 +55,35 @@ pub enum Op {
     },
 }
 
-impl Op {
+impl BatchOp {
     /// The keyspace this operation writes.
     pub fn space(&self) -> &str {
         match self {
-            Op::Put { space, .. } | Op::Delete { space, .. } | Op::DeleteRange { space, .. } => space,
+            BatchOp::Put { space, .. } | BatchOp::Delete { space, .. } | BatchOp::DeleteRange { space, .. } => space,
         }
     }
 
     /// Bytes this operation carries: keyspace name, key(s) and value.
     pub fn payload_bytes(&self) -> usize {
         match self {
-            Op::Put { space, key, value } => space.len() + key.len() + value.len(),
-            Op::Delete { space, key } => space.len() + key.len(),
-            Op::DeleteRange { space, range } => space.len() + range.bound_bytes(),
+            BatchOp::Put { space, key, value } => space.len() + key.len() + value.len(),
+            BatchOp::Delete { space, key } => space.len() + key.len(),
+            BatchOp::DeleteRange { space, range } => space.len() + range.bound_bytes(),
         }
     }
 
     fn validate(&self) -> Result<(), InvalidInput> {
         validate_space_name(self.space())?;
         match self {
-            Op::Put { key, value, .. } => {
+            BatchOp::Put { key, value, .. } => {
                 validate_key(key)?;
                 if value.len() > VALUE_BYTES_MAX {
                     return Err(InvalidInput::ValueTooLarge { len: value.len(), max: VALUE_BYTES_MAX });
                 }
                 Ok(())
             }
-            Op::Delete { key, .. } => validate_key(key),
-            Op::DeleteRange { range, .. } => range.validate(),
+            BatchOp::Delete { key, .. } => validate_key(key),
+            BatchOp::DeleteRange { range, .. } => range.validate(),
         }
     }
 }
@@ -110,7 +112,7 @@ pub(crate) fn validate_key(key: &[u8]) -> Result<(), InvalidInput> {
 /// the same key overrides an earlier one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
-    ops: Vec<Op>,
+    ops: Vec<BatchOp>,
     payload_bytes: usize,
 }
 
@@ -122,21 +124,21 @@ impl WriteBatch {
 
     /// Appends a put.
     pub fn put(&mut self, space: impl Into<String>, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
-        self.push(Op::Put { space: space.into(), key: key.into(), value: value.into() })
+        self.push(BatchOp::Put { space: space.into(), key: key.into(), value: value.into() })
     }
 
     /// Appends a delete of one key.
     pub fn delete(&mut self, space: impl Into<String>, key: impl Into<Vec<u8>>) -> &mut Self {
-        self.push(Op::Delete { space: space.into(), key: key.into() })
+        self.push(BatchOp::Delete { space: space.into(), key: key.into() })
     }
 
     /// Appends a delete of every key in `range`.
     pub fn delete_range(&mut self, space: impl Into<String>, range: KeyRange) -> &mut Self {
-        self.push(Op::DeleteRange { space: space.into(), range })
+        self.push(BatchOp::DeleteRange { space: space.into(), range })
     }
 
     /// Appends any operation.
-    pub fn push(&mut self, op: Op) -> &mut Self {
+    pub fn push(&mut self, op: BatchOp) -> &mut Self {
         self.payload_bytes = self.payload_bytes.saturating_add(op.payload_bytes());
         self.ops.push(op);
         self
@@ -149,12 +151,12 @@ impl WriteBatch {
     }
 
     /// The operations, in commit order.
-    pub fn ops(&self) -> &[Op] {
+    pub fn ops(&self) -> &[BatchOp] {
         &self.ops
     }
 
     /// Consumes the batch, returning its operations in commit order.
-    pub fn into_ops(self) -> Vec<Op> {
+    pub fn into_ops(self) -> Vec<BatchOp> {
         self.ops
     }
 
@@ -168,7 +170,7 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
-    /// Sum of [`Op::payload_bytes`] over the batch; bounded by [`BATCH_BYTES_MAX`].
+    /// Sum of [`BatchOp::payload_bytes`] over the batch; bounded by [`BATCH_BYTES_MAX`].
     pub fn payload_bytes(&self) -> usize {
         self.payload_bytes
     }
@@ -183,12 +185,12 @@ impl WriteBatch {
         if self.payload_bytes > BATCH_BYTES_MAX {
             return Err(InvalidInput::BatchTooLarge { bytes: self.payload_bytes, max: BATCH_BYTES_MAX });
         }
-        self.ops.iter().try_for_each(Op::validate)
+        self.ops.iter().try_for_each(BatchOp::validate)
     }
 }
 
-impl FromIterator<Op> for WriteBatch {
-    fn from_iter<I: IntoIterator<Item = Op>>(iter: I) -> Self {
+impl FromIterator<BatchOp> for WriteBatch {
+    fn from_iter<I: IntoIterator<Item = BatchOp>>(iter: I) -> Self {
         let mut batch = WriteBatch::new();
         for op in iter {
             batch.push(op);

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
 use crate::{
-    BATCH_OPS_MAX, CommitError, InvalidInput, KEY_BYTES_MAX, KeyRange, Op, ReadError, SCAN_LIMIT_MAX,
+    BATCH_OPS_MAX, BatchOp, CommitError, InvalidInput, KEY_BYTES_MAX, KeyRange, ReadError, SCAN_LIMIT_MAX,
     SPACE_NAME_BYTES_MAX, ScanPage, Storage, VALUE_BYTES_MAX, WriteBatch,
 };
 
@@ -321,11 +321,11 @@ pub fn invalid_batch_is_refused_and_changes_nothing<S: Storage + ?Sized>(store: 
     good.put("s", b"keep".to_vec(), b"1".to_vec());
     commit(store, good);
     let bad_ops = [
-        Op::Put { space: String::new(), key: b"k".to_vec(), value: vec![] },
-        Op::Delete { space: "x".repeat(SPACE_NAME_BYTES_MAX + 1), key: b"k".to_vec() },
-        Op::Put { space: "s".to_owned(), key: vec![0; KEY_BYTES_MAX + 1], value: vec![] },
-        Op::Put { space: "s".to_owned(), key: b"k".to_vec(), value: vec![0; VALUE_BYTES_MAX + 1] },
-        Op::DeleteRange { space: "s".to_owned(), range: KeyRange::from_key(vec![0; KEY_BYTES_MAX + 1]) },
+        BatchOp::Put { space: String::new(), key: b"k".to_vec(), value: vec![] },
+        BatchOp::Delete { space: "x".repeat(SPACE_NAME_BYTES_MAX + 1), key: b"k".to_vec() },
+        BatchOp::Put { space: "s".to_owned(), key: vec![0; KEY_BYTES_MAX + 1], value: vec![] },
+        BatchOp::Put { space: "s".to_owned(), key: b"k".to_vec(), value: vec![0; VALUE_BYTES_MAX + 1] },
+        BatchOp::DeleteRange { space: "s".to_owned(), range: KeyRange::from_key(vec![0; KEY_BYTES_MAX + 1]) },
     ];
     for bad in bad_ops {
         let mut batch = WriteBatch::new();
@@ -338,7 +338,7 @@ pub fn invalid_batch_is_refused_and_changes_nothing<S: Storage + ?Sized>(store: 
         assert_eq!(spaces(store), vec!["s"]);
     }
     let too_many: WriteBatch =
-        (0..=BATCH_OPS_MAX).map(|_| Op::Delete { space: "s".to_owned(), key: b"keep".to_vec() }).collect();
+        (0..=BATCH_OPS_MAX).map(|_| BatchOp::Delete { space: "s".to_owned(), key: b"keep".to_vec() }).collect();
     assert!(matches!(store.commit(too_many), Err(CommitError::Invalid(InvalidInput::TooManyOps { .. }))));
     assert_eq!(get(store, "s", b"keep"), Some(b"1".to_vec()));
     let mut after = WriteBatch::new();
@@ -509,13 +509,13 @@ impl Model {
     pub fn apply(&mut self, batch: &WriteBatch) {
         for op in batch.ops() {
             match op {
-                Op::Put { space, key, value } => {
+                BatchOp::Put { space, key, value } => {
                     self.spaces.entry(space.clone()).or_default().insert(key.clone(), value.clone());
                 }
-                Op::Delete { space, key } => {
+                BatchOp::Delete { space, key } => {
                     self.spaces.entry(space.clone()).or_default().remove(key);
                 }
-                Op::DeleteRange { space, range } => {
+                BatchOp::DeleteRange { space, range } => {
                     self.spaces.entry(space.clone()).or_default().retain(|key, _| !range.contains(key));
                 }
             }
@@ -641,13 +641,13 @@ impl Cursor<'_> {
         Some(KeyRange { start: self.bound()?, end: self.bound()? })
     }
 
-    fn op(&mut self) -> Option<Op> {
+    fn op(&mut self) -> Option<BatchOp> {
         Some(match self.byte()? % 16 {
-            0..=6 => Op::Put { space: self.space()?, key: self.key()?, value: self.value()? },
-            7..=11 => Op::Delete { space: self.space()?, key: self.key()? },
-            12..=14 => Op::DeleteRange { space: self.space()?, range: self.range()? },
+            0..=6 => BatchOp::Put { space: self.space()?, key: self.key()?, value: self.value()? },
+            7..=11 => BatchOp::Delete { space: self.space()?, key: self.key()? },
+            12..=14 => BatchOp::DeleteRange { space: self.space()?, range: self.range()? },
             // Rarely an invalid op, so refusal and its atomicity are exercised.
-            _ => Op::Put { space: String::new(), key: self.key()?, value: Vec::new() },
+            _ => BatchOp::Put { space: String::new(), key: self.key()?, value: Vec::new() },
         })
     }
 

@@ -31,7 +31,7 @@ pub mod wal;
 pub mod conformance;
 
 pub use batch::{
-    BATCH_BYTES_MAX, BATCH_OPS_MAX, KEY_BYTES_MAX, Op, SPACE_NAME_BYTES_MAX, VALUE_BYTES_MAX, WriteBatch,
+    BATCH_BYTES_MAX, BATCH_OPS_MAX, BatchOp, KEY_BYTES_MAX, SPACE_NAME_BYTES_MAX, VALUE_BYTES_MAX, WriteBatch,
     validate_space_name,
 };
 pub use error::{CommitError, InvalidInput, OpenError, ReadError};

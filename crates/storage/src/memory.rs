@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::batch::{Op, WriteBatch, validate_space_name};
+use crate::batch::{BatchOp, WriteBatch, validate_space_name};
 use crate::error::{CommitError, ReadError};
 use crate::range::KeyRange;
 use crate::storage::{EntryVisitor, SCAN_LIMIT_MAX, ScanPage, Storage};
@@ -75,10 +75,10 @@ impl Storage for MemoryStorage {
         // place is atomic: no error can occur half way.
         for op in batch.into_ops() {
             match op {
-                Op::Put { space, key, value } => {
+                BatchOp::Put { space, key, value } => {
                     state.spaces.entry(space).or_default().insert(key, value);
                 }
-                Op::Delete { space, key } => {
+                BatchOp::Delete { space, key } => {
                     if let Some(entries) = state.spaces.get_mut(&space) {
                         entries.remove(&key);
                         if entries.is_empty() {
@@ -86,7 +86,7 @@ impl Storage for MemoryStorage {
                         }
                     }
                 }
-                Op::DeleteRange { space, range } => {
+                BatchOp::DeleteRange { space, range } => {
                     if range.is_empty() {
                         continue;
                     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use crate::batch::{Op, WriteBatch, validate_space_name};
+use crate::batch::{BatchOp, WriteBatch, validate_space_name};
 use crate::error::{CommitError, Fault, OpenError, ReadError};
 use crate::range::KeyRange;
 use crate::storage::{EntryVisitor, SCAN_LIMIT_MAX, ScanPage, Storage};
@@ -301,13 +301,13 @@ fn apply_batches(db: &Database, batches: &[WriteBatch], durability: Durability) 
         };
         for op in batches.iter().flat_map(|b| b.ops()) {
             match op {
-                Op::Put { space, key, value } => {
+                BatchOp::Put { space, key, value } => {
                     latest.insert((space.as_str(), key.as_slice()), Some(value.as_slice()));
                 }
-                Op::Delete { space, key } => {
+                BatchOp::Delete { space, key } => {
                     latest.insert((space.as_str(), key.as_slice()), None);
                 }
-                Op::DeleteRange { space, range } => {
+                BatchOp::DeleteRange { space, range } => {
                     write_latest(&mut latest, &mut tables)?;
                     let Some(table) = tables.get_mut(space.as_str()) else {
                         unreachable!("every keyspace of the batches was opened above");

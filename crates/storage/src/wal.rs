@@ -23,7 +23,7 @@
 
 use std::ops::Bound;
 
-use crate::batch::{Op, WriteBatch};
+use crate::batch::{BatchOp, WriteBatch};
 use crate::range::KeyRange;
 
 /// Log size at which the next commit checkpoints redb and empties the log.
@@ -63,18 +63,18 @@ pub fn encode_frame(batch: &WriteBatch) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_BYTES];
     for op in batch.ops() {
         match op {
-            Op::Put { space, key, value } => {
+            BatchOp::Put { space, key, value } => {
                 out.push(OP_PUT);
                 put_bytes(&mut out, space.as_bytes());
                 put_bytes(&mut out, key);
                 put_bytes(&mut out, value);
             }
-            Op::Delete { space, key } => {
+            BatchOp::Delete { space, key } => {
                 out.push(OP_DELETE);
                 put_bytes(&mut out, space.as_bytes());
                 put_bytes(&mut out, key);
             }
-            Op::DeleteRange { space, range } => {
+            BatchOp::DeleteRange { space, range } => {
                 out.push(OP_DELETE_RANGE);
                 put_bytes(&mut out, space.as_bytes());
                 put_bound(&mut out, &range.start);

@@ -8,11 +8,18 @@
 //! themselves; `negentropy_bytes` counts the same way (its protocol plus the
 //! same entries), so the two compare like for like. `protocol_bytes` and
 //! `negentropy_protocol_bytes` are the protocol parts alone.
+//!
+//! The harness itself (set generation, both protocols, the checks that each
+//! finds exactly the differences) is in [`compare`].
+
+mod compare;
 
 use anyhow::{Result, bail};
 use clap::Args;
 use serde::Serialize;
 use std::process::ExitCode;
+
+use compare::{BenchReport, bench_compare};
 
 #[derive(Args, Debug)]
 pub struct AntiEntropyArgs {
@@ -65,22 +72,7 @@ pub fn run(args: AntiEntropyArgs) -> Result<ExitCode> {
         );
     }
     for d in ds {
-        let r = chorus_reconcile::bench_compare(args.n, d, args.seed);
-        let bytes = r.bytes + r.diff_bytes;
-        let row = Row {
-            n: r.n,
-            d: r.d,
-            bytes,
-            diff_bytes: r.diff_bytes,
-            round_trips: r.round_trips,
-            cpu_ms: r.cpu_ms,
-            negentropy_bytes: r.negentropy_bytes + r.diff_bytes,
-            full_state_bytes: r.full_state_bytes,
-            protocol_bytes: r.bytes,
-            negentropy_protocol_bytes: r.negentropy_bytes,
-            ratio: if r.diff_bytes == 0 { 0.0 } else { bytes as f64 / r.diff_bytes as f64 },
-            within_target: (bytes as f64) <= 1.5 * r.diff_bytes as f64 + 65_536.0,
-        };
+        let row = row_of(&bench_compare(args.n, d, args.seed));
         if args.json {
             println!("{}", serde_json::to_string(&row)?);
         } else {
@@ -99,4 +91,58 @@ pub fn run(args: AntiEntropyArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The printed row of one run: totals include the differing entries, the
+/// `*protocol_bytes` fields are the protocols alone.
+fn row_of(r: &BenchReport) -> Row {
+    let bytes = r.bytes + r.diff_bytes;
+    Row {
+        n: r.n,
+        d: r.d,
+        bytes,
+        diff_bytes: r.diff_bytes,
+        round_trips: r.round_trips,
+        cpu_ms: r.cpu_ms,
+        negentropy_bytes: r.negentropy_bytes + r.diff_bytes,
+        full_state_bytes: r.full_state_bytes,
+        protocol_bytes: r.bytes,
+        negentropy_protocol_bytes: r.negentropy_bytes,
+        ratio: if r.diff_bytes == 0 { 0.0 } else { bytes as f64 / r.diff_bytes as f64 },
+        within_target: (bytes as f64) <= 1.5 * r.diff_bytes as f64 + 65_536.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bench_compare, row_of};
+
+    #[test]
+    fn json_rows_keep_the_documented_field_names_and_totals() {
+        let report = bench_compare(2_000, 30, 9);
+        let json = serde_json::to_value(row_of(&report)).unwrap();
+        let mut fields: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "bytes",
+                "cpu_ms",
+                "d",
+                "diff_bytes",
+                "full_state_bytes",
+                "n",
+                "negentropy_bytes",
+                "negentropy_protocol_bytes",
+                "protocol_bytes",
+                "ratio",
+                "round_trips",
+                "within_target"
+            ]
+        );
+        assert_eq!((json["n"].as_u64(), json["d"].as_u64()), (Some(2_000), Some(30)));
+        assert_eq!(json["bytes"].as_u64(), Some(report.bytes + report.diff_bytes));
+        assert_eq!(json["protocol_bytes"].as_u64(), Some(report.bytes));
+        assert_eq!(json["negentropy_bytes"].as_u64(), Some(report.negentropy_bytes + report.diff_bytes));
+    }
 }

@@ -1,25 +1,24 @@
-//! The anti-entropy benchmark (SPEC §11): this protocol against the
+//! The anti-entropy benchmark (SPEC §11): `chorus-reconcile` against the
 //! `negentropy` crate and a naive full-state transfer, on the same sets.
 //!
-//! This module is a benchmark harness, not protocol logic: it reads the
-//! monotonic clock to report CPU time and uses its own seeded generator.
+//! This is a benchmark harness, not protocol logic: it reads the monotonic
+//! clock to report CPU time and uses its own seeded generator. It lives in
+//! the binary, not in `chorus-reconcile`, so the protocol crate keeps no I/O
+//! and does not depend on negentropy (docs/ARCHITECTURE.md, "Architecture
+//! invariants").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use chorus_reconcile::{Digest, ItemIndex, Key, Message, Reconciler};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
-use serde::Serialize;
-
-use crate::index::{Digest, ItemIndex, Key};
-use crate::session::Reconciler;
-use crate::wire::Message;
 
 /// Bytes of the value of each benchmark entry.
 const VALUE_BYTES: usize = 80;
 
-/// Result of [`bench_compare`]; field names are part of the
-/// `chorus bench anti-entropy --json` output.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Result of [`bench_compare`]. `chorus bench anti-entropy` turns it into
+/// its JSON rows (`super::Row`), whose field names are the stable interface.
+#[derive(Clone, Debug, PartialEq)]
 pub struct BenchReport {
     /// Items per side before the differences were applied.
     pub n: u64,
@@ -267,4 +266,38 @@ fn run_negentropy(items_a: &[(Key, Digest)], items_b: &[(Key, Digest)], differen
     }
     assert_eq!(have.len() + need.len(), differences, "negentropy found every difference");
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_compare;
+
+    #[test]
+    fn the_protocol_beats_negentropy_and_full_state_on_the_same_sets() {
+        let report = bench_compare(5_000, 50, 10);
+        assert_eq!((report.n, report.d), (5_000, 50));
+        assert!(report.bytes < report.negentropy_bytes, "{report:?}");
+        assert!(report.bytes < report.diff_bytes, "{report:?}");
+        assert!(report.diff_bytes < report.full_state_bytes / 10, "{report:?}");
+        // Total anti-entropy traffic within the target 1.5 × diff_bytes + 64 KiB.
+        assert!(report.bytes + report.diff_bytes <= report.diff_bytes * 3 / 2 + 64 * 1024);
+        assert!(report.round_trips >= 2);
+    }
+
+    #[test]
+    fn a_benchmark_without_differences_finishes_in_one_round_trip() {
+        let report = bench_compare(1_000, 0, 11);
+        assert_eq!((report.round_trips, report.diff_bytes), (1, 0));
+        assert!(report.bytes < 64, "{report:?}");
+    }
+
+    #[test]
+    fn the_same_seed_builds_the_same_sets() {
+        let first = bench_compare(2_000, 30, 9);
+        let second = bench_compare(2_000, 30, 9);
+        let without_time = |r: &super::BenchReport| {
+            (r.n, r.d, r.bytes, r.diff_bytes, r.round_trips, r.negentropy_bytes, r.full_state_bytes)
+        };
+        assert_eq!(without_time(&first), without_time(&second));
+    }
 }
