@@ -23,7 +23,6 @@ pub mod config;
 pub mod probe;
 pub mod runtime;
 pub mod strong;
-pub mod strong_api;
 pub mod telemetry;
 pub mod token;
 
@@ -287,6 +286,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         info,
         metrics: metrics.clone(),
         strong: strong.clone(),
+        eventual_names: api::EventualNames::default(),
     };
     let app = api::router(state);
     let mut http_stop = shutdown_rx.clone();
