@@ -201,12 +201,12 @@ pub fn set_op(t: &Target, key: &str, op: &str, member: &str) -> Result<ExitCode>
 
 pub fn members(t: &Target) -> Result<ExitCode> {
     let v = Client::new(&t.node).ok("GET", "/v1/members", None)?;
-    println!("{:<24} {:<8} {:<22} generation", "name", "state", "address");
+    println!("{:<24} {:<8} {:<22} {:<22} generation", "name", "state", "address", "api");
     let me = v.get("self").into_iter();
     for m in me.chain(v.get("members").and_then(Value::as_array).into_iter().flatten()) {
-        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
         let generation = m.get("generation").and_then(Value::as_u64).unwrap_or(0);
-        println!("{:<24} {:<8} {:<22} {generation}", s("name"), s("state"), s("addr"));
+        println!("{:<24} {:<8} {:<22} {:<22} {generation}", s("name"), s("state"), s("addr"), s("api_addr"));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use chorus_core::{Node, NodeId};
 use chorus_net::{MemberState, Membership};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 
 // ---------------------------------------------------------------- health
 
@@ -149,18 +150,25 @@ fn member_state(s: MemberState) -> &'static str {
 struct MemberBody {
     name: String,
     node_id: String,
+    /// Peer (QUIC) address.
     addr: String,
+    /// HTTP API address, as the member advertises it in its SWIM identity
+    /// (`null` for a member that serves no API).
+    api_addr: Option<String>,
     state: &'static str,
     generation: u64,
     tier: u8,
 }
 
-/// GET /v1/members: this node and every member its SWIM view holds.
+/// GET /v1/members: this node and every member its SWIM view holds, each
+/// with the API address clients can reach it on.
 pub(crate) async fn members(State(s): State<ApiState>) -> Json<Value> {
+    let api_addr = |a: Option<SocketAddr>| a.map(|a| a.to_string());
     let me = MemberBody {
         name: s.info.name.clone(),
         node_id: s.info.node_id.to_string(),
         addr: s.info.peer_addr.to_string(),
+        api_addr: api_addr(s.membership.local().api_addr),
         state: "alive",
         generation: s.info.generation,
         tier: s.info.tier,
@@ -173,6 +181,7 @@ pub(crate) async fn members(State(s): State<ApiState>) -> Json<Value> {
             node_id: NodeId::from_name(&m.name).to_string(),
             name: m.name,
             addr: m.addr.to_string(),
+            api_addr: api_addr(m.api_addr),
             state: member_state(m.state),
             generation: m.generation,
             tier: m.tier,
