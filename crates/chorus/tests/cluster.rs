@@ -339,6 +339,7 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
     let stdout = dev.stdout.take().unwrap();
     let mut dev = KillOnDrop(dev);
     let mut urls = Vec::new();
+    let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
@@ -346,11 +347,29 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
         {
             urls.push(url.to_string());
         }
-        if line.contains("Ctrl-C") {
+        lines.push(line.clone());
+        if line == "ready" {
             break;
         }
     }
+    assert_eq!(lines.last().map(String::as_str), Some("ready"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("Ctrl-C")), "{lines:?}");
     assert_eq!(urls, ["http://127.0.0.1:17301", "http://127.0.0.1:17302", "http://127.0.0.1:17303"]);
+    // `ready` means at once, with no retry: every node sees the others
+    // alive and names the same Raft leader.
+    let http = Http::new();
+    let mut leaders = BTreeSet::new();
+    for url in &urls {
+        let (_, members) = http.get(&format!("{url}/v1/members")).unwrap();
+        let alive = members["members"].as_array().unwrap().iter().filter(|m| m["state"] == "alive").count();
+        assert_eq!(alive, 2, "{url}: {members}");
+        let (status, raft) = http.get(&format!("{url}/v1/raft")).unwrap();
+        assert_eq!(status, 200, "{raft}");
+        leaders.insert(raft["leader"].as_str().unwrap_or_else(|| panic!("{url} knows no leader: {raft}")).to_string());
+    }
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+    let out = chorus(&["ns", "create", "locks", "--mode", "strong", "--node", &urls[1]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = chorus(&["put", "greeting", "hello world", "--node", &urls[0]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got = eventually("the value on node3 through the CLI", CONVERGE, || {
@@ -370,7 +389,6 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
     }
     let status = dev.0.wait().unwrap();
     assert!(status.success(), "{status}");
-    let http = Http::new();
     eventually("every agent to stop", Duration::from_secs(10), || {
         urls.iter().all(|u| http.get(&format!("{u}/health")).is_none()).then_some(())
     });
