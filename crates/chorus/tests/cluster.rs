@@ -207,6 +207,55 @@ fn nodes_without_a_certificate_or_with_another_cas_certificate_cannot_join_or_wr
 }
 
 #[test]
+fn every_node_lists_the_api_address_of_itself_and_every_member_even_one_bound_to_port_0() {
+    let mut c = Cluster::prepare(36, 3, "");
+    // node3 asks for any free port: only membership can tell where it is.
+    let port_0 = std::fs::read_to_string(&c.agents[2].config)
+        .unwrap()
+        .replace(&format!("api_addr = \"{}:{API_PORT}\"", c.ip(3)), &format!("api_addr = \"{}:0\"", c.ip(3)));
+    assert!(port_0.contains(":0\""), "{port_0}");
+    std::fs::write(&c.agents[2].config, port_0).unwrap();
+    for a in &mut c.agents {
+        a.start();
+    }
+    c.agents[0].wait_healthy(&c.http);
+    c.agents[1].wait_healthy(&c.http);
+    let node3_api = eventually("node1 to learn node3's API address", CONVERGE, || {
+        let members = c.agents[0].members(&c.http);
+        let node3 = members.iter().find(|m| m["name"] == "node3" && m["state"] == "alive")?;
+        node3["api_addr"].as_str().map(str::to_string)
+    });
+    let (ip, port) = node3_api.rsplit_once(':').unwrap();
+    assert_eq!(ip, c.ip(3), "{node3_api}");
+    assert_ne!(port, "0", "node3 advertised the configured port 0, not the bound one");
+    c.agents[2].api = format!("http://{node3_api}");
+    c.agents[2].wait_healthy(&c.http);
+    c.wait_all_alive();
+    let (_, status) = c.http.get(&c.agents[2].url("/v1/status")).expect("node3 answers where node1 said");
+    assert_eq!(status["api_addr"], node3_api, "{status}");
+
+    let expected = |name: &str| match name {
+        "node3" => node3_api.clone(),
+        n => format!("{}:{API_PORT}", c.ip(n.trim_start_matches("node").parse().unwrap())),
+    };
+    for a in &c.agents {
+        let (status, v) = c.http.get(&a.url("/v1/members")).unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["self"]["name"], a.name.as_str(), "{v}");
+        assert_eq!(v["self"]["api_addr"], expected(&a.name), "{} about itself: {v}", a.name);
+        let members = v["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2, "{v}");
+        for m in members {
+            let name = m["name"].as_str().unwrap();
+            assert_eq!(m["api_addr"], expected(name), "{} about {name}: {v}", a.name);
+            // The advertised address really serves that member's API.
+            let (_, other) = c.http.get(&format!("http://{}/v1/status", m["api_addr"].as_str().unwrap())).unwrap();
+            assert_eq!(other["name"], name, "{other}");
+        }
+    }
+}
+
+#[test]
 fn bad_requests_get_json_errors_that_name_the_problem_and_the_node_keeps_serving() {
     let c = Cluster::start(35, 1, "max_value_bytes = 1024");
     let a = &c.agents[0];
@@ -290,6 +339,7 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
     let stdout = dev.stdout.take().unwrap();
     let mut dev = KillOnDrop(dev);
     let mut urls = Vec::new();
+    let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
         if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
@@ -297,11 +347,29 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
         {
             urls.push(url.to_string());
         }
-        if line.contains("Ctrl-C") {
+        lines.push(line.clone());
+        if line == "ready" {
             break;
         }
     }
+    assert_eq!(lines.last().map(String::as_str), Some("ready"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("Ctrl-C")), "{lines:?}");
     assert_eq!(urls, ["http://127.0.0.1:17301", "http://127.0.0.1:17302", "http://127.0.0.1:17303"]);
+    // `ready` means at once, with no retry: every node sees the others
+    // alive and names the same Raft leader.
+    let http = Http::new();
+    let mut leaders = BTreeSet::new();
+    for url in &urls {
+        let (_, members) = http.get(&format!("{url}/v1/members")).unwrap();
+        let alive = members["members"].as_array().unwrap().iter().filter(|m| m["state"] == "alive").count();
+        assert_eq!(alive, 2, "{url}: {members}");
+        let (status, raft) = http.get(&format!("{url}/v1/raft")).unwrap();
+        assert_eq!(status, 200, "{raft}");
+        leaders.insert(raft["leader"].as_str().unwrap_or_else(|| panic!("{url} knows no leader: {raft}")).to_string());
+    }
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+    let out = chorus(&["ns", "create", "locks", "--mode", "strong", "--node", &urls[1]]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = chorus(&["put", "greeting", "hello world", "--node", &urls[0]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got = eventually("the value on node3 through the CLI", CONVERGE, || {
@@ -321,7 +389,6 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
     }
     let status = dev.0.wait().unwrap();
     assert!(status.success(), "{status}");
-    let http = Http::new();
     eventually("every agent to stop", Duration::from_secs(10), || {
         urls.iter().all(|u| http.get(&format!("{u}/health")).is_none()).then_some(())
     });

@@ -633,3 +633,74 @@ fn bad_strong_requests_get_json_errors_that_name_the_problem_on_a_one_voter_clus
     assert_eq!(values, ["v1", "v2"], "{events:?}");
     assert!(events.windows(2).all(|w| w[0]["revision"].as_u64() < w[1]["revision"].as_u64()), "{events:?}");
 }
+
+/// `chorus_strong_registry_reads_total` of one node: the times it asked
+/// the Raft leader whether a name is a strong namespace (0 before the first).
+fn registry_reads(c: &Cluster, i: usize) -> u64 {
+    let (status, text) = c.http.get(&url(c, i, "/metrics")).expect("metrics");
+    assert_eq!(status, 200, "{text}");
+    let text = text.as_str().expect("prometheus text");
+    text.lines()
+        .find_map(|l| l.strip_prefix("chorus_strong_registry_reads_total "))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+}
+
+#[test]
+fn missing_keys_and_bad_bodies_never_ask_the_raft_leader_but_a_namespace_created_elsewhere_is_found_at_once() {
+    let c = strong_cluster(49, 3, "s");
+    let (status, v) = post(&c, 0, "/v1/ns", json!({ "name": "hits", "type": "counter" })).unwrap();
+    assert_eq!(status, 201, "{v}");
+    let node2 = &c.agents[1];
+    eventually("node2 to have the eventual namespace hits", CONVERGE, || {
+        c.http.get(&node2.url("/v1/ns/hits")).filter(|(s, v)| *s == 200 && v["mode"] == "eventual").map(|_| ())
+    });
+    eventually("node2 to have the strong namespace s", CONVERGE, || {
+        c.http.get(&node2.url("/v1/ns/s")).filter(|(s, v)| *s == 200 && v["mode"] == "strong").map(|_| ())
+    });
+    let before = registry_reads(&c, 1);
+    // Each of these names a namespace that node2 knows, as eventual or as
+    // strong, and fails for another reason: none may ask the leader. (The
+    // code this replaced retried every `bad_json` and `no_such_namespace`
+    // of an eventual route as strong, and asked the leader about every
+    // namespace of a strong-only route.)
+    let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
+        ("GET", "/v1/ns/default/kv/absent", None, 404, "not_found"),
+        ("GET", "/v1/ns/hits/counter/absent", None, 404, "not_found"),
+        ("PUT", "/v1/ns/default/kv/k", Some("{not json"), 400, "bad_json"),
+        // A strong namespace's body (`lease`) on an eventual namespace.
+        ("PUT", "/v1/ns/default/kv/k", Some(r#"{"value":"v","lease":7}"#), 400, "bad_json"),
+        ("PUT", "/v1/ns/default/kv/k", Some(r#"{"value":"v","context":"!!"}"#), 400, "bad_context"),
+        ("DELETE", "/v1/ns/default/kv/k?context=!!", None, 400, "bad_context"),
+        ("POST", "/v1/ns/hits/counter/k", Some(r#"{"amount":"many"}"#), 400, "bad_json"),
+        ("POST", "/v1/ns/default/set/k", Some(r#"{"op":"add","member":"m"}"#), 400, "wrong_type"),
+        ("POST", "/v1/ns/default/cas/k", Some(r#"{"value":"v"}"#), 404, "no_such_namespace"),
+        ("POST", "/v1/ns/hits/txn", Some("{}"), 404, "no_such_namespace"),
+        ("GET", "/v1/ns/default/lock/m", None, 404, "no_such_namespace"),
+        ("GET", "/v1/ns/default/watch", None, 404, "no_such_namespace"),
+        // An eventual namespace's body (`context`) on a strong namespace.
+        ("PUT", "/v1/ns/s/kv/k", Some(r#"{"value":"v","context":"x"}"#), 400, "bad_json"),
+        ("POST", "/v1/ns/s/counter/k", Some(r#"{"amount":1}"#), 400, "wrong_type"),
+        ("POST", "/v1/ns/s/cas/k", Some("[]"), 400, "bad_json"),
+    ];
+    for (method, path, body, status, code) in &cases {
+        let (got, v) = c.http.req(method, &node2.url(path), *body).expect("node answers");
+        assert_eq!((got, v["error"].as_str()), (*status, Some(*code)), "{method} {path}: {v}");
+    }
+    assert_eq!(registry_reads(&c, 1), before, "a request above asked the leader about its namespace");
+    // The counter does count: a name no local registry knows is asked about once.
+    let (got, v) = c.http.get(&node2.url("/v1/ns/nope/kv/k")).unwrap();
+    assert_eq!((got, v["error"].as_str()), (404, Some("no_such_namespace")), "{v}");
+    assert_eq!(registry_reads(&c, 1), before + 1);
+
+    // A strong namespace created through node1 is usable through node3 as
+    // soon as the create returns, applied there yet or not.
+    for i in 0..5 {
+        let ns = format!("fresh{i}");
+        let (status, v) = post(&c, 0, "/v1/ns", json!({ "name": ns, "mode": "strong" })).unwrap();
+        assert_eq!(status, 201, "{v}");
+        let body = json!({ "value": "v" }).to_string();
+        let (status, v) = request(&c, "PUT", 2, &format!("/v1/ns/{ns}/kv/k"), Some(&body)).unwrap();
+        assert_eq!(status, 200, "PUT through node3 right after the create on node1: {v}");
+        assert!(v["revision"].as_u64().is_some(), "a strong answer: {v}");
+    }
+}

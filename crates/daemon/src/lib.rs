@@ -25,7 +25,6 @@ pub mod knobs;
 pub mod probe;
 pub mod runtime;
 pub mod strong;
-pub mod strong_api;
 pub mod telemetry;
 pub mod token;
 
@@ -230,7 +229,20 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         suspect_to_down_after_ms: config.suspect_to_down_after_ms,
         ..MembershipConfig::default()
     };
-    let identity = NodeIdentity { name: config.name.clone(), addr: peer_addr, generation, tier: config.tier };
+    // The API listener is bound before SWIM starts so that the identity
+    // carries the real port (a configured port 0 included); connections
+    // wait in its backlog until HTTP is served below.
+    let listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", config.api_addr))?;
+    let api_addr = listener.local_addr()?;
+    let identity = NodeIdentity {
+        name: config.name.clone(),
+        addr: peer_addr,
+        api_addr: Some(advertised_api_addr(api_addr, peer_addr)),
+        generation,
+        tier: config.tier,
+    };
     let membership =
         Membership::start(transport.clone(), identity, config.seeds.clone(), mconfig).context("starting membership")?;
 
@@ -268,10 +280,6 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         Duration::from_millis(config.request_timeout_ms),
     );
 
-    let listener = tokio::net::TcpListener::bind(config.api_addr)
-        .await
-        .with_context(|| format!("binding the HTTP API on {}", config.api_addr))?;
-    let api_addr = listener.local_addr()?;
     let metrics = telemetry::install();
     let info = Arc::new(api::NodeInfo {
         name: config.name.clone(),
@@ -291,6 +299,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         info,
         metrics: metrics.clone(),
         strong: strong.clone(),
+        eventual_names: api::EventualNames::default(),
     };
     let app = api::router(state);
     let mut http_stop = shutdown_rx.clone();
@@ -315,6 +324,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     tokio::spawn(upkeep(handle, membership.clone(), transport.clone(), metrics, shutdown_rx));
     tracing::info!(name = %config.name, %api_addr, %peer_addr, generation, "chorus node started");
     Ok(Daemon { api_addr, shutdown: shutdown_tx, node_task, http_task, membership, transport, strong })
+}
+
+/// The API address other nodes and clients are told: the bound one, except
+/// that a wildcard IP (`0.0.0.0`, `::`) is replaced by the IP this node
+/// advertises to its peers, which they can reach.
+fn advertised_api_addr(bound: SocketAddr, advertised_peer: SocketAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() { SocketAddr::new(advertised_peer.ip(), bound.port()) } else { bound }
 }
 
 /// Bound of the queue of peer traffic into the node task.
@@ -382,4 +398,20 @@ pub fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_api_address_is_advertised_with_the_peer_ip_and_the_bound_port() {
+        let peer: SocketAddr = "10.0.0.7:7201".parse().unwrap();
+        let wildcard: SocketAddr = "0.0.0.0:40123".parse().unwrap();
+        assert_eq!(advertised_api_addr(wildcard, peer), "10.0.0.7:40123".parse().unwrap());
+        let v6_wildcard: SocketAddr = "[::]:7101".parse().unwrap();
+        assert_eq!(advertised_api_addr(v6_wildcard, peer), "10.0.0.7:7101".parse().unwrap());
+        let bound: SocketAddr = "127.0.0.3:7101".parse().unwrap();
+        assert_eq!(advertised_api_addr(bound, peer), bound);
+    }
 }

@@ -130,11 +130,14 @@ impl StrongService {
     }
 
     /// Whether `ns` is strong, asking the leader (for names this replica
-    /// does not know yet).
+    /// does not know yet). Each question to the leader is counted
+    /// (`chorus_strong_registry_reads_total`): the API must ask only about
+    /// names no local registry knows.
     pub async fn is_strong_linearizable(&self, ns: &str) -> Result<bool, StrongError> {
         if self.is_strong(ns) {
             return Ok(true);
         }
+        crate::telemetry::strong_registry_read();
         let found = self.node.read(&registry_key(ns), true).await?.is_some();
         if found {
             self.known.write().unwrap_or_else(PoisonError::into_inner).insert(ns.to_string());
@@ -172,15 +175,20 @@ impl StrongService {
             .into_iter()
             .filter_map(|kv| {
                 let name = String::from_utf8(kv.key.strip_prefix(REGISTRY_PREFIX)?.to_vec()).ok()?;
-                let start = data_key(&name, b"");
-                let end = prefix_end(&start);
-                let count = match self.node.query_stale(Query::Count { start, end }).result {
-                    QueryResult::Count(n) => n,
-                    _ => 0,
-                };
+                let count = self.key_count(&name);
                 Some((name, count))
             })
             .collect()
+    }
+
+    /// Keys of strong namespace `ns` in this replica.
+    pub fn key_count(&self, ns: &str) -> u64 {
+        let start = data_key(ns, b"");
+        let end = prefix_end(&start);
+        match self.node.query_stale(Query::Count { start, end }).result {
+            QueryResult::Count(n) => n,
+            _ => 0,
+        }
     }
 
     /// A Raft id's node name (`#<id>` when unknown).

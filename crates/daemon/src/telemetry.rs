@@ -119,6 +119,11 @@ fn describe() {
     describe_gauge!("chorus_clock_peer_error_bound_seconds", "Error bound of the peer offset estimate, by peer.");
     describe_gauge!("chorus_clock_peer_drift_ppm", "Peer clock frequency relative to ours, ppm (0 until known).");
     describe_gauge!("chorus_clock_peer_falseticker", "1 when the peer was flagged a falseticker, by peer.");
+    describe_counter!(
+        "chorus_strong_registry_reads_total",
+        "Linearizable reads of the strong-namespace registry (asking the Raft leader about a namespace name \
+         that no local registry knew)."
+    );
     describe_gauge!("chorus_members", "Other members known, by SWIM state.");
     describe_gauge!("chorus_partitioned", "1 when fewer than half the known members are reachable.");
 }
@@ -136,6 +141,10 @@ pub fn write_answered(value_type: &'static str, result: &'static str, seconds: f
 
 pub fn read_answered(result: &'static str) {
     counter!("chorus_reads_total", "result" => result).increment(1);
+}
+
+pub fn strong_registry_read() {
+    counter!("chorus_strong_registry_reads_total").increment(1);
 }
 
 pub fn propagation(us: u64) {

@@ -11,7 +11,7 @@
 //! every packet's claimed sender name is checked against the authenticated
 //! connection name before foca sees it.
 //!
-//! Identity: `{name, addr, generation, tier}`. foca's `Identity::addr` is the
+//! Identity: `{name, addr, api_addr, generation, tier}`. foca's `Identity::addr` is the
 //! *name*, so a restarted node (same name, higher generation) replaces its
 //! old self (`Rename`) instead of leaving a ghost. The generation must grow
 //! across restarts: use e.g. boot time in microseconds, or a counter kept on
@@ -56,6 +56,10 @@ pub struct NodeIdentity {
     pub name: String,
     /// Transport address.
     pub addr: SocketAddr,
+    /// Where the member serves its client API (HTTP), as it advertises it,
+    /// so a client that reaches one node can reach every node. `None` for a
+    /// member that serves none. SWIM itself ignores it.
+    pub api_addr: Option<SocketAddr>,
     /// Grows with every restart; the highest generation of a name wins.
     pub generation: u64,
     /// Topology tier 0–8 (SPEC §3 "Tiers"), as the node declares it. Carried
@@ -99,6 +103,8 @@ pub struct MemberInfo {
     pub name: String,
     /// Transport address.
     pub addr: SocketAddr,
+    /// Its client API address (see [`NodeIdentity::api_addr`]).
+    pub api_addr: Option<SocketAddr>,
     /// Its SWIM state.
     pub state: MemberState,
     /// Its generation (restart counter).
@@ -381,8 +387,9 @@ impl Driver {
                 Some((addr, name)) = seed_rx.recv() => {
                     self.seed_names.insert(addr, name.clone());
                     // Placeholder identity for the announce only: foca learns
-                    // the seed's real identity (generation, tier) from its reply.
-                    let seed = NodeIdentity { name, addr, generation: 0, tier: 0 };
+                    // the seed's real identity (generation, tier, API address)
+                    // from its reply.
+                    let seed = NodeIdentity { name, addr, api_addr: None, generation: 0, tier: 0 };
                     if let Err(e) = self.foca.announce(seed, &mut self.runtime) {
                         debug!(error = %e, "announce to seed failed");
                     }
@@ -454,7 +461,7 @@ impl Driver {
                 continue;
             }
             if let Some(name) = self.seed_names.get(&addr) {
-                let seed = NodeIdentity { name: name.clone(), addr, generation: 0, tier: 0 };
+                let seed = NodeIdentity { name: name.clone(), addr, api_addr: None, generation: 0, tier: 0 };
                 if let Err(e) = self.foca.announce(seed, &mut self.runtime) {
                     debug!(error = %e, "announce to seed failed");
                 }
@@ -515,6 +522,7 @@ impl Driver {
             .map(|member| MemberInfo {
                 name: member.id().name.clone(),
                 addr: member.id().addr,
+                api_addr: member.id().api_addr,
                 state: match member.state() {
                     foca::State::Alive => MemberState::Alive,
                     foca::State::Suspect => MemberState::Suspect,

@@ -20,23 +20,39 @@ struct Node {
     _incoming: tokio::sync::mpsc::Receiver<chorus_net::Incoming>,
 }
 
+/// The (never bound) API address node `name` advertises at `generation`:
+/// distinct per name and per restart, so a test can tell whose it sees.
+fn api_addr_of(name: &str, generation: u64) -> SocketAddr {
+    let last = u16::from(name.bytes().last().unwrap_or(0)) % 100;
+    SocketAddr::from(([127, 0, 0, 1], 20_000 + generation as u16 * 100 + last))
+}
+
 fn start(ca: &ClusterCa, name: &str, generation: u64, seeds: Vec<SocketAddr>) -> Node {
     let (transport, incoming) = bind(ca, name);
-    let identity = NodeIdentity { name: name.to_owned(), addr: local(&transport), generation, tier: 0 };
+    let identity = NodeIdentity {
+        name: name.to_owned(),
+        addr: local(&transport),
+        api_addr: Some(api_addr_of(name, generation)),
+        generation,
+        tier: 0,
+    };
     let config =
         MembershipConfig { rng_seed: Some(generation * 1000 + name.len() as u64), ..MembershipConfig::default() };
     let membership = Membership::start(transport.clone(), identity, seeds, config).expect("start membership");
     Node { transport, membership, _incoming: incoming }
 }
 
-/// Whether `node` sees exactly `expected` as (name, state, generation).
+/// Whether `node` sees exactly `expected` as (name, state, generation),
+/// each with the API address that generation advertised.
 fn sees(node: &Node, expected: &[(&str, MemberState, u64)]) -> bool {
     let members = node.membership.members();
     members.len() == expected.len()
-        && members
-            .iter()
-            .zip(expected)
-            .all(|(m, (name, state, generation))| m.name == *name && m.state == *state && m.generation == *generation)
+        && members.iter().zip(expected).all(|(m, (name, state, generation))| {
+            m.name == *name
+                && m.state == *state
+                && m.generation == *generation
+                && m.api_addr == Some(api_addr_of(name, *generation))
+        })
 }
 
 fn others<'a>(all: &[(&'a str, MemberState, u64)], me: &str) -> Vec<(&'a str, MemberState, u64)> {
@@ -104,6 +120,7 @@ async fn members_converge_a_killed_node_is_declared_down_and_its_restart_replace
     );
     let n4 = nodes[0].membership.members().into_iter().find(|m| m.name == "n4").expect("n4");
     assert_eq!(n4.addr, local(&nodes[3].transport));
+    assert_eq!(n4.api_addr, Some(api_addr_of("n4", 2)), "the restart's API address replaces the old one");
 
     for node in nodes {
         node.transport.shutdown().await;
@@ -143,7 +160,8 @@ async fn a_graceful_leave_is_seen_as_down_by_the_others() {
 async fn membership_refuses_an_identity_that_is_not_the_transport_node() {
     let ca = ClusterCa::generate("test").expect("ca");
     let (transport, _rx) = bind(&ca, "real");
-    let identity = NodeIdentity { name: "fake".into(), addr: local(&transport), generation: 1, tier: 0 };
+    let identity =
+        NodeIdentity { name: "fake".into(), addr: local(&transport), api_addr: None, generation: 1, tier: 0 };
     let result = Membership::start(transport.clone(), identity, vec![], MembershipConfig::default());
     assert!(result.is_err());
     transport.shutdown().await;

@@ -4,10 +4,18 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Deadline of one client request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a command keeps resending a request that was refused with
+/// nothing changed and that a moment may cure: 503 `not_leader` (leadership
+/// moved while the node forwarded it) and 503 `no_leader` (an election is
+/// under way). Counted from the first attempt.
+pub const RETRY_REFUSED_MAX: Duration = Duration::from_secs(3);
+/// First pause before such a retry; it doubles up to [`RETRY_BACKOFF_MAX`].
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Pages `scan` follows at most (each up to 1,000 keys).
 const SCAN_PAGES_MAX: usize = 10_000;
 
@@ -80,7 +88,21 @@ impl Client {
     }
 
     /// The status and JSON body of a request (`body` given: sent as JSON).
+    /// A refusal that changed nothing (see [`is_refused_unchanged`]) is sent
+    /// again for up to [`RETRY_REFUSED_MAX`]; every other answer, 504
+    /// `timeout` included (its write may have applied), is returned as is.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let mut retry = RefusalRetry::new();
+        loop {
+            let (status, value) = self.call_once(method, path, body)?;
+            if !retry.again(status, &value) {
+                return Ok((status, value));
+            }
+        }
+    }
+
+    /// One attempt of [`Client::call`], never retried.
+    pub fn call_once(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
         let url = self.url(path);
         let response = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
@@ -103,6 +125,46 @@ impl Client {
             return Ok(value);
         }
         bail!("{}", describe_error(status, &value))
+    }
+}
+
+/// Whether an answer is a refusal after which nothing changed and that a
+/// moment may cure: 503 `not_leader` or `no_leader`. Not `no_quorum` (this
+/// node is cut off from a majority: waiting seconds rarely helps, and the
+/// caller should hear it at once), and never 504 `timeout`, whose write may
+/// have been applied.
+pub fn is_refused_unchanged(status: u16, body: &Value) -> bool {
+    status == 503 && matches!(body.get("error").and_then(Value::as_str), Some("not_leader" | "no_leader"))
+}
+
+/// Bounded retries of refusals that changed nothing, with doubling pauses.
+pub struct RefusalRetry {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Default for RefusalRetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RefusalRetry {
+    /// Starts the [`RETRY_REFUSED_MAX`] budget now.
+    pub fn new() -> RefusalRetry {
+        RefusalRetry { deadline: Instant::now() + RETRY_REFUSED_MAX, backoff: RETRY_BACKOFF_MIN }
+    }
+
+    /// Whether to send the request again after answer `(status, body)`:
+    /// only a refusal that changed nothing, and only while the pause before
+    /// the next attempt still ends within the budget. Sleeps that pause.
+    pub fn again(&mut self, status: u16, body: &Value) -> bool {
+        if !is_refused_unchanged(status, body) || Instant::now() + self.backoff > self.deadline {
+            return false;
+        }
+        std::thread::sleep(self.backoff);
+        self.backoff = (self.backoff * 2).min(RETRY_BACKOFF_MAX);
+        true
     }
 }
 
@@ -201,12 +263,12 @@ pub fn set_op(t: &Target, key: &str, op: &str, member: &str) -> Result<ExitCode>
 
 pub fn members(t: &Target) -> Result<ExitCode> {
     let v = Client::new(&t.node).ok("GET", "/v1/members", None)?;
-    println!("{:<24} {:<8} {:<22} generation", "name", "state", "address");
+    println!("{:<24} {:<8} {:<22} {:<22} generation", "name", "state", "address", "api");
     let me = v.get("self").into_iter();
     for m in me.chain(v.get("members").and_then(Value::as_array).into_iter().flatten()) {
-        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
         let generation = m.get("generation").and_then(Value::as_u64).unwrap_or(0);
-        println!("{:<24} {:<8} {:<22} {generation}", s("name"), s("state"), s("addr"));
+        println!("{:<24} {:<8} {:<22} {:<22} {generation}", s("name"), s("state"), s("addr"), s("api_addr"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -305,4 +367,90 @@ pub fn ns(args: NsArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP server on loopback whose n-th request (from 0) gets
+    /// `answer(n)`; returns its URL and the count of requests it received.
+    /// The thread lives until the test process ends.
+    fn serve(answer: impl Fn(usize) -> (u16, Value) + Send + 'static) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut body_bytes = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(n) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        body_bytes = n.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; body_bytes];
+                let _ = reader.read_exact(&mut body);
+                // Counted before answering, so the client never sees an answer
+                // whose request is not yet counted.
+                let (status, value) = answer(seen.fetch_add(1, Ordering::SeqCst));
+                let text = value.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        (url, count)
+    }
+
+    fn refusal(code: &str) -> Value {
+        json!({ "error": code, "message": "m" })
+    }
+
+    #[test]
+    fn not_leader_and_no_leader_refusals_are_retried_until_an_answer() {
+        let (url, count) = serve(|n| match n {
+            0 => (503, refusal("not_leader")),
+            1 => (503, refusal("no_leader")),
+            _ => (200, json!({ "ok": true })),
+        });
+        let (status, v) = Client::new(&url).call("POST", "/v1/ns", Some(&json!({}))).expect("answer");
+        assert_eq!((status, v["ok"].as_bool()), (200, Some(true)));
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_timeout_or_any_other_error_is_never_retried() {
+        for (status, code) in [(504, "timeout"), (503, "no_quorum"), (503, "stopping"), (404, "no_such_namespace")] {
+            let (url, count) = serve(move |n| if n == 0 { (status, refusal(code)) } else { (200, json!({})) });
+            let (got, v) = Client::new(&url).call("PUT", "/v1/ns/s/kv/k", Some(&json!({}))).expect("answer");
+            assert_eq!((got, v["error"].as_str()), (status, Some(code)));
+            assert_eq!(count.load(Ordering::SeqCst), 1, "{code} was retried");
+        }
+    }
+
+    #[test]
+    fn refusals_are_retried_for_at_most_the_named_bound() {
+        let (url, count) = serve(|_| (503, refusal("not_leader")));
+        let started = Instant::now();
+        let (status, v) = Client::new(&url).call("GET", "/v1/raft", None).expect("answer");
+        let took = started.elapsed();
+        assert_eq!((status, v["error"].as_str()), (503, Some("not_leader")));
+        assert!(took <= RETRY_REFUSED_MAX + Duration::from_millis(500), "retried for {took:?}");
+        assert!(took >= RETRY_REFUSED_MAX - RETRY_BACKOFF_MAX, "gave up after {took:?}");
+        assert!(count.load(Ordering::SeqCst) > 2, "{} attempts", count.load(Ordering::SeqCst));
+    }
 }

@@ -4,6 +4,7 @@ use crate::cmd::client::Client;
 use anyhow::{Context, Result, bail};
 use chorus_net::{ClusterCa, NodeCredentials};
 use clap::Args;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,12 @@ use std::time::{Duration, Instant};
 
 /// How long each node may take to answer `/health` after it is spawned.
 const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a started cluster may take to become ready (see
+/// [`DevCluster::wait_ready`]): SWIM convergence takes a few probe periods,
+/// the first Raft election a few election timeouts.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between two readiness checks.
+const READY_POLL: Duration = Duration::from_millis(50);
 /// How long a node may take to stop after SIGTERM before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
 /// Largest cluster `chorus dev` starts.
@@ -171,6 +178,53 @@ pub fn wait_healthy(url: &str, child: &mut Child, log: &Path) -> Result<()> {
     }
 }
 
+impl DevCluster {
+    /// Wait until every command of the README works on every node: each
+    /// node sees every other one alive and, when the cluster has strong
+    /// namespaces, each node names the same Raft leader (so a strong write
+    /// through any node finds it). Fails after `deadline` saying what is
+    /// still missing.
+    pub fn wait_ready(&self, deadline: Duration) -> Result<()> {
+        let clients: Vec<Client> = self.urls.iter().map(|u| Client::new(u)).collect();
+        let end = Instant::now() + deadline;
+        loop {
+            let Some(missing) = self.not_ready(&clients) else { return Ok(()) };
+            if Instant::now() >= end {
+                bail!("the dev cluster was not ready within {deadline:?}: {missing}");
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+
+    /// What keeps the cluster from being ready, or `None` when it is.
+    fn not_ready(&self, clients: &[Client]) -> Option<String> {
+        let others = clients.len() - 1;
+        let mut leaders = BTreeSet::new();
+        for (client, url) in clients.iter().zip(&self.urls) {
+            let members = match client.call_once("GET", "/v1/members", None) {
+                Ok((200, v)) => v,
+                other => return Some(format!("{url}/v1/members answered {other:?}")),
+            };
+            let alive = members["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+            if alive < others {
+                return Some(format!("{url} sees {alive} of the {others} other nodes alive"));
+            }
+            match client.call_once("GET", "/v1/raft", None) {
+                Ok((200, v)) => match v["leader"].as_str() {
+                    Some(leader) => {
+                        leaders.insert(leader.to_string());
+                    }
+                    None => return Some(format!("{url} knows no Raft leader yet")),
+                },
+                // 501 `strong_unavailable`: this cluster has no strong namespaces.
+                Ok((501, _)) => {}
+                other => return Some(format!("{url}/v1/raft answered {other:?}")),
+            }
+        }
+        (leaders.len() > 1).then(|| format!("the nodes name different Raft leaders: {leaders:?}"))
+    }
+}
+
 /// Ask a child to stop (SIGTERM), kill it after [`STOP_DEADLINE`].
 pub fn stop_child(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
@@ -234,11 +288,15 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
     for (i, url) in cluster.urls.iter().enumerate() {
         println!("node{}: {url}", i + 1);
     }
+    cluster.wait_ready(READY_DEADLINE)?;
     println!(
         "try: chorus put hello world && chorus get hello --node {}",
         cluster.urls.last().map_or("", String::as_str)
     );
     println!("press Ctrl-C to stop");
+    // The last line, printed only once every README command works: scripts
+    // and tests wait for it.
+    println!("ready");
     let _ = stop_rx.recv();
     // Whoever read our stdout may be gone by now; that must not stop the cleanup.
     let _ = writeln!(std::io::stdout(), "stopping...");

@@ -1,7 +1,7 @@
 //! Client commands of strong namespaces (`docs/design/http-api.md`,
 //! "Strong namespaces"): cas, txn, leases, locks, watch, and Raft voters.
 
-use crate::cmd::client::{Client, Target, describe_error, encode_key};
+use crate::cmd::client::{Client, RefusalRetry, Target, describe_error, encode_key};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -161,13 +161,21 @@ pub fn watch(t: &Target, prefix: &str, from_revision: Option<u64>, timeout_ms: u
         url.push_str(&format!("&from_revision={r}"));
     }
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
-    let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
+    // The stream is not read through `Client::call`, so its refusals are
+    // retried here, within the same bound.
+    let mut retry = RefusalRetry::new();
+    let mut response = loop {
+        let mut response = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            break response;
+        }
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        bail!("{}", describe_error(status, &v));
-    }
+        if !retry.again(status, &v) {
+            bail!("{}", describe_error(status, &v));
+        }
+    };
     let reader = std::io::BufReader::new(response.body_mut().as_reader());
     for line in reader.lines() {
         let line = line.context("reading the watch stream")?;

@@ -1,15 +1,16 @@
-//! HTTP handlers of strong namespaces (SPEC §4; routes in
-//! `docs/design/http-api.md`). The key routes (`/v1/ns/{ns}/kv/..`,
-//! `/scan`) are shared with eventual namespaces: `api.rs` sends a request
-//! here when its namespace is strong. Everything else (CAS, transactions,
-//! leases, locks, watch, Raft membership) exists only for strong
-//! namespaces.
+//! Strong namespaces over HTTP (SPEC §4; routes in `docs/design/http-api.md`,
+//! "Strong namespaces"). The key routes (`/v1/ns/{ns}/kv/..`, `/scan`) are
+//! shared with eventual namespaces: the router sends a request here when
+//! [`super::resolve_mode`] found its namespace strong. Everything else (CAS,
+//! transactions, leases, locks, watch, Raft membership) exists only for
+//! strong namespaces.
 //!
 //! Error model, as for the rest of the API: `{"error": code, "message": ..}`
 //! plus, for `no_quorum`, the reachable and configured voters by name.
 //! `timeout` (504) is the one answer whose outcome is unknown.
 
-use crate::api::{ApiError, ApiState, bytes_fields, parse_body, parse_query, text_or_base64};
+use super::error::{ApiError, parse_body, parse_query, strong_error, text_or_base64};
+use super::{ApiState, bytes_fields};
 use crate::strong::{StrongService, data_key, prefix_end};
 use crate::telemetry;
 use axum::Json;
@@ -37,8 +38,8 @@ const WATCH_BATCH_MAX: usize = 1000;
 /// Longest a watch stream may be asked to last (0 = until the client goes).
 pub const WATCH_TIMEOUT_MS_MAX: u64 = 24 * 3600 * 1000;
 
-/// The strong service, or 501 when this cluster has none.
-pub fn service(s: &ApiState) -> Result<&Arc<StrongService>, ApiError> {
+/// The strong service, or 501 `strong_unavailable` when this cluster has none.
+pub(crate) fn service(s: &ApiState) -> Result<&Arc<StrongService>, ApiError> {
     s.strong.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -46,68 +47,6 @@ pub fn service(s: &ApiState) -> Result<&Arc<StrongService>, ApiError> {
             "strong namespaces are disabled: this cluster has no `strong_voters` in its config",
         )
     })
-}
-
-/// The strong service when `ns` is a strong namespace.
-pub fn strong_namespace(s: &ApiState, ns: &str) -> Option<Arc<StrongService>> {
-    s.strong.as_ref().filter(|svc| svc.is_strong(ns)).cloned()
-}
-
-/// A strong namespace that must exist (for strong-only routes).
-async fn require_namespace(s: &ApiState, ns: &str) -> Result<Arc<StrongService>, ApiError> {
-    let svc = service(s)?;
-    match svc.is_strong_linearizable(ns).await {
-        Ok(true) => Ok(svc.clone()),
-        Ok(false) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_such_namespace",
-            format!("strong namespace {ns:?} does not exist"),
-        )),
-        Err(e) => Err(strong_error(svc, e)),
-    }
-}
-
-/// The HTTP form of a [`StrongError`].
-pub fn strong_error(svc: &StrongService, e: StrongError) -> ApiError {
-    use chorus_strong::kv::KvError;
-    let message = e.to_string();
-    match e {
-        StrongError::NoQuorum { reachable_voters, voters } => {
-            let reachable = svc.names_of(&reachable_voters);
-            let all = svc.names_of(&voters);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_quorum",
-                format!("no quorum: reachable voters {reachable:?} of {all:?}"),
-            )
-            .with_details(json!({ "reachable_voters": reachable, "voters": all }))
-        }
-        StrongError::NotLeader { leader_id, .. } => {
-            let leader = leader_id.map(|id| svc.name_of(id));
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", format!("leadership moved; retry ({message})"))
-                .with_details(json!({ "leader": leader }))
-        }
-        StrongError::NoLeader => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message),
-        StrongError::Timeout => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "the deadline passed; the operation may or may not have been applied",
-        ),
-        StrongError::Rejected(kv) => match kv {
-            KvError::BadKey { .. } => ApiError::bad_request("bad_key", message),
-            KvError::ValueTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", message),
-            KvError::TxnTooLarge => ApiError::bad_request("txn_too_large", message),
-            KvError::LeaseNotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "lease_not_found", message),
-            KvError::BadTtl(_) => ApiError::bad_request("bad_ttl", message),
-            KvError::LimitReached(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", message),
-            KvError::Compacted { .. } => ApiError::new(StatusCode::GONE, "compacted", message),
-            _ => ApiError::bad_request("rejected", message),
-        },
-        StrongError::Membership(_) => ApiError::new(StatusCode::CONFLICT, "membership_refused", message),
-        StrongError::Shutdown(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message),
-        StrongError::Protocol(_) => ApiError::new(StatusCode::BAD_GATEWAY, "protocol", message),
-        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "strong_error", message),
-    }
 }
 
 /// JSON of a stored key of namespace `ns` (the namespace prefix removed).
@@ -154,14 +93,14 @@ async fn query(svc: &StrongService, q: StrongQuery, stale: bool) -> Result<(u64,
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct ReadQuery {
+pub(crate) struct ReadQuery {
     /// Serve from this node's replica without asking the leader.
     #[serde(default)]
     pub stale: bool,
 }
 
 /// GET /v1/ns/{ns}/kv/{key} on a strong namespace: linearizable unless `stale=true`.
-pub async fn get(svc: &StrongService, ns: &str, key: &str, q: ReadQuery) -> Result<Response, ApiError> {
+pub(crate) async fn get(svc: &StrongService, ns: &str, key: &str, q: ReadQuery) -> Result<Response, ApiError> {
     let (revision, result) = query(svc, StrongQuery::Get { key: data_key(ns, key.as_bytes()) }, q.stale).await?;
     let QueryResult::Get(found) = result else { return Err(unexpected(svc, result)) };
     let Some(kv) = found else {
@@ -183,14 +122,14 @@ pub async fn get(svc: &StrongService, ns: &str, key: &str, q: ReadQuery) -> Resu
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PutRequest {
+struct PutRequest {
     value: Option<String>,
     value_base64: Option<String>,
     lease: Option<u64>,
 }
 
 /// PUT /v1/ns/{ns}/kv/{key} on a strong namespace.
-pub async fn put(
+pub(crate) async fn put(
     svc: &StrongService,
     ns: &str,
     key: &str,
@@ -209,7 +148,7 @@ pub async fn put(
 }
 
 /// DELETE /v1/ns/{ns}/kv/{key} on a strong namespace.
-pub async fn delete(svc: &StrongService, ns: &str, key: &str) -> Result<Response, ApiError> {
+pub(crate) async fn delete(svc: &StrongService, ns: &str, key: &str) -> Result<Response, ApiError> {
     match write(svc, "strong_delete", Command::Delete { key: data_key(ns, key.as_bytes()) }).await? {
         KvResponse::Delete { revision, existed } => {
             Ok(Json(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })).into_response())
@@ -220,7 +159,7 @@ pub async fn delete(svc: &StrongService, ns: &str, key: &str) -> Result<Response
 
 /// GET /v1/ns/{ns}/scan on a strong namespace: keys with `prefix`, after
 /// `after`, at most `limit`, in key order; `next` continues the scan.
-pub async fn scan(
+pub(crate) async fn scan(
     svc: &StrongService,
     ns: &str,
     prefix: &str,
@@ -252,7 +191,7 @@ pub async fn scan(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CasRequest {
+struct CasRequest {
     /// The value the key must hold; omit both forms to require absence.
     expected: Option<String>,
     expected_base64: Option<String>,
@@ -263,12 +202,12 @@ pub struct CasRequest {
 /// POST /v1/ns/{ns}/cas/{key}: set `value` if the key holds `expected`
 /// (or is absent when no `expected` is given). 200 either way; `succeeded`
 /// says which, `current` is the key after the command.
-pub async fn cas(
-    State(s): State<ApiState>,
-    Path((ns, key)): Path<(String, String)>,
+pub(crate) async fn cas(
+    svc: &StrongService,
+    ns: String,
+    key: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let svc = require_namespace(&s, &ns).await?;
     let req: CasRequest = parse_body(body)?;
     let expected = match (req.expected, req.expected_base64) {
         (None, None) => None,
@@ -276,13 +215,13 @@ pub async fn cas(
     };
     let value = text_or_base64(req.value, req.value_base64, "value")?;
     let command = Command::CompareAndSwap { key: data_key(&ns, key.as_bytes()), expected, value };
-    match write(&svc, "strong_cas", command).await? {
+    match write(svc, "strong_cas", command).await? {
         KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(Json(json!({
             "namespace": ns, "key": key, "succeeded": succeeded, "revision": revision,
             "current": opt_kv_json(&ns, current.as_ref()),
         }))
         .into_response()),
-        other => Err(unexpected(&svc, other)),
+        other => Err(unexpected(svc, other)),
     }
 }
 
@@ -290,7 +229,7 @@ pub async fn cas(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TxnRequest {
+struct TxnRequest {
     #[serde(default)]
     compare: Vec<CompareBody>,
     #[serde(default)]
@@ -301,7 +240,7 @@ pub struct TxnRequest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CompareBody {
+struct CompareBody {
     key: String,
     /// `value`, `version`, `create_revision` or `mod_revision`.
     target: String,
@@ -316,7 +255,7 @@ pub struct CompareBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TxnOpBody {
+struct TxnOpBody {
     /// `put`, `delete` or `get`.
     op: String,
     key: String,
@@ -387,23 +326,22 @@ fn txn_result_json(ns: &str, r: &TxnOpResult) -> Value {
 
 /// POST /v1/ns/{ns}/txn: `if all compares hold then success else failure`,
 /// atomically, over any keys of the namespace.
-pub async fn txn(
-    State(s): State<ApiState>,
-    Path(ns): Path<String>,
+pub(crate) async fn txn(
+    svc: &StrongService,
+    ns: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let svc = require_namespace(&s, &ns).await?;
     let req: TxnRequest = parse_body(body)?;
     let compares = req.compare.into_iter().map(|c| compare_of(&ns, c)).collect::<Result<Vec<_>, _>>()?;
     let success = req.success.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
     let failure = req.failure.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
-    match write(&svc, "strong_txn", Command::Txn { compares, success, failure }).await? {
+    match write(svc, "strong_txn", Command::Txn { compares, success, failure }).await? {
         KvResponse::Txn { succeeded, revision, results } => {
             let results: Vec<Value> = results.iter().map(|r| txn_result_json(&ns, r)).collect();
             Ok(Json(json!({ "namespace": ns, "succeeded": succeeded, "revision": revision, "results": results }))
                 .into_response())
         }
-        other => Err(unexpected(&svc, other)),
+        other => Err(unexpected(svc, other)),
     }
 }
 
@@ -411,7 +349,7 @@ pub async fn txn(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LeaseGrantRequest {
+struct LeaseGrantRequest {
     ttl_ms: u64,
 }
 
@@ -420,7 +358,10 @@ fn lease_json(lease: u64, ttl_ms: u64, deadline_ms: u64) -> Value {
 }
 
 /// POST /v1/leases `{"ttl_ms"}`: grant a lease.
-pub async fn lease_grant(State(s): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn lease_grant(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     let req: LeaseGrantRequest = parse_body(body)?;
     let command = Command::LeaseGrant { ttl_ms: req.ttl_ms, now_ms: svc.now_ms() };
@@ -433,7 +374,7 @@ pub async fn lease_grant(State(s): State<ApiState>, body: Result<Bytes, BytesRej
 }
 
 /// POST /v1/leases/{id}/keepalive: push the lease's deadline a TTL ahead.
-pub async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
+pub(crate) async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     match write(svc, "lease_keepalive", Command::LeaseKeepAlive { lease: id, now_ms: svc.now_ms() }).await? {
         KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
@@ -444,7 +385,7 @@ pub async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u64>) -> 
 }
 
 /// DELETE /v1/leases/{id}: revoke; its keys are deleted, its locks released.
-pub async fn lease_revoke(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
+pub(crate) async fn lease_revoke(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     match write(svc, "lease_revoke", Command::LeaseRevoke { lease: id }).await? {
         KvResponse::LeaseRevoked { revision, keys_deleted } => {
@@ -455,7 +396,7 @@ pub async fn lease_revoke(State(s): State<ApiState>, Path(id): Path<u64>) -> Res
 }
 
 /// GET /v1/leases/{id}: the lease's TTL, deadline, keys and locks.
-pub async fn lease_get(
+pub(crate) async fn lease_get(
     State(s): State<ApiState>,
     Path(id): Path<u64>,
     q: Result<Query<ReadQuery>, QueryRejection>,
@@ -481,7 +422,7 @@ pub async fn lease_get(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LockRequest {
+struct LockRequest {
     lease: u64,
     #[serde(default)]
     mode: Option<String>,
@@ -510,12 +451,12 @@ fn mode_str(mode: LockMode) -> &'static str {
 /// POST /v1/ns/{ns}/lock/{name} `{"lease", "mode", "wait_ms"}`: acquire
 /// under a lease. 200 with a `fencing_token` that is larger than every
 /// token granted before; 409 `lock_busy` with the holders' leases.
-pub async fn lock_acquire(
-    State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+pub(crate) async fn lock_acquire(
+    svc: &StrongService,
+    ns: String,
+    name: String,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let svc = require_namespace(&s, &ns).await?;
     let req: LockRequest = parse_body(body)?;
     let mode = lock_mode(req.mode.as_deref())?;
     if req.wait_ms > LOCK_WAIT_MS_MAX {
@@ -525,7 +466,7 @@ pub async fn lock_acquire(
     let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
     loop {
         let command = Command::LockAcquire { name: lock_name.clone(), lease: req.lease, mode };
-        let holders = match write(&svc, "lock_acquire", command).await? {
+        let holders = match write(svc, "lock_acquire", command).await? {
             KvResponse::LockGranted { fencing_token } => {
                 return Ok(Json(json!({
                     "namespace": ns, "lock": name, "lease": req.lease, "mode": mode_str(mode),
@@ -534,7 +475,7 @@ pub async fn lock_acquire(
                 .into_response());
             }
             KvResponse::LockBusy { holders } => holders,
-            other => return Err(unexpected(&svc, other)),
+            other => return Err(unexpected(svc, other)),
         };
         // Wait until this replica sees the lock free (or compatible), then
         // try again: polling the replica costs no log entries.
@@ -565,37 +506,37 @@ pub async fn lock_acquire(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UnlockQuery {
+pub(crate) struct UnlockQuery {
     lease: u64,
 }
 
 /// DELETE /v1/ns/{ns}/lock/{name}?lease=ID: release.
-pub async fn lock_release(
-    State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+pub(crate) async fn lock_release(
+    svc: &StrongService,
+    ns: String,
+    name: String,
     q: Result<Query<UnlockQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let svc = require_namespace(&s, &ns).await?;
     let q = parse_query(q)?;
     let command = Command::LockRelease { name: data_key(&ns, name.as_bytes()), lease: q.lease };
-    match write(&svc, "lock_release", command).await? {
+    match write(svc, "lock_release", command).await? {
         KvResponse::LockReleased { was_held } => {
             Ok(Json(json!({ "namespace": ns, "lock": name, "lease": q.lease, "was_held": was_held })).into_response())
         }
-        other => Err(unexpected(&svc, other)),
+        other => Err(unexpected(svc, other)),
     }
 }
 
 /// GET /v1/ns/{ns}/lock/{name}: the holders (empty when free).
-pub async fn lock_get(
-    State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
+pub(crate) async fn lock_get(
+    svc: &StrongService,
+    ns: String,
+    name: String,
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let svc = require_namespace(&s, &ns).await?;
     let q = parse_query(q)?;
-    let (revision, result) = query(&svc, StrongQuery::Lock { name: data_key(&ns, name.as_bytes()) }, q.stale).await?;
-    let QueryResult::Lock(state) = result else { return Err(unexpected(&svc, result)) };
+    let (revision, result) = query(svc, StrongQuery::Lock { name: data_key(&ns, name.as_bytes()) }, q.stale).await?;
+    let QueryResult::Lock(state) = result else { return Err(unexpected(svc, result)) };
     let (mode, holders) = match state {
         Some(l) => (
             Value::from(mode_str(l.mode)),
@@ -611,7 +552,7 @@ pub async fn lock_get(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WatchQuery {
+pub(crate) struct WatchQuery {
     #[serde(default)]
     prefix: String,
     /// First revision wanted; default: the next one (new events only).
@@ -627,12 +568,11 @@ pub struct WatchQuery {
 /// never reorders). An event: `{"revision", "type": "put"|"delete", "key",
 /// "value", "value_base64"}`. When `from_revision` has left the bounded
 /// history, the first line is `{"error": "compacted", "oldest": N}`.
-pub async fn watch(
-    State(s): State<ApiState>,
-    Path(ns): Path<String>,
+pub(crate) async fn watch(
+    svc: Arc<StrongService>,
+    ns: String,
     q: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let svc = require_namespace(&s, &ns).await?;
     let q = parse_query(q)?;
     if q.timeout_ms > WATCH_TIMEOUT_MS_MAX {
         return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {WATCH_TIMEOUT_MS_MAX}")));
@@ -738,7 +678,7 @@ fn raft_json(svc: &StrongService) -> Value {
 }
 
 /// The `strong` object of `/v1/status` (`{"enabled": false}` without strong namespaces).
-pub fn status_json(s: &ApiState) -> Value {
+pub(crate) fn status_json(s: &ApiState) -> Value {
     match &s.strong {
         Some(svc) => raft_json(svc),
         None => json!({ "enabled": false }),
@@ -746,20 +686,23 @@ pub fn status_json(s: &ApiState) -> Value {
 }
 
 /// GET /v1/raft: this node's view of the Raft group.
-pub async fn raft_status(State(s): State<ApiState>) -> Result<Response, ApiError> {
+pub(crate) async fn raft_status(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     Ok(Json(raft_json(svc)).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VoterRequest {
+struct VoterRequest {
     name: String,
 }
 
 /// POST /v1/raft/voters `{"name"}`: make a live member a voter (it is
 /// caught up as a learner first). Any node accepts it; the leader runs it.
-pub async fn add_voter(State(s): State<ApiState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub(crate) async fn add_voter(
+    State(s): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     let req: VoterRequest = parse_body(body)?;
     let addr = if req.name == s.info.name {
@@ -785,7 +728,7 @@ pub async fn add_voter(State(s): State<ApiState>, body: Result<Bytes, BytesRejec
 }
 
 /// DELETE /v1/raft/voters/{name}: remove a voter.
-pub async fn remove_voter(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn remove_voter(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     svc.node.remove_voter(crate::config::strong_id(&name)).await.map_err(|e| strong_error(svc, e))?;
     Ok(Json(raft_json(svc)).into_response())

@@ -1,0 +1,264 @@
+//! Key, counter and set routes of eventual namespaces (CRDTs; answers
+//! carry causal-context tokens). The router calls these once
+//! [`super::resolve_mode`] said the namespace is eventual; each parses the
+//! request body with its own type, after that.
+
+use super::error::{ApiError, no_such_namespace, parse_body, parse_context, text_or_base64, write_error};
+use super::{ApiState, bytes_fields, list_fields};
+use crate::{telemetry, token};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chorus_core::{LocalWrite, Node, Op, ReadValue, WriteReceipt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::Instant;
+
+// ------------------------------------------------------------------ reads
+
+/// The JSON of one read: `type`, the value fields of that type, `context`.
+fn read_json(key: &[u8], value: &ReadValue, context: &chorus_core::VersionVector) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("key".into(), Value::String(String::from_utf8_lossy(key).into_owned()));
+    match value {
+        ReadValue::Lww(v) => {
+            out.insert("type".into(), "lww".into());
+            match v {
+                Some(v) => bytes_fields(&mut out, "value", v),
+                None => {
+                    out.insert("value".into(), Value::Null);
+                }
+            }
+        }
+        ReadValue::Mv(vs) => {
+            out.insert("type".into(), "mv".into());
+            list_fields(&mut out, "values", vs);
+        }
+        ReadValue::Counter(n) => {
+            out.insert("type".into(), "counter".into());
+            out.insert("value".into(), Value::from(*n));
+        }
+        ReadValue::Set(ms) => {
+            out.insert("type".into(), "set".into());
+            list_fields(&mut out, "members", ms);
+        }
+    }
+    out.insert("context".into(), Value::String(token::encode(context)));
+    Value::Object(out)
+}
+
+/// GET /v1/ns/{ns}/kv/{key} (also `/counter/`, `/set/`): the key's value
+/// in this node's replica, or 404 `not_found`.
+pub(crate) async fn get(s: &ApiState, ns: String, key: String) -> Result<Response, ApiError> {
+    let (ns2, key2) = (ns.clone(), key.clone());
+    let found = s
+        .node
+        .inspect(move |node: &Node| {
+            node.namespace(&ns2)?;
+            Some(node.get(&ns2, key2.as_bytes()).map(|r| read_json(key2.as_bytes(), &r.value, &r.context)))
+        })
+        .await?;
+    match found {
+        // Resolved as eventual, and eventual namespaces are never dropped.
+        None => Err(no_such_namespace(&ns)),
+        Some(None) => {
+            telemetry::read_answered("not_found");
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key {key:?} not found in namespace {ns:?}")))
+        }
+        Some(Some(mut v)) => {
+            telemetry::read_answered("ok");
+            if let Value::Object(o) = &mut v {
+                o.insert("namespace".into(), Value::String(ns));
+            }
+            Ok(Json(v).into_response())
+        }
+    }
+}
+
+/// GET /v1/ns/{ns}/scan: keys with `prefix` after `after`, at most `limit`
+/// (already checked), in key order; `next` continues the scan.
+pub(crate) async fn scan(
+    s: &ApiState,
+    ns: String,
+    prefix: String,
+    after: Option<String>,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let ns2 = ns.clone();
+    let page = s
+        .node
+        .inspect(move |node: &Node| {
+            let namespace = node.namespace(&ns2)?;
+            let mut items = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            // Tombstones are skipped but still count towards the page, so
+            // one page's work stays bounded by `limit`.
+            for (k, e) in namespace.scan(prefix.as_bytes(), after.as_deref().map(str::as_bytes), limit) {
+                last = Some(k.clone());
+                if !e.is_tombstone() {
+                    items.push(read_json(k, &e.read(), e.clock()));
+                }
+            }
+            let next = if last.is_some() && namespace.scan(prefix.as_bytes(), last.as_deref(), 1).next().is_some() {
+                last.map(|k| String::from_utf8_lossy(&k).into_owned())
+            } else {
+                None
+            };
+            Some((items, next))
+        })
+        .await?;
+    let Some((items, next)) = page else { return Err(no_such_namespace(&ns)) };
+    telemetry::read_answered("ok");
+    Ok(Json(json!({ "namespace": ns, "items": items, "next": next })).into_response())
+}
+
+// ----------------------------------------------------------------- writes
+
+#[derive(Serialize)]
+struct WriteBody {
+    namespace: String,
+    key: String,
+    dot: DotBody,
+    timestamp: TimestampBody,
+    context: String,
+}
+
+#[derive(Serialize)]
+struct DotBody {
+    node: String,
+    counter: u64,
+}
+
+#[derive(Serialize)]
+struct TimestampBody {
+    physical_us: u64,
+    logical: u32,
+    node: String,
+}
+
+/// One eventual write through the node task; the answer is the write
+/// receipt once the write is durable on this node.
+async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let op_name = op.name();
+    if !s.clock.is_safe() {
+        // SPEC §6: a node whose clock is too far from cluster time must not
+        // stamp new writes with it.
+        telemetry::write_answered(op_name, "clock_unsafe", started.elapsed().as_secs_f64());
+        let status = s.clock.status();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clock_unsafe",
+            format!("write refused: {}", status.reason),
+        ));
+    }
+    let write = LocalWrite { namespace: ns.clone(), key: key.clone().into_bytes(), op };
+    let result = s.node.write(write).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let receipt: WriteReceipt = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            telemetry::write_answered(op_name, "refused", elapsed);
+            return Err(write_error(e));
+        }
+        Err(e) => {
+            telemetry::write_answered(op_name, "unavailable", elapsed);
+            return Err(e.into());
+        }
+    };
+    telemetry::write_answered(op_name, "ok", elapsed);
+    Ok(Json(WriteBody {
+        namespace: ns,
+        key,
+        dot: DotBody { node: receipt.dot.node.to_string(), counter: receipt.dot.counter },
+        timestamp: TimestampBody {
+            physical_us: receipt.ts.physical_us,
+            logical: receipt.ts.logical,
+            node: receipt.ts.node.to_string(),
+        },
+        context: token::encode(&receipt.context),
+    })
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRequest {
+    value: Option<String>,
+    value_base64: Option<String>,
+    context: Option<String>,
+}
+
+/// PUT /v1/ns/{ns}/kv/{key} `{"value"|"value_base64", "context"?}`.
+pub(crate) async fn put(
+    s: &ApiState,
+    ns: String,
+    key: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: PutRequest = parse_body(body)?;
+    let value = text_or_base64(req.value, req.value_base64, "value")?;
+    let context = parse_context(req.context.as_deref())?;
+    do_write(s, ns, key, Op::Put { value, context }).await
+}
+
+/// DELETE /v1/ns/{ns}/kv/{key}?context=TOKEN.
+pub(crate) async fn delete(s: &ApiState, ns: String, key: String, context: Option<&str>) -> Result<Response, ApiError> {
+    let context = parse_context(context)?;
+    do_write(s, ns, key, Op::Delete { context }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrementRequest {
+    #[serde(default = "one")]
+    amount: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// POST /v1/ns/{ns}/counter/{key} `{"amount"}` (default 1).
+pub(crate) async fn increment(
+    s: &ApiState,
+    ns: String,
+    key: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: IncrementRequest = parse_body(body)?;
+    do_write(s, ns, key, Op::Increment { amount: req.amount }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRequest {
+    op: String,
+    member: Option<String>,
+    member_base64: Option<String>,
+    context: Option<String>,
+}
+
+/// POST /v1/ns/{ns}/set/{key} `{"op": "add"|"remove", "member"|"member_base64", "context"?}`.
+pub(crate) async fn set_op(
+    s: &ApiState,
+    ns: String,
+    key: String,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: SetRequest = parse_body(body)?;
+    let member = text_or_base64(req.member, req.member_base64, "member")?;
+    let op = match req.op.as_str() {
+        "add" => {
+            if req.context.is_some() {
+                return Err(ApiError::bad_request("bad_request", "`context` applies to remove only"));
+            }
+            Op::Add { member }
+        }
+        "remove" => Op::Remove { member, context: parse_context(req.context.as_deref())? },
+        other => return Err(ApiError::bad_request("bad_op", format!("unknown set op {other:?}: use add or remove"))),
+    };
+    do_write(s, ns, key, op).await
+}
