@@ -271,16 +271,16 @@ fn a_lock_is_never_held_by_two_clients_and_fencing_tokens_grow_across_a_paused_h
     put_ok(&c, 0, "locks", "fence", "0");
     // Watch the lock from the side all along: never two holders.
     let stop = Arc::new(AtomicBool::new(false));
-    let max_holders = Arc::new(AtomicUsize::new(0));
+    let holders_max = Arc::new(AtomicUsize::new(0));
     let monitor = {
-        let (c, stop, max_holders) = (c.clone(), stop.clone(), max_holders.clone());
+        let (c, stop, holders_max) = (c.clone(), stop.clone(), holders_max.clone());
         std::thread::spawn(move || {
             let mut polls = 0u32;
             while !stop.load(Ordering::SeqCst) && polls < 20_000 {
                 polls += 1;
                 if let Some((200, v)) = c.http.get(&url(&c, 1, "/v1/ns/locks/lock/m")) {
                     let n = v["holders"].as_array().map_or(0, Vec::len);
-                    max_holders.fetch_max(n, Ordering::SeqCst);
+                    holders_max.fetch_max(n, Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -325,7 +325,7 @@ fn a_lock_is_never_held_by_two_clients_and_fencing_tokens_grow_across_a_paused_h
 
     stop.store(true, Ordering::SeqCst);
     monitor.join().unwrap();
-    assert_eq!(max_holders.load(Ordering::SeqCst), 1, "the exclusive lock had more than one holder at once");
+    assert_eq!(holders_max.load(Ordering::SeqCst), 1, "the exclusive lock had more than one holder at once");
 }
 
 #[test]

@@ -7,7 +7,7 @@ pub struct ClockConfig {
     /// rejected (see [`crate::tiers_may_talk`]).
     pub tier: u8,
     /// A clock further than this from cluster time is unsafe (SPEC §6).
-    pub max_offset_ms: u64,
+    pub offset_max_ms: u64,
     /// Frequency error (ppm) beyond which a drift alarm is raised. The
     /// default 0.28 ppm is about 1 ms per hour. An alarm only: drift is
     /// measured and compensated, it does not break correctness.
@@ -47,7 +47,7 @@ impl Default for ClockConfig {
     fn default() -> Self {
         ClockConfig {
             tier: 0,
-            max_offset_ms: 500,
+            offset_max_ms: 500,
             drift_tolerance_ppm: 0.28,
             slew_rate_max_ppm: 500,
             frequency_error_max_ppm: 15.0,
@@ -93,7 +93,7 @@ impl ClockConfig {
             }
         }
         let positive_ints = [
-            ("max_offset_ms", self.max_offset_ms),
+            ("max_offset_ms", self.offset_max_ms),
             ("slew_rate_max_ppm", u64::from(self.slew_rate_max_ppm)),
             ("delay_max_us", self.delay_max_us),
             ("peer_stale_after_ms", self.peer_stale_after_ms),
@@ -120,7 +120,7 @@ impl ClockConfig {
         Ok(())
     }
 
-    pub(crate) fn max_offset_us(&self) -> i64 {
-        (self.max_offset_ms as i64).saturating_mul(1000)
+    pub(crate) fn offset_max_us(&self) -> i64 {
+        (self.offset_max_ms as i64).saturating_mul(1000)
     }
 }

@@ -18,13 +18,13 @@
 //!   average of Lundelius Welch and Lynch (1988) when the correct clocks
 //!   disagree by more than their error bounds. Either way, with at most f
 //!   faulty clocks among 3f+1 the estimate stays inside the correct clocks'
-//!   range. Clocks further than `max_offset_ms` from it are flagged as
+//!   range. Clocks further than `offset_max_ms` from it are flagged as
 //!   falsetickers.
 //! * **Correction** ([`ClockService::corrected_now_us`]): the HLC's physical
 //!   time is the OS clock plus a correction slewed toward cluster time at a
 //!   bounded rate; the output never goes backwards.
 //! * **Safety** ([`ClockService::status`]): a clock further than
-//!   `max_offset_ms` from cluster time is unsafe; the status says why.
+//!   `offset_max_ms` from cluster time is unsafe; the status says why.
 //!
 //! # Call order for the driver (the daemon or the simulator)
 //!

@@ -96,13 +96,13 @@ pub struct ClusterTimeEstimate {
     pub clocks_considered: usize,
     /// ⌊(clocks_considered − 1)/3⌋.
     pub faults_tolerated: usize,
-    /// Peers flagged as falsetickers (further than `max_offset_ms` from
+    /// Peers flagged as falsetickers (further than `offset_max_ms` from
     /// cluster time), ascending.
     pub falsetickers: Vec<PeerKey>,
     /// Peers left out of the combine step (superset of `falsetickers`):
     /// their intervals miss the intersection region.
     pub excluded: Vec<PeerKey>,
-    /// Our own clock is further than `max_offset_ms` from cluster time.
+    /// Our own clock is further than `offset_max_ms` from cluster time.
     pub local_clock_falseticker: bool,
     /// Our own interval missed the intersection region.
     pub local_clock_excluded: bool,
@@ -123,7 +123,7 @@ pub struct ClockStatus {
     pub offset_us: i64,
     /// (cluster time − corrected clock), µs: what the HLC still lags by.
     pub corrected_offset_us: i64,
-    pub max_offset_us: u64,
+    pub offset_max_us: u64,
     /// Peers whose samples contributed.
     pub peers_used: usize,
     pub drift_alarm: bool,
@@ -316,7 +316,7 @@ impl ClockService {
             drifts.push(state.drift_ppm);
             intervals.push(ClockInterval { offset_us: estimate.offset_us, error_us: estimate.error_us });
         }
-        let selection = select_cluster_time(&intervals, self.config.max_offset_us())
+        let selection = select_cluster_time(&intervals, self.config.offset_max_us())
             .unwrap_or_else(|| unreachable!("the local interval is always present"));
         let pick = |flags: &[bool]| -> Vec<PeerKey> {
             keys.iter().zip(flags).filter(|&(_, &flag)| flag).map(|(&key, _)| key).collect()
@@ -380,20 +380,20 @@ impl ClockService {
     /// `local_now_us` (does not change state).
     pub fn status(&self, local_now_us: u64) -> ClockStatus {
         let estimate = self.compute_estimate(local_now_us);
-        let max_offset_us = self.config.max_offset_us();
+        let offset_max_us = self.config.offset_max_us();
         let correction = self.correction.report();
         let peers_used = estimate.clocks_considered - 1;
         let corrected_offset_us = estimate.offset_us.saturating_sub(correction.correction_us);
         let offset_ms = estimate.offset_us as f64 / 1000.0;
         let (safe, reason) = if peers_used == 0 {
             (true, "no fresh peer clock samples; the local clock is unchecked".to_string())
-        } else if estimate.offset_us.saturating_abs() > max_offset_us {
+        } else if estimate.offset_us.saturating_abs() > offset_max_us {
             (
                 false,
                 format!(
                     "local clock is {offset_ms:.3} ms ({} µs) from cluster time, beyond max_offset_ms = {}; \
                      fix the OS clock (NTP/chrony) — writes and joins are refused",
-                    estimate.offset_us, self.config.max_offset_ms
+                    estimate.offset_us, self.config.offset_max_ms
                 ),
             )
         } else {
@@ -401,7 +401,7 @@ impl ClockService {
                 true,
                 format!(
                     "local clock is {offset_ms:.3} ms from cluster time (limit {} ms, {} peers, {} falsetickers)",
-                    self.config.max_offset_ms,
+                    self.config.offset_max_ms,
                     peers_used,
                     estimate.falsetickers.len()
                 ),
@@ -411,7 +411,7 @@ impl ClockService {
             safe,
             offset_us: estimate.offset_us,
             corrected_offset_us,
-            max_offset_us: max_offset_us as u64,
+            offset_max_us: offset_max_us as u64,
             peers_used,
             drift_alarm: estimate.drift_alarm,
             reason,

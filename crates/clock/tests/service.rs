@@ -139,7 +139,7 @@ fn a_node_within_max_offset_is_safe() {
     let status = service.status(now);
     assert!(status.safe, "{status:?}");
     assert!((299_000..=301_000).contains(&status.offset_us), "{status:?}");
-    assert_eq!(status.max_offset_us, 500_000);
+    assert_eq!(status.offset_max_us, 500_000);
 }
 
 #[test]

@@ -241,7 +241,7 @@ impl Entry {
 
     /// The greatest write timestamp in this state (receivers check it
     /// against their clock before accepting the entry).
-    pub fn max_timestamp(&self) -> Timestamp {
+    pub fn timestamp_max(&self) -> Timestamp {
         match self {
             Entry::Lww(r) => r.ts,
             Entry::Mv(r) => r.siblings.iter().map(|s| s.ts).max().unwrap_or(Timestamp::ZERO),

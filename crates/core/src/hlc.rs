@@ -34,12 +34,12 @@ impl std::fmt::Display for Timestamp {
 #[non_exhaustive]
 pub enum HlcError {
     /// The remote timestamp is further ahead of our physical clock than
-    /// `max_offset_us`: either its clock or ours is wrong, and accepting it
+    /// `offset_max_us`: either its clock or ours is wrong, and accepting it
     /// would drag our clock (and every later LWW decision) into the future.
     #[error(
-        "remote timestamp {remote} is {ahead_us} µs ahead of local physical time {local_us} µs (max offset {max_offset_us} µs)"
+        "remote timestamp {remote} is {ahead_us} µs ahead of local physical time {local_us} µs (max offset {offset_max_us} µs)"
     )]
-    TooFarAhead { remote: Timestamp, local_us: u64, ahead_us: u64, max_offset_us: u64 },
+    TooFarAhead { remote: Timestamp, local_us: u64, ahead_us: u64, offset_max_us: u64 },
     /// The logical counter would overflow: 2^32 events inside one physical
     /// microsecond means physical time is not advancing at all.
     #[error("logical counter exhausted at physical time {physical_us} µs")]
@@ -57,25 +57,25 @@ pub struct Hlc {
     node: NodeId,
     last_physical_us: u64,
     last_logical: u32,
-    max_offset_us: u64,
+    offset_max_us: u64,
 }
 
 impl Hlc {
-    pub fn new(node: NodeId, max_offset_us: u64) -> Self {
-        Self { node, last_physical_us: 0, last_logical: 0, max_offset_us }
+    pub fn new(node: NodeId, offset_max_us: u64) -> Self {
+        Self { node, last_physical_us: 0, last_logical: 0, offset_max_us }
     }
 
     /// Resume after a restart: every later timestamp is above `high_water`.
-    pub fn resume(node: NodeId, max_offset_us: u64, high_water: Timestamp) -> Self {
-        Self { node, last_physical_us: high_water.physical_us, last_logical: high_water.logical, max_offset_us }
+    pub fn resume(node: NodeId, offset_max_us: u64, high_water: Timestamp) -> Self {
+        Self { node, last_physical_us: high_water.physical_us, last_logical: high_water.logical, offset_max_us }
     }
 
     pub fn node(&self) -> NodeId {
         self.node
     }
 
-    pub fn max_offset_us(&self) -> u64 {
-        self.max_offset_us
+    pub fn offset_max_us(&self) -> u64 {
+        self.offset_max_us
     }
 
     /// The greatest timestamp issued so far (what must be persisted).
@@ -99,7 +99,7 @@ impl Hlc {
 
     /// Merge a remote timestamp, returning a local timestamp above both it
     /// and everything issued before. Refuses timestamps more than
-    /// `max_offset_us` ahead of `physical_us`.
+    /// `offset_max_us` ahead of `physical_us`.
     pub fn update(&mut self, remote: Timestamp, physical_us: u64) -> Result<Timestamp, HlcError> {
         self.check(remote, physical_us)?;
         let (old_p, old_l) = (self.last_physical_us, self.last_logical);
@@ -122,12 +122,12 @@ impl Hlc {
     /// Whether `remote` is acceptable at `physical_us`, without changing state.
     pub fn check(&self, remote: Timestamp, physical_us: u64) -> Result<(), HlcError> {
         let ahead_us = remote.physical_us.saturating_sub(physical_us);
-        if ahead_us > self.max_offset_us {
+        if ahead_us > self.offset_max_us {
             return Err(HlcError::TooFarAhead {
                 remote,
                 local_us: physical_us,
                 ahead_us,
-                max_offset_us: self.max_offset_us,
+                offset_max_us: self.offset_max_us,
             });
         }
         Ok(())

@@ -335,7 +335,7 @@ pub fn validate(message: &Message, value_bytes_max: usize) -> Result<(), DecodeE
         }
         Message::Reconcile(r) => {
             validate_name(&r.namespace)?;
-            if r.body.len() > chorus_reconcile::MAX_MESSAGE_BYTES {
+            if r.body.len() > chorus_reconcile::MESSAGE_BYTES_MAX {
                 return Err(DecodeError::Invalid(format!("reconciliation body of {} bytes", r.body.len())));
             }
         }

@@ -161,7 +161,7 @@ fn run(ty: ValueType, replicas: usize, steps: &[Step]) -> Run {
                 let op = make_op(ty, a, b, &rs, replica);
                 let r = &mut rs[replica];
                 // As Node::apply_local: a write's timestamp exceeds every one the key has seen.
-                let key_max = r.entry.max_timestamp();
+                let key_max = r.entry.timestamp_max();
                 if key_max > r.hlc.high_water() {
                     r.hlc.update(key_max, physical_us).expect("unbounded max offset");
                 }

@@ -8,7 +8,7 @@ use chorus_core::{Hlc, HlcError, NodeId, Timestamp};
 use proptest::prelude::*;
 
 const ME: NodeId = NodeId(7);
-const MAX_OFFSET_US: u64 = 1_000;
+const OFFSET_MAX_US: u64 = 1_000;
 
 #[derive(Clone, Debug)]
 enum Call {
@@ -72,7 +72,7 @@ fn drive(hlc: &mut Hlc, calls: &[Call], mut last: Option<Timestamp>) -> Result<O
                 let ahead = remote.physical_us.saturating_sub(physical_us);
                 match hlc.update(remote, physical_us) {
                     Ok(ts) => {
-                        prop_assert!(ahead <= MAX_OFFSET_US, "accepted a remote {} µs ahead", ahead);
+                        prop_assert!(ahead <= OFFSET_MAX_US, "accepted a remote {} µs ahead", ahead);
                         prop_assert_eq!(ts.node, ME);
                         prop_assert!(ts > remote, "update() {} not above remote {}", ts, remote);
                         prop_assert!(last.is_none_or(|l| ts > l), "update() {} not above previous {:?}", ts, last);
@@ -80,12 +80,12 @@ fn drive(hlc: &mut Hlc, calls: &[Call], mut last: Option<Timestamp>) -> Result<O
                         prop_assert_eq!(hlc.high_water(), ts);
                         last = Some(ts);
                     }
-                    Err(HlcError::TooFarAhead { remote: r, local_us, ahead_us, max_offset_us }) => {
-                        prop_assert!(ahead > MAX_OFFSET_US, "refused a remote only {} µs ahead", ahead);
+                    Err(HlcError::TooFarAhead { remote: r, local_us, ahead_us, offset_max_us }) => {
+                        prop_assert!(ahead > OFFSET_MAX_US, "refused a remote only {} µs ahead", ahead);
                         prop_assert_eq!(r, remote);
                         prop_assert_eq!(local_us, physical_us);
                         prop_assert_eq!(ahead_us, ahead);
-                        prop_assert_eq!(max_offset_us, MAX_OFFSET_US);
+                        prop_assert_eq!(offset_max_us, OFFSET_MAX_US);
                         prop_assert_eq!(hlc.high_water(), before, "a refused remote leaves the clock alone");
                     }
                     Err(HlcError::LogicalOverflow { .. }) => {
@@ -105,7 +105,7 @@ proptest! {
 
     #[test]
     fn timestamps_strictly_increase_whatever_physical_time_does(calls in prop::collection::vec(call(), 1..64)) {
-        let mut hlc = Hlc::new(ME, MAX_OFFSET_US);
+        let mut hlc = Hlc::new(ME, OFFSET_MAX_US);
         drive(&mut hlc, &calls, None)?;
     }
 
@@ -116,10 +116,10 @@ proptest! {
         excess in 1u64..1_000_000,
         logical in any::<u32>(),
     ) {
-        let mut hlc = Hlc::new(ME, MAX_OFFSET_US);
+        let mut hlc = Hlc::new(ME, OFFSET_MAX_US);
         drive(&mut hlc, &warmup, None)?;
         let before = hlc.high_water();
-        let remote = Timestamp { physical_us: physical_us + MAX_OFFSET_US + excess, logical, node: NodeId(1) };
+        let remote = Timestamp { physical_us: physical_us + OFFSET_MAX_US + excess, logical, node: NodeId(1) };
         prop_assert_eq!(hlc.check(remote, physical_us), hlc.update(remote, physical_us).map(|_| ()));
         let refused = matches!(hlc.update(remote, physical_us), Err(HlcError::TooFarAhead { .. }));
         prop_assert!(refused);
@@ -134,10 +134,10 @@ proptest! {
         setback in 0u64..2_000_000,
         after in prop::collection::vec(call(), 1..32),
     ) {
-        let mut hlc = Hlc::new(ME, MAX_OFFSET_US);
+        let mut hlc = Hlc::new(ME, OFFSET_MAX_US);
         drive(&mut hlc, &before, None)?;
         let high_water = hlc.high_water();
-        let mut resumed = Hlc::resume(ME, MAX_OFFSET_US, high_water);
+        let mut resumed = Hlc::resume(ME, OFFSET_MAX_US, high_water);
         prop_assert_eq!(resumed.high_water(), high_water);
         let first = resumed.now(high_water.physical_us.saturating_sub(setback));
         if high_water.logical < u32::MAX {
@@ -150,7 +150,7 @@ proptest! {
 
 #[test]
 fn now_within_one_microsecond_counts_logically_and_resets_when_time_moves() {
-    let mut hlc = Hlc::new(ME, MAX_OFFSET_US);
+    let mut hlc = Hlc::new(ME, OFFSET_MAX_US);
     assert_eq!(hlc.now(10), Ok(Timestamp { physical_us: 10, logical: 0, node: ME }));
     assert_eq!(hlc.now(10), Ok(Timestamp { physical_us: 10, logical: 1, node: ME }));
     assert_eq!(hlc.now(5), Ok(Timestamp { physical_us: 10, logical: 2, node: ME }));
@@ -159,24 +159,24 @@ fn now_within_one_microsecond_counts_logically_and_resets_when_time_moves() {
 
 #[test]
 fn a_remote_exactly_at_the_max_offset_is_accepted_and_one_beyond_is_refused() {
-    let mut hlc = Hlc::new(ME, MAX_OFFSET_US);
-    let at = Timestamp { physical_us: 100 + MAX_OFFSET_US, logical: 3, node: NodeId(1) };
-    assert_eq!(hlc.update(at, 100), Ok(Timestamp { physical_us: 100 + MAX_OFFSET_US, logical: 4, node: ME }));
-    let beyond = Timestamp { physical_us: 100 + 2 * MAX_OFFSET_US + 1, ..at };
+    let mut hlc = Hlc::new(ME, OFFSET_MAX_US);
+    let at = Timestamp { physical_us: 100 + OFFSET_MAX_US, logical: 3, node: NodeId(1) };
+    assert_eq!(hlc.update(at, 100), Ok(Timestamp { physical_us: 100 + OFFSET_MAX_US, logical: 4, node: ME }));
+    let beyond = Timestamp { physical_us: 100 + 2 * OFFSET_MAX_US + 1, ..at };
     assert_eq!(
-        hlc.update(beyond, 100 + MAX_OFFSET_US),
+        hlc.update(beyond, 100 + OFFSET_MAX_US),
         Err(HlcError::TooFarAhead {
             remote: beyond,
-            local_us: 100 + MAX_OFFSET_US,
-            ahead_us: MAX_OFFSET_US + 1,
-            max_offset_us: MAX_OFFSET_US
+            local_us: 100 + OFFSET_MAX_US,
+            ahead_us: OFFSET_MAX_US + 1,
+            offset_max_us: OFFSET_MAX_US
         })
     );
 }
 
 #[test]
 fn logical_overflow_is_an_error_not_a_wrap() {
-    let mut hlc = Hlc::resume(ME, MAX_OFFSET_US, Timestamp { physical_us: 9, logical: u32::MAX, node: ME });
+    let mut hlc = Hlc::resume(ME, OFFSET_MAX_US, Timestamp { physical_us: 9, logical: u32::MAX, node: ME });
     assert_eq!(hlc.now(9), Err(HlcError::LogicalOverflow { physical_us: 9 }));
     assert_eq!(hlc.high_water().logical, u32::MAX, "the clock is unchanged");
     assert!(hlc.now(10).is_ok(), "time moving on clears the condition");

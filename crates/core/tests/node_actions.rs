@@ -329,17 +329,17 @@ fn recovery_from_the_persisted_batches_restores_state_and_never_reuses_a_dot_or_
     let remote_ts = b.hlc_high_water();
     issued.push(write(&mut a, T0 + 11, put(b"k\x01", b"after")));
     apply_to_image(&mut image, &drain(&mut a));
-    let max_dot = issued.iter().map(|r| r.dot.counter).max().unwrap();
-    let max_ts = issued.iter().map(|r| r.ts).max().unwrap().max(remote_ts);
+    let dot_max = issued.iter().map(|r| r.dot.counter).max().unwrap();
+    let ts_max = issued.iter().map(|r| r.ts).max().unwrap().max(remote_ts);
 
     let mut r = Driven::from(Node::recover(id(1), config, 99, &image).expect("the image is valid"));
     assert_eq!(digest(&r, NS), digest(&a, NS));
     assert_eq!(r.namespace(NS).unwrap().seen(), a.namespace(NS).unwrap().seen());
-    assert!(r.hlc_high_water() >= max_ts);
+    assert!(r.hlc_high_water() >= ts_max);
     // Restarted with the physical clock set back to zero.
     let next = write(&mut r, 0, put(b"k\x02", b"next"));
-    assert!(next.dot.counter > max_dot, "dot {} reused (max {max_dot})", next.dot);
-    assert!(next.ts > max_ts, "timestamp {} not above {max_ts}", next.ts);
+    assert!(next.dot.counter > dot_max, "dot {} reused (max {dot_max})", next.dot);
+    assert!(next.ts > ts_max, "timestamp {} not above {ts_max}", next.ts);
 }
 
 #[test]

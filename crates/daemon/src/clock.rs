@@ -87,7 +87,7 @@ pub struct ClockHandle {
 }
 
 impl ClockHandle {
-    /// A clock service for a node with this tier and `max_offset_ms`,
+    /// A clock service for a node with this tier and `offset_max_ms`,
     /// reading the OS clock through `os`.
     pub fn new(os: Arc<dyn Clock>, config: ClockConfig) -> Result<Self, ConfigError> {
         let service = ClockService::new(config)?;

@@ -251,7 +251,7 @@ impl Config {
     pub fn clock_config(&self) -> chorus_clock::ClockConfig {
         chorus_clock::ClockConfig {
             tier: self.tier,
-            max_offset_ms: self.max_offset_ms,
+            offset_max_ms: self.max_offset_ms,
             ..chorus_clock::ClockConfig::default()
         }
     }

@@ -202,7 +202,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     let committer = Arc::new(GroupCommitter::start(store).context("starting the group-commit writer")?);
 
     let mut tconfig = TransportConfig::new(config.name.clone(), config.peer_addr);
-    tconfig.max_frame_bytes = chorus_core::limits::FRAME_BYTES_MAX as u32;
+    tconfig.frame_bytes_max = chorus_core::limits::FRAME_BYTES_MAX as u32;
     let (transport, incoming) =
         Transport::bind(tconfig, &creds).with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
     let peer_addr = config.advertised_peer_addr();

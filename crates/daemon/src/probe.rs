@@ -283,7 +283,7 @@ pub enum JoinCheck {
     /// No seed answered a probe (e.g. the first node of a cluster): the
     /// local clock is unchecked until peers can be probed.
     Unchecked,
-    /// The seeds' clocks agree with ours within `max_offset_ms`.
+    /// The seeds' clocks agree with ours within `offset_max_ms`.
     Checked { offset_us: i64, seeds: usize },
 }
 
@@ -291,13 +291,13 @@ pub enum JoinCheck {
 #[derive(Clone, Debug, thiserror::Error)]
 #[error(
     "refusing to join the cluster: local clock is {offset_ms:.3} ms ({offset_us} µs as cluster time minus local \
-     clock) from the seeds' clocks [{detail}], beyond max_offset_ms = {max_offset_ms}; fix the OS clock \
+     clock) from the seeds' clocks [{detail}], beyond max_offset_ms = {offset_max_ms}; fix the OS clock \
      (NTP/chrony) and restart"
 )]
 pub struct JoinRefused {
     pub offset_us: i64,
     pub offset_ms: f64,
-    pub max_offset_ms: u64,
+    pub offset_max_ms: u64,
     pub detail: String,
 }
 
@@ -317,7 +317,7 @@ pub async fn join_check(
     seeds: &[SocketAddr],
     own: &[SocketAddr],
     local_tier: u8,
-    max_offset_ms: u64,
+    offset_max_ms: u64,
 ) -> Result<JoinCheck, JoinRefused> {
     let deadline = tokio::time::Instant::now() + JOIN_CHECK_DEADLINE;
     let mut tasks: JoinSet<Option<String>> = JoinSet::new();
@@ -366,15 +366,15 @@ pub async fn join_check(
         }
     }
     clock.refresh();
-    let max_offset_us = i64::try_from(max_offset_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let Some(selection) = select_cluster_time(&intervals, max_offset_us) else {
+    let offset_max_us = i64::try_from(offset_max_ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let Some(selection) = select_cluster_time(&intervals, offset_max_us) else {
         return Ok(JoinCheck::Unchecked);
     };
-    if selection.offset_us.saturating_abs() > max_offset_us {
+    if selection.offset_us.saturating_abs() > offset_max_us {
         return Err(JoinRefused {
             offset_us: selection.offset_us,
             offset_ms: selection.offset_us as f64 / 1000.0,
-            max_offset_ms,
+            offset_max_ms,
             detail: detail.join(", "),
         });
     }

@@ -148,15 +148,15 @@ impl StrongService {
     /// Create strong namespace `ns` (type lww). `Ok(true)`: created now;
     /// `Ok(false)`: it already existed.
     pub async fn create_namespace(&self, ns: &str) -> Result<bool, StrongError> {
-        use chorus_strong::kv::{Command, Compare, CompareOp, CompareTarget, Response, TxnOp};
+        use chorus_strong::kv::{Compare, CompareOp, CompareTarget, KvCommand, KvResponse, TxnOp};
         let key = registry_key(ns);
-        let command = Command::Txn {
+        let command = KvCommand::Txn {
             compares: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Version(0) }],
             success: vec![TxnOp::Put { key, value: b"lww".to_vec(), lease: None }],
             failure: vec![],
         };
         let created = match self.node.write(command).await? {
-            Response::Txn { succeeded, .. } => succeeded,
+            KvResponse::Txn { succeeded, .. } => succeeded,
             other => return Err(StrongError::Protocol(format!("unexpected answer {other:?}"))),
         };
         self.known.write().unwrap_or_else(PoisonError::into_inner).insert(ns.to_string());

@@ -14,7 +14,7 @@
 //! only grow) are checked by [`crate::strong_checker`] over the same
 //! [`Record`] history; their violations use the kinds below too.
 
-use crate::history::{Hlc, Op, Outcome, Record};
+use crate::history::{ClientOp, Hlc, Outcome, Record};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -141,7 +141,7 @@ fn possibly_applied(r: &Record) -> bool {
 pub fn check_lww(history: &[Record], finals: &BTreeMap<String, String>) -> Vec<Violation> {
     let mut by_key: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
     for r in history {
-        if matches!(r.op, Op::Put { .. } | Op::Delete { .. }) {
+        if matches!(r.op, ClientOp::Put { .. } | ClientOp::Delete { .. }) {
             by_key.entry(r.op.key()).or_default().push(r);
         }
     }
@@ -160,7 +160,7 @@ pub fn check_lww(history: &[Record], finals: &BTreeMap<String, String>) -> Vec<V
             writes.iter().filter(|r| r.result == Outcome::Ok).filter_map(|r| r.ts.as_ref().map(|t| (*r, t))).collect();
         match finals.get(key) {
             Some(value) => {
-                let winner = writes.iter().find(|r| matches!(&r.op, Op::Put { value: v, .. } if v == value));
+                let winner = writes.iter().find(|r| matches!(&r.op, ClientOp::Put { value: v, .. } if v == value));
                 let Some(winner) = winner.filter(|r| possibly_applied(r)) else {
                     out.push(Violation {
                         kind: ViolationKind::Phantom,
@@ -183,10 +183,11 @@ pub fn check_lww(history: &[Record], finals: &BTreeMap<String, String>) -> Vec<V
                 }
             }
             None => {
-                let newest_put = acked.iter().filter(|(r, _)| matches!(r.op, Op::Put { .. })).max_by_key(|(_, t)| *t);
+                let newest_put =
+                    acked.iter().filter(|(r, _)| matches!(r.op, ClientOp::Put { .. })).max_by_key(|(_, t)| *t);
                 if let Some((put, pts)) = newest_put {
                     let excused = writes.iter().any(|r| {
-                        matches!(r.op, Op::Delete { .. })
+                        matches!(r.op, ClientOp::Delete { .. })
                             && match r.result {
                                 Outcome::Unknown => true,
                                 Outcome::Ok => r.ts.as_ref().is_none_or(|t| t > pts),
@@ -215,7 +216,7 @@ pub fn check_lww(history: &[Record], finals: &BTreeMap<String, String>) -> Vec<V
 pub fn check_counters(history: &[Record], finals: &BTreeMap<String, i64>) -> Vec<Violation> {
     let mut by_key: BTreeMap<&str, (i64, Vec<i64>)> = BTreeMap::new();
     for r in history {
-        if let Op::Incr { key, amount } = &r.op {
+        if let ClientOp::Incr { key, amount } = &r.op {
             let e = by_key.entry(key.as_str()).or_default();
             match r.result {
                 Outcome::Ok => e.0 = e.0.saturating_add(*amount),
@@ -302,8 +303,8 @@ pub fn check_sets(history: &[Record], finals: &BTreeMap<String, BTreeSet<String>
     let mut removes: BTreeMap<(&str, &str), Vec<&Record>> = BTreeMap::new();
     for r in history {
         match &r.op {
-            Op::Add { key, member } => adds.entry((key, member)).or_default().push(r),
-            Op::Remove { key, member } => removes.entry((key, member)).or_default().push(r),
+            ClientOp::Add { key, member } => adds.entry((key, member)).or_default().push(r),
+            ClientOp::Remove { key, member } => removes.entry((key, member)).or_default().push(r),
             _ => {}
         }
     }
@@ -353,7 +354,7 @@ pub fn check_sets(history: &[Record], finals: &BTreeMap<String, BTreeSet<String>
 mod tests {
     use super::*;
 
-    fn rec(op: Op, invoke: u64, complete: u64, result: Outcome, ts: Option<u64>) -> Record {
+    fn rec(op: ClientOp, invoke: u64, complete: u64, result: Outcome, ts: Option<u64>) -> Record {
         Record {
             worker: 0,
             node: 0,
@@ -367,10 +368,10 @@ mod tests {
         }
     }
     fn put(k: &str, v: &str, i: u64, c: u64, res: Outcome, ts: Option<u64>) -> Record {
-        rec(Op::Put { key: k.into(), value: v.into() }, i, c, res, ts)
+        rec(ClientOp::Put { key: k.into(), value: v.into() }, i, c, res, ts)
     }
     fn del(k: &str, i: u64, c: u64, res: Outcome, ts: Option<u64>) -> Record {
-        rec(Op::Delete { key: k.into() }, i, c, res, ts)
+        rec(ClientOp::Delete { key: k.into() }, i, c, res, ts)
     }
     fn lww(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -423,7 +424,7 @@ mod tests {
 
     #[test]
     fn counters_accept_exactly_the_acknowledged_sum_plus_a_subset_of_unknowns() {
-        let inc = |a: i64, res| rec(Op::Incr { key: "c".into(), amount: a }, 0, 1, res, None);
+        let inc = |a: i64, res| rec(ClientOp::Incr { key: "c".into(), amount: a }, 0, 1, res, None);
         let h = vec![
             inc(5, Outcome::Ok),
             inc(3, Outcome::Ok),
@@ -451,8 +452,8 @@ mod tests {
 
     #[test]
     fn a_missing_acknowledged_add_is_caught_unless_a_remove_could_have_seen_it() {
-        let add = |i, c, res| rec(Op::Add { key: "s".into(), member: "m".into() }, i, c, res, None);
-        let rm = |i, c, res| rec(Op::Remove { key: "s".into(), member: "m".into() }, i, c, res, None);
+        let add = |i, c, res| rec(ClientOp::Add { key: "s".into(), member: "m".into() }, i, c, res, None);
+        let rm = |i, c, res| rec(ClientOp::Remove { key: "s".into(), member: "m".into() }, i, c, res, None);
         let empty: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let full: BTreeMap<String, BTreeSet<String>> =
             [("s".to_string(), ["m".to_string()].into_iter().collect())].into_iter().collect();

@@ -29,7 +29,7 @@ pub enum Outcome {
 /// [`crate::strong::LOCK_NAME`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
+pub enum ClientOp {
     /// lww put; values are unique within a run, so the final value names
     /// the write that won.
     Put { key: String, value: String },
@@ -54,18 +54,18 @@ pub enum Op {
     Lock { key: String, lease: u64 },
 }
 
-impl Op {
+impl ClientOp {
     pub fn key(&self) -> &str {
         match self {
-            Op::Put { key, .. }
-            | Op::Delete { key }
-            | Op::Incr { key, .. }
-            | Op::Add { key, .. }
-            | Op::Remove { key, .. }
-            | Op::LinRead { key }
-            | Op::LinWrite { key, .. }
-            | Op::LinCas { key, .. }
-            | Op::Lock { key, .. } => key,
+            ClientOp::Put { key, .. }
+            | ClientOp::Delete { key }
+            | ClientOp::Incr { key, .. }
+            | ClientOp::Add { key, .. }
+            | ClientOp::Remove { key, .. }
+            | ClientOp::LinRead { key }
+            | ClientOp::LinWrite { key, .. }
+            | ClientOp::LinCas { key, .. }
+            | ClientOp::Lock { key, .. } => key,
         }
     }
 }
@@ -100,7 +100,7 @@ pub struct Record {
     /// Index of the node the request went to (0-based).
     pub node: usize,
     #[serde(flatten)]
-    pub op: Op,
+    pub op: ClientOp,
     /// Nanoseconds since the run started, before the request was sent.
     pub invoke_ns: u64,
     /// Nanoseconds since the run started, when the answer (or the give-up)
@@ -180,7 +180,7 @@ mod tests {
         let r = Record {
             worker: 1,
             node: 2,
-            op: Op::Incr { key: "c0".into(), amount: -3 },
+            op: ClientOp::Incr { key: "c0".into(), amount: -3 },
             invoke_ns: 5,
             complete_ns: 9,
             result: Outcome::Unknown,
@@ -203,7 +203,7 @@ mod tests {
         let base = Record {
             worker: 100,
             node: 4,
-            op: Op::LinRead { key: "r3".into() },
+            op: ClientOp::LinRead { key: "r3".into() },
             invoke_ns: 5,
             complete_ns: 9,
             result: Outcome::Ok,
@@ -212,12 +212,15 @@ mod tests {
             answer: Some(Answer::Read(None)),
         };
         let cas = Record {
-            op: Op::LinCas { key: "r3".into(), expected: None, value: "w100-1".into() },
+            op: ClientOp::LinCas { key: "r3".into(), expected: None, value: "w100-1".into() },
             answer: Some(Answer::Cas(true)),
             ..base.clone()
         };
-        let lock =
-            Record { op: Op::Lock { key: "fence".into(), lease: 77 }, answer: Some(Answer::Token(12)), ..base.clone() };
+        let lock = Record {
+            op: ClientOp::Lock { key: "fence".into(), lease: 77 },
+            answer: Some(Answer::Token(12)),
+            ..base.clone()
+        };
         for r in [&base, &cas, &lock] {
             log.push(r.clone()).unwrap();
         }

@@ -69,8 +69,8 @@ fn main() -> ExitCode {
         cfg.workers = args.workers;
         cfg.strong_workers = args.strong_workers;
         cfg.fence_workers = args.fence_workers;
-        cfg.max_ops_per_worker = args.ops;
-        cfg.max_faults = args.faults;
+        cfg.ops_per_worker_max = args.ops;
+        cfg.faults_max = args.faults;
         cfg.out_dir = args.out.clone();
         cfg.namespaces = !args.loopback;
         cfg.converge_deadline = Duration::from_secs(30);
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
                 let st = &rep.strong_stats;
                 strong.register_ops += st.register_ops;
                 strong.unknown += st.unknown;
-                strong.max_unknown_per_key = strong.max_unknown_per_key.max(st.max_unknown_per_key);
+                strong.unknown_per_key_max = strong.unknown_per_key_max.max(st.unknown_per_key_max);
                 strong.inconclusive += st.inconclusive;
                 strong.lock_requests += st.lock_requests;
                 strong.grants += st.grants;
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                     rep.strong,
                     st.register_ops,
                     st.unknown,
-                    st.max_unknown_per_key,
+                    st.unknown_per_key_max,
                     st.inconclusive,
                     st.lock_requests,
                     st.grants
@@ -133,7 +133,7 @@ fn main() -> ExitCode {
         "faults: strong register ops={} unknown={} max-unknown-writes-per-key={} inconclusive={} lock requests={} grants={}",
         strong.register_ops,
         strong.unknown,
-        strong.max_unknown_per_key,
+        strong.unknown_per_key_max,
         strong.inconclusive,
         strong.lock_requests,
         strong.grants

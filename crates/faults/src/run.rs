@@ -31,11 +31,11 @@ pub struct RunConfig {
     pub nodes: usize,
     pub workers: u32,
     /// Strong register workers (linearizability) and fencing workers
-    /// (lock grants); each does at most `max_ops_per_worker` ops.
+    /// (lock grants); each does at most `ops_per_worker_max` ops.
     pub strong_workers: u32,
     pub fence_workers: u32,
-    pub max_ops_per_worker: usize,
-    pub max_faults: usize,
+    pub ops_per_worker_max: usize,
+    pub faults_max: usize,
     /// The `chorus` binary.
     pub chorus_bin: PathBuf,
     /// Where to keep the run's files (history, logs); `None` = a temporary
@@ -58,8 +58,8 @@ impl RunConfig {
             workers: 4,
             strong_workers: 2,
             fence_workers: 2,
-            max_ops_per_worker: 250,
-            max_faults: 3,
+            ops_per_worker_max: 250,
+            faults_max: 3,
             chorus_bin,
             out_dir: None,
             namespaces: true,
@@ -349,7 +349,7 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
         net::Mode::Loopback { why, .. } => format!("loopback (only kill/stop faults): {why}"),
     };
     let mut cluster = Cluster::prepare(&cfg.chorus_bin, &net, dir.path(), 300)?;
-    let schedule: Schedule = schedule::generate(cfg.seed, cfg.nodes, cfg.max_faults, net.is_namespaces() && caps.nft);
+    let schedule: Schedule = schedule::generate(cfg.seed, cfg.nodes, cfg.faults_max, net.is_namespaces() && caps.nft);
     std::fs::write(dir.path().join("schedule.json"), serde_json::to_string_pretty(&schedule).unwrap_or_default())
         .map_err(|source| RunError::Io { what: "schedule.json".into(), source })?;
     for (i, off) in schedule.initial_offsets_ms.iter().enumerate() {
@@ -387,7 +387,7 @@ fn run_in(cfg: &RunConfig, dir: &RunDir) -> Result<RunReport, RunError> {
             id,
             seed: cfg.seed,
             apis: apis.clone(),
-            max_ops: cfg.max_ops_per_worker,
+            ops_max: cfg.ops_per_worker_max,
             timeout,
         };
         let (stop, log) = (&stop, &log);

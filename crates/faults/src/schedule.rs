@@ -2,7 +2,7 @@
 //! the network allows), so a printed seed replays the same faults.
 //!
 //! Faults run one after another: apply, hold, undo, gap. Each step is short
-//! (≤ [`HOLD_MS_MAX`]) and a run has at most `max_faults` steps, so a run's
+//! (≤ [`HOLD_MS_MAX`]) and a run has at most `faults_max` steps, so a run's
 //! fault phase is bounded in time.
 
 use crate::rng::Rng;
@@ -75,12 +75,12 @@ impl Schedule {
 }
 
 /// The schedule for `seed`. `network` = link faults are possible.
-pub fn generate(seed: u64, nodes: usize, max_faults: usize, network: bool) -> Schedule {
+pub fn generate(seed: u64, nodes: usize, faults_max: usize, network: bool) -> Schedule {
     let mut rng = Rng::new(seed).fork(0x5c4e_d01e);
     let initial_offsets_ms = (0..nodes)
         .map(|_| if rng.chance(40) { rng.range_i64(-CLOCK_OFFSET_MS_MAX, CLOCK_OFFSET_MS_MAX) } else { 0 })
         .collect();
-    let count = if max_faults == 0 { 0 } else { rng.range(1.min(max_faults as u64), max_faults as u64) as usize };
+    let count = if faults_max == 0 { 0 } else { rng.range(1.min(faults_max as u64), faults_max as u64) as usize };
     let mut steps = Vec::with_capacity(count);
     for _ in 0..count {
         let node = rng.below(nodes as u64) as usize;

@@ -12,7 +12,7 @@
 //! so it is `unknown` (Jepsen's `:info`).
 
 use crate::cluster::{Http, NoAnswer};
-use crate::history::{Answer, HistoryLog, Op, Outcome, Record};
+use crate::history::{Answer, ClientOp, HistoryLog, Outcome, Record};
 use crate::rng::Rng;
 use crate::workers::{OP_PAUSE, WorkerConfig, request_of};
 use serde_json::{Value, json};
@@ -103,24 +103,24 @@ pub fn create_namespace(http: &Http, apis: &[String]) -> Result<Duration, String
 }
 
 /// Outcome, answer and error text of a strong request's HTTP answer.
-pub fn classify(op: &Op, answer: Result<(u16, Value), NoAnswer>) -> (Outcome, Option<Answer>, Option<String>) {
+pub fn classify(op: &ClientOp, answer: Result<(u16, Value), NoAnswer>) -> (Outcome, Option<Answer>, Option<String>) {
     let err = |s: u16, v: &Value| Some(format!("{s} {}", v["error"]));
     match answer {
         Ok((200, v)) => {
             let parsed = match op {
-                Op::LinRead { .. } => v["value"].as_str().map(|s| Answer::Read(Some(s.to_string()))),
-                Op::LinCas { .. } => v["succeeded"].as_bool().map(Answer::Cas),
-                Op::Lock { .. } => v["fencing_token"].as_u64().map(Answer::Token),
+                ClientOp::LinRead { .. } => v["value"].as_str().map(|s| Answer::Read(Some(s.to_string()))),
+                ClientOp::LinCas { .. } => v["succeeded"].as_bool().map(Answer::Cas),
+                ClientOp::Lock { .. } => v["fencing_token"].as_u64().map(Answer::Token),
                 _ => None,
             };
             match (op, parsed) {
-                (Op::LinWrite { .. }, _) => (Outcome::Ok, None, None),
+                (ClientOp::LinWrite { .. }, _) => (Outcome::Ok, None, None),
                 (_, Some(a)) => (Outcome::Ok, Some(a), None),
                 // Done, but the answer is unreadable: treat it as unknown.
                 (_, None) => (Outcome::Unknown, None, Some(format!("200 with an unreadable answer: {v}"))),
             }
         }
-        Ok((404, v)) if matches!(op, Op::LinRead { .. }) && v["error"] == "not_found" => {
+        Ok((404, v)) if matches!(op, ClientOp::LinRead { .. }) && v["error"] == "not_found" => {
             (Outcome::Ok, Some(Answer::Read(None)), None)
         }
         Ok((s, v)) if (400..500).contains(&s) => (Outcome::Fail, None, err(s, &v)),
@@ -131,7 +131,7 @@ pub fn classify(op: &Op, answer: Result<(u16, Value), NoAnswer>) -> (Outcome, Op
 }
 
 /// Send strong `op` to node `node` (at `api`) and return its record.
-pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: Op, t0: Instant) -> Record {
+pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: ClientOp, t0: Instant) -> Record {
     let (method, url, body) = request_of(api, &op);
     let invoke_ns = t0.elapsed().as_nanos() as u64;
     let answer = http.req(method, &url, body.as_deref());
@@ -142,7 +142,7 @@ pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: Op, t0: Ins
 
 /// A register worker: 40 % reads, 35 % writes, 25 % compare-and-swaps
 /// (expecting the last value this worker saw on the key, so some succeed)
-/// on random keys against random nodes, until `stop` or `max_ops`. Values
+/// on random keys against random nodes, until `stop` or `ops_max`. Values
 /// are unique (`s<worker>-<n>`). Returns how many ops were recorded.
 pub fn run_register_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, log: &HistoryLog) -> usize {
     let worker = REGISTER_WORKER_BASE + cfg.id;
@@ -150,24 +150,24 @@ pub fn run_register_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, l
     let http = Http::new(cfg.timeout);
     let mut seen: Vec<Option<String>> = vec![None; STRONG_KEYS as usize];
     let mut done = 0;
-    while done < cfg.max_ops && !stop.load(Ordering::Relaxed) {
+    while done < cfg.ops_max && !stop.load(Ordering::Relaxed) {
         let node = rng.below(cfg.apis.len() as u64) as usize;
         let k = rng.below(STRONG_KEYS) as usize;
         let key = format!("r{k}");
         let value = format!("s{worker}-{done}");
         let roll = rng.below(100);
         let op = if roll < 40 {
-            Op::LinRead { key }
+            ClientOp::LinRead { key }
         } else if roll < 75 {
-            Op::LinWrite { key, value }
+            ClientOp::LinWrite { key, value }
         } else {
-            Op::LinCas { key, expected: seen[k].clone(), value }
+            ClientOp::LinCas { key, expected: seen[k].clone(), value }
         };
         let r = perform(&http, worker, node, &cfg.apis[node], op, t0);
         match (&r.op, r.result, &r.answer) {
-            (Op::LinRead { .. }, Outcome::Ok, Some(Answer::Read(v))) => seen[k] = v.clone(),
-            (Op::LinWrite { value, .. }, Outcome::Ok, _)
-            | (Op::LinCas { value, .. }, Outcome::Ok, Some(Answer::Cas(true))) => seen[k] = Some(value.clone()),
+            (ClientOp::LinRead { .. }, Outcome::Ok, Some(Answer::Read(v))) => seen[k] = v.clone(),
+            (ClientOp::LinWrite { value, .. }, Outcome::Ok, _)
+            | (ClientOp::LinCas { value, .. }, Outcome::Ok, Some(Answer::Cas(true))) => seen[k] = Some(value.clone()),
             _ => {}
         }
         // A history line that cannot be written is still kept in memory.
@@ -182,14 +182,14 @@ pub fn run_register_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, l
 /// [`LOCK_NAME`] under it (waiting ≤ [`LOCK_WAIT_MS`]), record the grant
 /// and its fencing token, release. Lease grants and releases are not
 /// recorded (the checks need only the grants). Returns how many lock
-/// requests were recorded; `max_ops` bounds the attempts.
+/// requests were recorded; `ops_max` bounds the attempts.
 pub fn run_fence_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, log: &HistoryLog) -> usize {
     let worker = FENCE_WORKER_BASE + cfg.id;
     let mut rng = Rng::new(cfg.seed).fork(0x6000 + u64::from(cfg.id));
     let http = Http::new(cfg.timeout);
     let lease_body = json!({ "ttl_ms": LEASE_TTL_MS }).to_string();
     let (mut attempts, mut recorded) = (0, 0);
-    while attempts < cfg.max_ops && !stop.load(Ordering::Relaxed) {
+    while attempts < cfg.ops_max && !stop.load(Ordering::Relaxed) {
         attempts += 1;
         let node = rng.below(cfg.apis.len() as u64) as usize;
         let api = &cfg.apis[node];
@@ -201,7 +201,7 @@ pub fn run_fence_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, log:
             std::thread::sleep(OP_PAUSE * 10);
             continue;
         };
-        let r = perform(&http, worker, node, api, Op::Lock { key: LOCK_NAME.into(), lease }, t0);
+        let r = perform(&http, worker, node, api, ClientOp::Lock { key: LOCK_NAME.into(), lease }, t0);
         let granted = r.result != Outcome::Fail;
         let _ = log.push(r);
         recorded += 1;
@@ -228,7 +228,7 @@ pub fn final_reads(apis: &[String], t0: Instant) -> Result<Vec<Record>, String> 
         loop {
             let node = attempt % apis.len();
             attempt += 1;
-            let r = perform(&http, FINAL_READER, node, &apis[node], Op::LinRead { key: format!("r{k}") }, t0);
+            let r = perform(&http, FINAL_READER, node, &apis[node], ClientOp::LinRead { key: format!("r{k}") }, t0);
             if r.result == Outcome::Ok {
                 out.push(r);
                 break;
@@ -249,14 +249,14 @@ pub fn final_reads(apis: &[String], t0: Instant) -> Result<Vec<Record>, String> 
 mod tests {
     use super::*;
 
-    fn read() -> Op {
-        Op::LinRead { key: "r0".into() }
+    fn read() -> ClientOp {
+        ClientOp::LinRead { key: "r0".into() }
     }
 
     #[test]
     fn strong_answers_are_classified_as_the_http_api_documents() {
-        let c = |op: &Op, s: u16, v: Value| classify(op, Ok((s, v))).0;
-        let write = Op::LinWrite { key: "r0".into(), value: "v".into() };
+        let c = |op: &ClientOp, s: u16, v: Value| classify(op, Ok((s, v))).0;
+        let write = ClientOp::LinWrite { key: "r0".into(), value: "v".into() };
         assert_eq!(classify(&read(), Ok((404, json!({"error": "not_found"})))).1, Some(Answer::Read(None)));
         assert_eq!(c(&read(), 404, json!({"error": "no_such_namespace"})), Outcome::Fail);
         for e in NOTHING_CHANGED_503 {
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(c(&write, 504, json!({"error": "timeout"})), Outcome::Unknown);
         assert_eq!(c(&write, 502, json!({"error": "protocol"})), Outcome::Unknown);
         assert_eq!(c(&write, 200, json!({"revision": 3})), Outcome::Ok);
-        let lock = Op::Lock { key: LOCK_NAME.into(), lease: 1 };
+        let lock = ClientOp::Lock { key: LOCK_NAME.into(), lease: 1 };
         assert_eq!(classify(&lock, Ok((200, json!({"fencing_token": 9})))).1, Some(Answer::Token(9)));
         assert_eq!(c(&lock, 409, json!({"error": "lock_busy"})), Outcome::Fail);
         // A 200 without the token cannot be checked: unknown, not ok.

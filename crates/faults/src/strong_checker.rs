@@ -13,7 +13,7 @@
 //!   refuse a stale holder if tokens grow in real-time order).
 
 use crate::checker::{Violation, ViolationKind};
-use crate::history::{Answer, Op, Outcome, Record};
+use crate::history::{Answer, ClientOp, Outcome, Record};
 use chorus_strong::linearizability::{self as lin, CheckError, Operation, RegisterOp};
 use std::collections::BTreeMap;
 
@@ -25,7 +25,7 @@ pub struct StrongStats {
     /// Register ops with an unknown outcome.
     pub unknown: usize,
     /// Most unknown writes/CAS on one key (what the search cost grows with).
-    pub max_unknown_per_key: usize,
+    pub unknown_per_key_max: usize,
     /// Keys whose search was inconclusive.
     pub inconclusive: usize,
     /// Lock requests, and how many were acknowledged grants.
@@ -36,9 +36,9 @@ pub struct StrongStats {
 /// The register op of a record, if it is one.
 fn register_op(r: &Record) -> Option<Operation> {
     let (key, op) = match &r.op {
-        Op::LinRead { key } => (key, RegisterOp::Read),
-        Op::LinWrite { key, value } => (key, RegisterOp::Write(value.clone().into_bytes())),
-        Op::LinCas { key, expected, value } => (
+        ClientOp::LinRead { key } => (key, RegisterOp::Read),
+        ClientOp::LinWrite { key, value } => (key, RegisterOp::Write(value.clone().into_bytes())),
+        ClientOp::LinCas { key, expected, value } => (
             key,
             RegisterOp::Cas {
                 expected: expected.as_ref().map(|e| e.clone().into_bytes()),
@@ -85,7 +85,7 @@ pub fn check_linearizable(history: &[Record]) -> (Vec<Violation>, StrongStats) {
         let key = String::from_utf8_lossy(&key).into_owned();
         let unknown_writes =
             ops.iter().filter(|o| o.outcome == lin::Outcome::Unknown && o.op != RegisterOp::Read).count();
-        stats.max_unknown_per_key = stats.max_unknown_per_key.max(unknown_writes);
+        stats.unknown_per_key_max = stats.unknown_per_key_max.max(unknown_writes);
         let Err(e) = lin::check_registers(&ops) else { continue };
         let (kind, detail) = match &e {
             CheckError::Inconclusive { steps, .. } => {
@@ -116,7 +116,7 @@ pub fn check_fencing(history: &[Record]) -> (Vec<Violation>, StrongStats) {
     let mut stats = StrongStats::default();
     let mut grants: Vec<(&Record, &str, u64)> = Vec::new();
     for r in history {
-        if let Op::Lock { key, .. } = &r.op {
+        if let ClientOp::Lock { key, .. } = &r.op {
             stats.lock_requests += 1;
             if let (Outcome::Ok, Some(Answer::Token(t))) = (r.result, &r.answer) {
                 grants.push((r, key, *t));
@@ -162,7 +162,7 @@ pub fn check_fencing(history: &[Record]) -> (Vec<Violation>, StrongStats) {
 
 fn lease_of(r: &Record) -> Option<u64> {
     match r.op {
-        Op::Lock { lease, .. } => Some(lease),
+        ClientOp::Lock { lease, .. } => Some(lease),
         _ => None,
     }
 }
@@ -185,7 +185,14 @@ pub fn check_strong(history: &[Record]) -> (Vec<Violation>, StrongStats) {
 mod tests {
     use super::*;
 
-    fn rec(worker: u32, op: Op, invoke_us: u64, complete_us: u64, result: Outcome, answer: Option<Answer>) -> Record {
+    fn rec(
+        worker: u32,
+        op: ClientOp,
+        invoke_us: u64,
+        complete_us: u64,
+        result: Outcome,
+        answer: Option<Answer>,
+    ) -> Record {
         Record {
             worker,
             node: 0,
@@ -199,13 +206,13 @@ mod tests {
         }
     }
     fn grant(worker: u32, lease: u64, i: u64, c: u64, token: u64) -> Record {
-        rec(worker, Op::Lock { key: "fence".into(), lease }, i, c, Outcome::Ok, Some(Answer::Token(token)))
+        rec(worker, ClientOp::Lock { key: "fence".into(), lease }, i, c, Outcome::Ok, Some(Answer::Token(token)))
     }
     fn write(w: u32, v: &str, i: u64, c: u64, res: Outcome) -> Record {
-        rec(w, Op::LinWrite { key: "r0".into(), value: v.into() }, i, c, res, None)
+        rec(w, ClientOp::LinWrite { key: "r0".into(), value: v.into() }, i, c, res, None)
     }
     fn read(w: u32, v: Option<&str>, i: u64, c: u64) -> Record {
-        rec(w, Op::LinRead { key: "r0".into() }, i, c, Outcome::Ok, Some(Answer::Read(v.map(str::to_string))))
+        rec(w, ClientOp::LinRead { key: "r0".into() }, i, c, Outcome::Ok, Some(Answer::Read(v.map(str::to_string))))
     }
     fn kinds(v: &[Violation]) -> Vec<ViolationKind> {
         v.iter().map(|v| v.kind).collect()
@@ -221,7 +228,7 @@ mod tests {
         // Failed and unknown requests carry no token and are ignored.
         let h = vec![
             grant(200, 1, 0, 10, 5),
-            rec(201, Op::Lock { key: "fence".into(), lease: 2 }, 20, 30, Outcome::Unknown, None),
+            rec(201, ClientOp::Lock { key: "fence".into(), lease: 2 }, 20, 30, Outcome::Unknown, None),
         ];
         let (v, stats) = check_fencing(&h);
         assert!(v.is_empty());
@@ -263,7 +270,7 @@ mod tests {
             vec![write(100, "a", 0, 10, Outcome::Unknown), read(101, None, 20, 30), read(101, Some("a"), 40, 50)];
         let (v, stats) = check_linearizable(&late);
         assert!(v.is_empty(), "{v:?}");
-        assert_eq!((stats.register_ops, stats.unknown, stats.max_unknown_per_key), (3, 1, 1));
+        assert_eq!((stats.register_ops, stats.unknown, stats.unknown_per_key_max), (3, 1, 1));
     }
 
     #[test]
@@ -271,7 +278,7 @@ mod tests {
         let cas = |w, exp: Option<&str>, v: &str, i, c, swapped| {
             rec(
                 w,
-                Op::LinCas { key: "r0".into(), expected: exp.map(str::to_string), value: v.into() },
+                ClientOp::LinCas { key: "r0".into(), expected: exp.map(str::to_string), value: v.into() },
                 i,
                 c,
                 Outcome::Ok,

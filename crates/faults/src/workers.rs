@@ -3,7 +3,7 @@
 //! history. Bounded by an op count and a stop flag.
 
 use crate::cluster::{Http, NoAnswer};
-use crate::history::{HistoryLog, Hlc, Op, Outcome, Record};
+use crate::history::{ClientOp, HistoryLog, Hlc, Outcome, Record};
 use crate::rng::Rng;
 use crate::strong::{LOCK_WAIT_MS, NS_STRONG};
 use serde_json::{Value, json};
@@ -29,28 +29,28 @@ pub struct WorkerConfig {
     pub seed: u64,
     /// Base URLs of the nodes' APIs.
     pub apis: Vec<String>,
-    pub max_ops: usize,
+    pub ops_max: usize,
     pub timeout: Duration,
 }
 
-/// Run until `stop` or `max_ops`; returns how many ops were recorded.
+/// Run until `stop` or `ops_max`; returns how many ops were recorded.
 pub fn run_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, log: &HistoryLog) -> usize {
     let mut rng = Rng::new(cfg.seed).fork(0x3000 + u64::from(cfg.id));
     let http = Http::new(cfg.timeout);
     let mut done = 0;
-    while done < cfg.max_ops && !stop.load(Ordering::Relaxed) {
+    while done < cfg.ops_max && !stop.load(Ordering::Relaxed) {
         let node = rng.below(cfg.apis.len() as u64) as usize;
         let roll = rng.below(100);
         let op = if roll < 42 {
-            Op::Put { key: format!("k{}", rng.below(LWW_KEYS)), value: format!("w{}-{done}", cfg.id) }
+            ClientOp::Put { key: format!("k{}", rng.below(LWW_KEYS)), value: format!("w{}-{done}", cfg.id) }
         } else if roll < 50 {
-            Op::Delete { key: format!("k{}", rng.below(LWW_KEYS)) }
+            ClientOp::Delete { key: format!("k{}", rng.below(LWW_KEYS)) }
         } else if roll < 75 {
             let amount = if rng.chance(20) { -rng.range_i64(1, 3) } else { rng.range_i64(1, 5) };
-            Op::Incr { key: format!("c{}", rng.below(COUNTER_KEYS)), amount }
+            ClientOp::Incr { key: format!("c{}", rng.below(COUNTER_KEYS)), amount }
         } else {
             let (key, member) = (format!("s{}", rng.below(SET_KEYS)), format!("m{}", rng.below(SET_MEMBERS)));
-            if roll < 92 { Op::Add { key, member } } else { Op::Remove { key, member } }
+            if roll < 92 { ClientOp::Add { key, member } } else { ClientOp::Remove { key, member } }
         };
         // A history line that cannot be written is still kept in memory.
         let _ = log.push(perform(&http, cfg.id, node, &cfg.apis[node], op, t0));
@@ -61,35 +61,35 @@ pub fn run_worker(cfg: &WorkerConfig, stop: &AtomicBool, t0: Instant, log: &Hist
 }
 
 /// The HTTP request of `op` against the node at `api`: (method, url, body).
-pub fn request_of(api: &str, op: &Op) -> (&'static str, String, Option<String>) {
+pub fn request_of(api: &str, op: &ClientOp) -> (&'static str, String, Option<String>) {
     match op {
-        Op::Put { key, value } => {
+        ClientOp::Put { key, value } => {
             ("PUT", format!("{api}/v1/ns/{NS_LWW}/kv/{key}"), Some(json!({ "value": value }).to_string()))
         }
-        Op::Delete { key } => ("DELETE", format!("{api}/v1/ns/{NS_LWW}/kv/{key}"), None),
-        Op::Incr { key, amount } => {
+        ClientOp::Delete { key } => ("DELETE", format!("{api}/v1/ns/{NS_LWW}/kv/{key}"), None),
+        ClientOp::Incr { key, amount } => {
             ("POST", format!("{api}/v1/ns/{NS_COUNTER}/counter/{key}"), Some(json!({ "amount": amount }).to_string()))
         }
-        Op::Add { key, member } | Op::Remove { key, member } => {
-            let verb = if matches!(op, Op::Add { .. }) { "add" } else { "remove" };
+        ClientOp::Add { key, member } | ClientOp::Remove { key, member } => {
+            let verb = if matches!(op, ClientOp::Add { .. }) { "add" } else { "remove" };
             (
                 "POST",
                 format!("{api}/v1/ns/{NS_SET}/set/{key}"),
                 Some(json!({ "op": verb, "member": member }).to_string()),
             )
         }
-        Op::LinRead { key } => ("GET", format!("{api}/v1/ns/{NS_STRONG}/kv/{key}"), None),
-        Op::LinWrite { key, value } => {
+        ClientOp::LinRead { key } => ("GET", format!("{api}/v1/ns/{NS_STRONG}/kv/{key}"), None),
+        ClientOp::LinWrite { key, value } => {
             ("PUT", format!("{api}/v1/ns/{NS_STRONG}/kv/{key}"), Some(json!({ "value": value }).to_string()))
         }
-        Op::LinCas { key, expected, value } => {
+        ClientOp::LinCas { key, expected, value } => {
             let body = match expected {
                 Some(e) => json!({ "expected": e, "value": value }),
                 None => json!({ "value": value }),
             };
             ("POST", format!("{api}/v1/ns/{NS_STRONG}/cas/{key}"), Some(body.to_string()))
         }
-        Op::Lock { key, lease } => (
+        ClientOp::Lock { key, lease } => (
             "POST",
             format!("{api}/v1/ns/{NS_STRONG}/lock/{key}"),
             Some(json!({ "lease": lease, "wait_ms": LOCK_WAIT_MS }).to_string()),
@@ -99,7 +99,7 @@ pub fn request_of(api: &str, op: &Op) -> (&'static str, String, Option<String>) 
 
 /// Send `op` to node `node` (at `api`) and return its history record;
 /// times are nanoseconds since `t0`.
-pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: Op, t0: Instant) -> Record {
+pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: ClientOp, t0: Instant) -> Record {
     let (method, url, body) = request_of(api, &op);
     let invoke_ns = t0.elapsed().as_nanos() as u64;
     let answer = http.req(method, &url, body.as_deref());

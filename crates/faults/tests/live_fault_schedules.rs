@@ -24,8 +24,8 @@ fn ten_seeded_fault_schedules_on_five_nodes_converge_lose_no_write_and_stay_line
     let (mut register_ops, mut register_ok, mut unknown, mut grants) = (0, 0, 0, 0);
     for seed in base..base + RUNS {
         let mut cfg = RunConfig::short(seed, NODES, bin.clone());
-        cfg.max_faults = 2;
-        cfg.max_ops_per_worker = 150;
+        cfg.faults_max = 2;
+        cfg.ops_per_worker_max = 150;
         let rep = run_once(&cfg).unwrap_or_else(|e| panic!("seed {seed}: the harness could not run: {e}"));
         eprintln!(
             "seed={seed} mode={} ops={} ok={} unknown={} fail={} faults={} violations={} {:.1}s (replay: scripts/faults.sh --runs 1 --seed {seed} --nodes {NODES})",
@@ -41,7 +41,7 @@ fn ten_seeded_fault_schedules_on_five_nodes_converge_lose_no_write_and_stay_line
         let st = &rep.strong_stats;
         eprintln!(
             "    strong: {}; register ops {} (unknown {}, ≤ {} unknown writes per key), lock requests {} (granted {})",
-            rep.strong, st.register_ops, st.unknown, st.max_unknown_per_key, st.lock_requests, st.grants
+            rep.strong, st.register_ops, st.unknown, st.unknown_per_key_max, st.lock_requests, st.grants
         );
         register_ops += st.register_ops;
         register_ok += st.register_ops - st.unknown;

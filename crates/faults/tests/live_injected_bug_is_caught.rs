@@ -10,7 +10,7 @@ mod common;
 
 use chorus_faults::checker::{self, ViolationKind};
 use chorus_faults::cluster::Cluster;
-use chorus_faults::history::{Op, Outcome};
+use chorus_faults::history::{ClientOp, Outcome};
 use chorus_faults::net::Net;
 use chorus_faults::run::{HEALTHY_DEADLINE, await_convergence, create_namespaces};
 use chorus_faults::workers::perform;
@@ -41,7 +41,9 @@ fn scenario(block: u8, bug: Bug) -> Vec<ViolationKind> {
     let api = |c: &Cluster, i: usize| c.nodes[i].api.clone();
     let mut history = Vec::new();
     // Writes everyone sees: must survive either way.
-    for op in [Op::Put { key: "k0".into(), value: "before".into() }, Op::Incr { key: "c0".into(), amount: 2 }] {
+    for op in
+        [ClientOp::Put { key: "k0".into(), value: "before".into() }, ClientOp::Incr { key: "c0".into(), amount: 2 }]
+    {
         history.push(perform(&cluster.admin, 0, 1, &api(&cluster, 1), op, t0));
     }
     let (_, states) = await_convergence(&cluster, Duration::from_secs(20));
@@ -50,9 +52,9 @@ fn scenario(block: u8, bug: Bug) -> Vec<ViolationKind> {
     cluster.kill9(1);
     cluster.kill9(2);
     for op in [
-        Op::Put { key: "k0".into(), value: "only-on-node1".into() },
-        Op::Incr { key: "c0".into(), amount: 5 },
-        Op::Add { key: "s0".into(), member: "m0".into() },
+        ClientOp::Put { key: "k0".into(), value: "only-on-node1".into() },
+        ClientOp::Incr { key: "c0".into(), amount: 5 },
+        ClientOp::Add { key: "s0".into(), member: "m0".into() },
     ] {
         let r = perform(&cluster.admin, 0, 0, &api(&cluster, 0), op, t0);
         assert_eq!(r.result, Outcome::Ok, "{r:?}");

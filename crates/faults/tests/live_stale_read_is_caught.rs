@@ -12,7 +12,7 @@ mod common;
 
 use chorus_faults::checker::ViolationKind;
 use chorus_faults::cluster::Cluster;
-use chorus_faults::history::{Answer, Op, Outcome, Record};
+use chorus_faults::history::{Answer, ClientOp, Outcome, Record};
 use chorus_faults::run::{HEALTHY_DEADLINE, build_net, create_namespaces};
 use chorus_faults::strong::{self, NS_STRONG};
 use chorus_faults::strong_checker::check_linearizable;
@@ -27,7 +27,7 @@ fn stale_value(cluster: &Cluster, node: usize) -> Option<String> {
 }
 
 fn write(cluster: &Cluster, node: usize, value: &str, t0: Instant) -> Record {
-    let op = Op::LinWrite { key: "r0".into(), value: value.into() };
+    let op = ClientOp::LinWrite { key: "r0".into(), value: value.into() };
     let r = strong::perform(&cluster.admin, 0, node, &cluster.nodes[node].api, op, t0);
     assert_eq!(r.result, Outcome::Ok, "{r:?}");
     r
@@ -68,7 +68,7 @@ fn a_stale_read_from_a_cut_off_learner_is_not_linearizable_and_the_majority_read
     let stale_read = Record {
         worker: 1,
         node: 3,
-        op: Op::LinRead { key: "r0".into() },
+        op: ClientOp::LinRead { key: "r0".into() },
         invoke_ns,
         complete_ns,
         result: Outcome::Ok,
@@ -77,7 +77,7 @@ fn a_stale_read_from_a_cut_off_learner_is_not_linearizable_and_the_majority_read
         answer: Some(Answer::Read(stale)),
     };
     let majority_read =
-        strong::perform(&cluster.admin, 1, 1, &cluster.nodes[1].api, Op::LinRead { key: "r0".into() }, t0);
+        strong::perform(&cluster.admin, 1, 1, &cluster.nodes[1].api, ClientOp::LinRead { key: "r0".into() }, t0);
     assert_eq!(majority_read.answer, Some(Answer::Read(Some("new".into()))), "{majority_read:?}");
     assert!(net.heal().is_empty(), "heal");
 

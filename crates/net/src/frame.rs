@@ -2,7 +2,7 @@
 //!
 //! A frame is a `u32` big-endian payload length followed by the payload.
 //! The reader enforces a maximum *before* allocating, so a peer cannot make
-//! us allocate more than `max_frame_bytes` per stream (quinn bounds the
+//! us allocate more than `frame_bytes_max` per stream (quinn bounds the
 //! number of concurrent streams).
 
 use bytes::Bytes;
@@ -39,7 +39,7 @@ impl FrameError {
 }
 
 /// The header for a payload of `len` bytes; the caller has checked
-/// `len <= max_frame_bytes <= u32::MAX`.
+/// `len <= frame_bytes_max <= u32::MAX`.
 pub fn header(len: usize) -> Bytes {
     let len = u32::try_from(len).unwrap_or(u32::MAX);
     Bytes::copy_from_slice(&len.to_be_bytes())
@@ -47,7 +47,7 @@ pub fn header(len: usize) -> Bytes {
 
 /// Reads one frame. `Ok(None)` means the stream ended cleanly between
 /// frames.
-pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame_bytes: u32) -> Result<Option<Bytes>, FrameError> {
+pub async fn read_frame(recv: &mut quinn::RecvStream, frame_bytes_max: u32) -> Result<Option<Bytes>, FrameError> {
     let mut head = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut head).await {
         Ok(()) => {}
@@ -56,8 +56,8 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, max_frame_bytes: u32) -> R
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Read(e)),
     }
     let len = u32::from_be_bytes(head);
-    if len > max_frame_bytes {
-        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(max_frame_bytes) });
+    if len > frame_bytes_max {
+        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(frame_bytes_max) });
     }
     let mut payload = vec![0u8; len as usize];
     match recv.read_exact(&mut payload).await {

@@ -223,7 +223,7 @@ async fn dialing_a_peer_under_the_wrong_name_fails() {
 async fn an_oversized_frame_is_rejected_and_the_receiver_keeps_serving_others() {
     let ca = ClusterCa::generate("test").expect("ca");
     let mut small = config("alpha");
-    small.max_frame_bytes = 1024;
+    small.frame_bytes_max = 1024;
     let (a, mut a_rx) = Transport::bind(small, &creds(&ca, "alpha")).expect("bind");
     let (big, _big_rx) = bind(&ca, "bigmouth");
     let (c, _c_rx) = bind(&ca, "gamma");

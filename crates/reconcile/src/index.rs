@@ -25,22 +25,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::OnceLock;
 
-/// A key as stored by the caller: at most [`MAX_KEY_BYTES`] bytes.
+/// A key as stored by the caller: at most [`KEY_BYTES_MAX`] bytes.
 pub type Key = Vec<u8>;
 
 /// The caller's hash of a key's current CRDT state.
 pub type Digest = [u8; 16];
 
-/// Keys are at most 4 KiB (SPEC §1).
-pub const MAX_KEY_BYTES: usize = 4096;
+/// The largest key, in bytes: the product's key limit (SPEC §1: 4 KiB),
+/// defined here once, at the bottom of the dependency graph; `chorus-core`
+/// re-exports it as `limits::KEY_BYTES_MAX` and `chorus-strong` uses it too.
+pub const KEY_BYTES_MAX: usize = 4096;
 
 /// Bucket bits of a fresh index: a 4,096-bucket Fenwick tree (64 KiB), enough
 /// for small namespaces; the index grows it as items arrive.
-pub const DEFAULT_BUCKET_BITS: u8 = 12;
+pub const BUCKET_BITS_DEFAULT: u8 = 12;
 
 /// Upper bound on bucket bits (a 16 MiB Fenwick tree), reached at about 64
 /// million items; beyond that, in-bucket scans grow slowly.
-pub const MAX_BUCKET_BITS: u8 = 20;
+pub const BUCKET_BITS_MAX: u8 = 20;
 
 /// The index regrows its Fenwick tree once buckets hold this many items on
 /// average, so that in-bucket scans stay short.
@@ -54,12 +56,12 @@ const TAG_CONTEXT: &str = "chorus-reconcile 2026-11 item tag v1";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IndexError {
-    /// The key exceeds [`MAX_KEY_BYTES`]; the index is unchanged.
+    /// The key exceeds [`KEY_BYTES_MAX`]; the index is unchanged.
     #[error("key of {len} bytes exceeds the {max}-byte limit")]
     KeyTooLong {
         /// Length of the rejected key.
         len: usize,
-        /// The limit, [`MAX_KEY_BYTES`].
+        /// The limit, [`KEY_BYTES_MAX`].
         max: usize,
     },
 }
@@ -270,14 +272,14 @@ impl Default for ItemIndex {
 impl ItemIndex {
     /// An empty index.
     pub fn new() -> Self {
-        Self::with_bucket_bits(DEFAULT_BUCKET_BITS)
+        Self::with_bucket_bits(BUCKET_BITS_DEFAULT)
     }
 
     /// An empty index whose Fenwick tree starts with `2^bucket_bits` buckets
-    /// (clamped to `1..=MAX_BUCKET_BITS`): for namespaces known to be large,
+    /// (clamped to `1..=BUCKET_BITS_MAX`): for namespaces known to be large,
     /// and for tests of the regrowth path.
     pub fn with_bucket_bits(bucket_bits: u8) -> Self {
-        let bucket_bits = bucket_bits.clamp(1, MAX_BUCKET_BITS);
+        let bucket_bits = bucket_bits.clamp(1, BUCKET_BITS_MAX);
         ItemIndex {
             bucket_bits,
             by_key: BTreeMap::new(),
@@ -300,8 +302,8 @@ impl ItemIndex {
     {
         let mut sorted: Vec<(Key, Digest)> = Vec::new();
         for (key, digest) in items {
-            if key.len() > MAX_KEY_BYTES {
-                return Err(IndexError::KeyTooLong { len: key.len(), max: MAX_KEY_BYTES });
+            if key.len() > KEY_BYTES_MAX {
+                return Err(IndexError::KeyTooLong { len: key.len(), max: KEY_BYTES_MAX });
             }
             sorted.push((key, digest));
         }
@@ -345,8 +347,8 @@ impl ItemIndex {
     /// `O(log n)` (amortised: the Fenwick tree is regrown, `O(n)`, each time
     /// the item count quadruples past a bucket threshold).
     pub fn insert(&mut self, key: Key, digest: Digest) -> Result<Option<Digest>, IndexError> {
-        if key.len() > MAX_KEY_BYTES {
-            return Err(IndexError::KeyTooLong { len: key.len(), max: MAX_KEY_BYTES });
+        if key.len() > KEY_BYTES_MAX {
+            return Err(IndexError::KeyTooLong { len: key.len(), max: KEY_BYTES_MAX });
         }
         let previous = self.by_key.get(&key).copied();
         if previous == Some(digest) {
@@ -361,7 +363,7 @@ impl ItemIndex {
         self.fenwick_add(tag, RangeFingerprint::of_tag(tag));
         self.by_tag.insert((tag, key.clone()));
         self.by_key.insert(key, digest);
-        if self.bucket_bits < MAX_BUCKET_BITS && self.by_key.len() > TARGET_ITEMS_PER_BUCKET_MAX << self.bucket_bits {
+        if self.bucket_bits < BUCKET_BITS_MAX && self.by_key.len() > TARGET_ITEMS_PER_BUCKET_MAX << self.bucket_bits {
             self.bucket_bits = bucket_bits_for(self.by_key.len()).max(self.bucket_bits + 1);
             self.rebuild_fenwick();
         }
@@ -466,10 +468,10 @@ impl ItemIndex {
 }
 
 /// Bucket bits for `len` items: at most about 16 items per bucket, within
-/// `[DEFAULT_BUCKET_BITS, MAX_BUCKET_BITS]`.
+/// `[BUCKET_BITS_DEFAULT, BUCKET_BITS_MAX]`.
 fn bucket_bits_for(len: usize) -> u8 {
-    let mut bits = DEFAULT_BUCKET_BITS;
-    while bits < MAX_BUCKET_BITS && (16usize << bits) < len {
+    let mut bits = BUCKET_BITS_DEFAULT;
+    while bits < BUCKET_BITS_MAX && (16usize << bits) < len {
         bits += 1;
     }
     bits
@@ -547,8 +549,8 @@ mod tests {
     #[test]
     fn oversized_keys_are_rejected() {
         let mut index = ItemIndex::new();
-        let err = index.insert(vec![0; MAX_KEY_BYTES + 1], [0; 16]).unwrap_err();
-        assert_eq!(err, IndexError::KeyTooLong { len: MAX_KEY_BYTES + 1, max: MAX_KEY_BYTES });
+        let err = index.insert(vec![0; KEY_BYTES_MAX + 1], [0; 16]).unwrap_err();
+        assert_eq!(err, IndexError::KeyTooLong { len: KEY_BYTES_MAX + 1, max: KEY_BYTES_MAX });
         assert!(index.is_empty());
     }
 }

@@ -29,13 +29,13 @@ mod session;
 mod wire;
 
 pub use index::{
-    DEFAULT_BUCKET_BITS, Digest, IndexError, ItemIndex, Key, MAX_BUCKET_BITS, MAX_KEY_BYTES, Prefix, RangeFingerprint,
+    BUCKET_BITS_DEFAULT, BUCKET_BITS_MAX, Digest, IndexError, ItemIndex, KEY_BYTES_MAX, Key, Prefix, RangeFingerprint,
     item_tag, tag_check, tag_sum_bytes, tag_sum_mask,
 };
 pub use session::{
-    FANOUT_BITS, MAX_MESSAGES_PER_SESSION, MAX_SESSION_ITEMS, ROOT_FANOUT_BITS, ReconcileError, Reconciler, Step,
+    FANOUT_BITS, MESSAGES_PER_SESSION_MAX, ROOT_FANOUT_BITS, ReconcileError, Reconciler, SESSION_ITEMS_MAX, Step,
 };
 pub use wire::{
-    DecodeError, Group, MAX_ACKS_PER_MESSAGE, MAX_CELLS_PER_MESSAGE, MAX_FANOUT_BITS, MAX_KEY_BYTES_PER_MESSAGE,
-    MAX_KEYS_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_WANTS_PER_MESSAGE, Message, WIRE_VERSION, Want,
+    ACKS_PER_MESSAGE_MAX, CELLS_PER_MESSAGE_MAX, DecodeError, FANOUT_BITS_MAX, Group, KEY_BYTES_PER_MESSAGE_MAX,
+    KEYS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX, Message, WANTS_PER_MESSAGE_MAX, WIRE_VERSION, Want,
 };

@@ -16,7 +16,7 @@
 //!
 //! Every split makes ranges strictly deeper (at most 64 bits), each received
 //! cell queues at most one split, and a session handles at most
-//! [`MAX_MESSAGES_PER_SESSION`] messages before failing with
+//! [`MESSAGES_PER_SESSION_MAX`] messages before failing with
 //! [`ReconcileError::TooManyMessages`]. Equal sets finish in one round trip.
 //!
 //! # Results
@@ -34,8 +34,8 @@ use std::collections::{BTreeSet, VecDeque};
 
 use crate::index::{ItemIndex, Key, Prefix, RangeFingerprint, item_tag};
 use crate::wire::{
-    Group, MAX_ACKS_PER_MESSAGE, MAX_CELLS_PER_MESSAGE, MAX_KEY_BYTES_PER_MESSAGE, MAX_KEYS_PER_MESSAGE,
-    MAX_WANTS_PER_MESSAGE, Message, Want,
+    ACKS_PER_MESSAGE_MAX, CELLS_PER_MESSAGE_MAX, Group, KEY_BYTES_PER_MESSAGE_MAX, KEYS_PER_MESSAGE_MAX, Message,
+    WANTS_PER_MESSAGE_MAX, Want,
 };
 
 /// The root is split 16 ways: a differing root usually means several
@@ -48,14 +48,14 @@ pub const ROOT_FANOUT_BITS: u8 = 4;
 pub const FANOUT_BITS: u8 = 2;
 
 /// Most messages one side handles in a session.
-pub const MAX_MESSAGES_PER_SESSION: u32 = 10_000;
+pub const MESSAGES_PER_SESSION_MAX: u32 = 10_000;
 
 /// Most queued outgoing items (splits, wants, announcements,
 /// acknowledgements) plus keys reported as needed. An honest session queues
 /// about one item per differing item, so this admits about four million
 /// differences; beyond that the caller should fall back to a snapshot
 /// (SPEC §3 catch-up), which is cheaper anyway.
-pub const MAX_SESSION_ITEMS: usize = 1 << 22;
+pub const SESSION_ITEMS_MAX: usize = 1 << 22;
 
 /// Errors of [`Reconciler::handle`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -71,14 +71,14 @@ pub enum ReconcileError {
         /// The offending sequence number.
         seq: u32,
     },
-    /// The session would hold more than [`MAX_SESSION_ITEMS`] queued items
+    /// The session would hold more than [`SESSION_ITEMS_MAX`] queued items
     /// or needed keys; it is finished and its partial results stand.
     #[error("session exceeded {max} queued items")]
     TooManyItems {
         /// The limit.
         max: usize,
     },
-    /// The peer kept the session going beyond [`MAX_MESSAGES_PER_SESSION`]
+    /// The peer kept the session going beyond [`MESSAGES_PER_SESSION_MAX`]
     /// messages; the session is finished and its partial results stand.
     #[error("session exceeded {max} messages")]
     TooManyMessages {
@@ -170,9 +170,9 @@ impl Reconciler {
             return Err(ReconcileError::UnknownAck { seq });
         }
         self.messages_handled += 1;
-        if self.messages_handled > MAX_MESSAGES_PER_SESSION {
+        if self.messages_handled > MESSAGES_PER_SESSION_MAX {
             self.done = true;
-            return Err(ReconcileError::TooManyMessages { max: MAX_MESSAGES_PER_SESSION });
+            return Err(ReconcileError::TooManyMessages { max: MESSAGES_PER_SESSION_MAX });
         }
         let mut step = Step::default();
         let incoming_has_work = !message.is_empty();
@@ -219,9 +219,9 @@ impl Reconciler {
         }
 
         let queued = self.splits.len() + self.wants.len() + self.announce.len() + self.acks.len() + self.need.len();
-        if queued > MAX_SESSION_ITEMS {
+        if queued > SESSION_ITEMS_MAX {
             self.done = true;
-            return Err(ReconcileError::TooManyItems { max: MAX_SESSION_ITEMS });
+            return Err(ReconcileError::TooManyItems { max: SESSION_ITEMS_MAX });
         }
         let reply = self.next_message(index);
         if !reply.is_empty() {
@@ -312,7 +312,7 @@ impl Reconciler {
         let mut cells = 0usize;
         while let Some(&(parent, fanout_bits)) = self.splits.front() {
             let count = 1usize << fanout_bits;
-            if cells + count > MAX_CELLS_PER_MESSAGE {
+            if cells + count > CELLS_PER_MESSAGE_MAX {
                 break;
             }
             self.splits.pop_front();
@@ -323,11 +323,11 @@ impl Reconciler {
                 .collect();
             message.groups.push(Group { parent, cells: children });
         }
-        let take = self.wants.len().min(MAX_WANTS_PER_MESSAGE);
+        let take = self.wants.len().min(WANTS_PER_MESSAGE_MAX);
         message.wants.extend(self.wants.drain(..take));
         let mut key_bytes = 0usize;
         while let Some(key) = self.announce.front() {
-            if message.keys.len() == MAX_KEYS_PER_MESSAGE || key_bytes + key.len() > MAX_KEY_BYTES_PER_MESSAGE {
+            if message.keys.len() == KEYS_PER_MESSAGE_MAX || key_bytes + key.len() > KEY_BYTES_PER_MESSAGE_MAX {
                 break;
             }
             key_bytes += key.len();
@@ -336,7 +336,7 @@ impl Reconciler {
                 message.keys.push(key);
             }
         }
-        while message.acks.len() < MAX_ACKS_PER_MESSAGE {
+        while message.acks.len() < ACKS_PER_MESSAGE_MAX {
             let Some(seq) = self.acks.pop_first() else {
                 break;
             };

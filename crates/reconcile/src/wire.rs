@@ -7,38 +7,38 @@
 //! Nothing on the wire is a `usize`.
 //!
 //! Every message is bounded: a decoder rejects anything above
-//! [`MAX_MESSAGE_BYTES`] or with more than the per-kind limits below, and the
+//! [`MESSAGE_BYTES_MAX`] or with more than the per-kind limits below, and the
 //! [`crate::Reconciler`] never builds a message that exceeds them, so a large
 //! difference is reconciled over several round trips.
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::{Key, MAX_KEY_BYTES, Prefix, RangeFingerprint, tag_sum_bytes};
+use crate::index::{KEY_BYTES_MAX, Key, Prefix, RangeFingerprint, tag_sum_bytes};
 
 /// Version byte that starts every message.
 pub const WIRE_VERSION: u8 = 1;
 
 /// Largest encoded message accepted by [`Message::decode`].
-pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+pub const MESSAGE_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// Most range fingerprints (cells) in one message: 16,384 × 12 bytes ≈ 192 KiB.
-pub const MAX_CELLS_PER_MESSAGE: usize = 16_384;
+pub const CELLS_PER_MESSAGE_MAX: usize = 16_384;
 
 /// Most wanted tags in one message.
-pub const MAX_WANTS_PER_MESSAGE: usize = 16_384;
+pub const WANTS_PER_MESSAGE_MAX: usize = 16_384;
 
 /// Most announced keys in one message.
-pub const MAX_KEYS_PER_MESSAGE: usize = 16_384;
+pub const KEYS_PER_MESSAGE_MAX: usize = 16_384;
 
 /// Most acknowledged keys in one message.
-pub const MAX_ACKS_PER_MESSAGE: usize = 16_384;
+pub const ACKS_PER_MESSAGE_MAX: usize = 16_384;
 
-/// Most key bytes in one message (a single key of [`MAX_KEY_BYTES`] always
+/// Most key bytes in one message (a single key of [`KEY_BYTES_MAX`] always
 /// fits).
-pub const MAX_KEY_BYTES_PER_MESSAGE: usize = 512 * 1024;
+pub const KEY_BYTES_PER_MESSAGE_MAX: usize = 512 * 1024;
 
-/// Largest split: a group carries at most `2^MAX_FANOUT_BITS` cells.
-pub const MAX_FANOUT_BITS: u8 = 8;
+/// Largest split: a group carries at most `2^FANOUT_BITS_MAX` cells.
+pub const FANOUT_BITS_MAX: u8 = 8;
 
 /// The children of one range, split into `cells.len()` (a power of two) equal
 /// parts, with the sender's fingerprint of each part.
@@ -54,7 +54,7 @@ pub struct Group {
 impl Group {
     /// `log2(cells.len())`; the decoder guarantees a power of two.
     pub fn fanout_bits(&self) -> u8 {
-        // cells.len() is at most 2^MAX_FANOUT_BITS, so trailing_zeros < 9.
+        // cells.len() is at most 2^FANOUT_BITS_MAX, so trailing_zeros < 9.
         self.cells.len().trailing_zeros() as u8
     }
 }
@@ -92,7 +92,7 @@ pub enum DecodeError {
     /// The input is empty.
     #[error("empty message")]
     Empty,
-    /// The input exceeds [`MAX_MESSAGE_BYTES`].
+    /// The input exceeds [`MESSAGE_BYTES_MAX`].
     #[error("message of {len} bytes exceeds the {max}-byte limit")]
     TooLarge {
         /// Input length.
@@ -109,8 +109,8 @@ pub enum DecodeError {
     /// Bytes remain after the message body.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
-    /// A group's fanout exceeds [`MAX_FANOUT_BITS`].
-    #[error("group fanout of 2^{0} exceeds 2^{MAX_FANOUT_BITS}")]
+    /// A group's fanout exceeds [`FANOUT_BITS_MAX`].
+    #[error("group fanout of 2^{0} exceeds 2^{FANOUT_BITS_MAX}")]
     BadFanout(u8),
     /// A group's cell bytes do not match its fanout and depth.
     #[error("group has {len} cell bytes; its fanout and depth need {expected}")]
@@ -143,8 +143,8 @@ pub enum DecodeError {
     /// Acknowledgement sequence numbers overflow `u32` or do not increase.
     #[error("acknowledgement sequence numbers overflow or do not increase")]
     BadAcks,
-    /// A key exceeds [`MAX_KEY_BYTES`].
-    #[error("key of {len} bytes exceeds the {max}-byte limit", max = MAX_KEY_BYTES)]
+    /// A key exceeds [`KEY_BYTES_MAX`].
+    #[error("key of {len} bytes exceeds the {max}-byte limit", max = KEY_BYTES_MAX)]
     KeyTooLong {
         /// Length of the key.
         len: usize,
@@ -259,15 +259,15 @@ impl Message {
             }
             Err(err) => unreachable!("postcard serialisation into a Vec failed: {err}"),
         }
-        debug_assert!(out.len() <= MAX_MESSAGE_BYTES);
+        debug_assert!(out.len() <= MESSAGE_BYTES_MAX);
         out
     }
 
     /// Decodes and validates a message. Never panics; any malformed,
     /// oversized or out-of-range input yields a [`DecodeError`].
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(DecodeError::TooLarge { len: bytes.len(), max: MAX_MESSAGE_BYTES });
+        if bytes.len() > MESSAGE_BYTES_MAX {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: MESSAGE_BYTES_MAX });
         }
         let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
         if version != WIRE_VERSION {
@@ -281,7 +281,7 @@ impl Message {
         let mut groups = Vec::with_capacity(wire.groups.len());
         for g in wire.groups {
             let parent = Prefix::new(g.depth, g.bits).ok_or(DecodeError::BadRange { depth: g.depth })?;
-            if g.fanout_bits > MAX_FANOUT_BITS {
+            if g.fanout_bits > FANOUT_BITS_MAX {
                 return Err(DecodeError::BadFanout(g.fanout_bits));
             }
             let child_depth = g.depth + g.fanout_bits;
@@ -335,21 +335,21 @@ impl Message {
         let over = |what, count, max| {
             if count > max { Err(DecodeError::OverLimit { what, count, max }) } else { Ok(()) }
         };
-        over("cells", self.cell_count(), MAX_CELLS_PER_MESSAGE)?;
-        over("wants", self.wants.len(), MAX_WANTS_PER_MESSAGE)?;
-        over("keys", self.keys.len(), MAX_KEYS_PER_MESSAGE)?;
-        over("acks", self.acks.len(), MAX_ACKS_PER_MESSAGE)?;
+        over("cells", self.cell_count(), CELLS_PER_MESSAGE_MAX)?;
+        over("wants", self.wants.len(), WANTS_PER_MESSAGE_MAX)?;
+        over("keys", self.keys.len(), KEYS_PER_MESSAGE_MAX)?;
+        over("acks", self.acks.len(), ACKS_PER_MESSAGE_MAX)?;
         if self.acks.windows(2).any(|w| w[0] >= w[1]) {
             return Err(DecodeError::BadAcks);
         }
         let mut key_bytes = 0usize;
         for key in &self.keys {
-            if key.len() > MAX_KEY_BYTES {
+            if key.len() > KEY_BYTES_MAX {
                 return Err(DecodeError::KeyTooLong { len: key.len() });
             }
             key_bytes += key.len();
         }
-        over("key bytes", key_bytes, MAX_KEY_BYTES_PER_MESSAGE)?;
+        over("key bytes", key_bytes, KEY_BYTES_PER_MESSAGE_MAX)?;
         for w in &self.wants {
             if !w.range.contains(w.tag) {
                 return Err(DecodeError::WantOutsideRange);

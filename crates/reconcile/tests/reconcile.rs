@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chorus_reconcile::{Digest, ItemIndex, Key, MAX_CELLS_PER_MESSAGE, MAX_MESSAGE_BYTES, Message, Reconciler};
+use chorus_reconcile::{CELLS_PER_MESSAGE_MAX, Digest, ItemIndex, Key, MESSAGE_BYTES_MAX, Message, Reconciler};
 
 /// SplitMix64: a seeded generator so every failure replays.
 struct Rng(u64);
@@ -97,9 +97,9 @@ fn reconcile(a_items: &Items, b_items: &Items) -> Outcome {
     let mut in_flight = Some(first);
     let mut to_b = true;
     while let Some(message) = in_flight.take() {
-        assert!(message.cell_count() <= MAX_CELLS_PER_MESSAGE);
+        assert!(message.cell_count() <= CELLS_PER_MESSAGE_MAX);
         let encoded = message.encode();
-        assert!(encoded.len() <= MAX_MESSAGE_BYTES);
+        assert!(encoded.len() <= MESSAGE_BYTES_MAX);
         bytes += encoded.len();
         messages += 1;
         assert!(messages < 1_000, "session does not terminate");

@@ -278,7 +278,7 @@ struct PendingWrite {
 struct Propagation {
     at_us: u64,
     reached_by_push: u32,
-    max_round: u32,
+    round_max: u32,
 }
 
 /// Virtual time starts here so that negative skews stay positive.
@@ -655,7 +655,7 @@ impl World {
             self.probe_dots.insert((w.namespace.to_string(), receipt.dot));
             self.propagation.insert(
                 (w.namespace.to_string(), receipt.dot),
-                Propagation { at_us: w.at_us, reached_by_push: 0, max_round: 0 },
+                Propagation { at_us: w.at_us, reached_by_push: 0, round_max: 0 },
             );
         }
         self.acked.push(AckedWrite {
@@ -712,7 +712,7 @@ impl World {
                 let fresh = node.namespace(&item.namespace).is_none_or(|ns| !ns.seen().contains(item.dot));
                 if fresh && let Some(prop) = self.propagation.get_mut(&(item.namespace.clone(), item.dot)) {
                     prop.reached_by_push += 1;
-                    prop.max_round = prop.max_round.max(u32::from(p.hops) + 1);
+                    prop.round_max = prop.round_max.max(u32::from(p.hops) + 1);
                     self.latencies_us.push(self.now_us.saturating_sub(prop.at_us));
                 }
             }
@@ -1016,7 +1016,7 @@ impl World {
         let others = n.saturating_sub(1) as u32;
         let complete = self.propagation.values().filter(|p| p.reached_by_push >= others).count();
         let rounds =
-            self.propagation.values().filter(|p| p.reached_by_push >= others).map(|p| p.max_round).max().unwrap_or(0);
+            self.propagation.values().filter(|p| p.reached_by_push >= others).map(|p| p.round_max).max().unwrap_or(0);
         self.latencies_us.sort_unstable();
         let pct = |q: f64| -> f64 {
             if self.latencies_us.is_empty() {

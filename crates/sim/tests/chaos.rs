@@ -6,10 +6,10 @@ use chorus_sim::{SimConfig, run};
 
 /// Seeds run by `seven_node_clusters_survive_every_fault_type`. Override
 /// with `CHORUS_SIM_SEEDS` for longer soaks (e.g. 5000 before a release).
-const DEFAULT_SEEDS: u64 = 200;
+const SEEDS_DEFAULT: u64 = 200;
 
 fn seeds() -> u64 {
-    std::env::var("CHORUS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEEDS)
+    std::env::var("CHORUS_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(SEEDS_DEFAULT)
 }
 
 #[test]

@@ -9,11 +9,11 @@ pub const SPACE_NAME_BYTES_MAX: usize = 200;
 
 /// Largest key, in bytes. The product limit is 4 KiB per user key (SPEC §1);
 /// the margin leaves room for the record prefixes the core adds.
-pub const KEY_BYTES_MAX: usize = 16 * 1024;
+pub const STORE_KEY_BYTES_MAX: usize = 16 * 1024;
 
 /// Largest value, in bytes. The product default is 1 MiB per user value
 /// (configurable); anything larger (Raft snapshots) must be chunked by the caller.
-pub const VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+pub const STORE_VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Most operations in one batch. Bounds the memory and the time one commit
 /// can hold the single writer.
@@ -77,8 +77,8 @@ impl BatchOp {
         match self {
             BatchOp::Put { key, value, .. } => {
                 validate_key(key)?;
-                if value.len() > VALUE_BYTES_MAX {
-                    return Err(InvalidInput::ValueTooLarge { len: value.len(), max: VALUE_BYTES_MAX });
+                if value.len() > STORE_VALUE_BYTES_MAX {
+                    return Err(InvalidInput::ValueTooLarge { len: value.len(), max: STORE_VALUE_BYTES_MAX });
                 }
                 Ok(())
             }
@@ -101,8 +101,8 @@ pub fn validate_space_name(space: &str) -> Result<(), InvalidInput> {
 }
 
 pub(crate) fn validate_key(key: &[u8]) -> Result<(), InvalidInput> {
-    if key.len() > KEY_BYTES_MAX {
-        return Err(InvalidInput::KeyTooLarge { len: key.len(), max: KEY_BYTES_MAX });
+    if key.len() > STORE_KEY_BYTES_MAX {
+        return Err(InvalidInput::KeyTooLarge { len: key.len(), max: STORE_KEY_BYTES_MAX });
     }
     Ok(())
 }

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, ControlFlow};
 
 use crate::{
-    BATCH_OPS_MAX, BatchOp, CommitError, InvalidInput, KEY_BYTES_MAX, KeyRange, ReadError, SCAN_LIMIT_MAX,
-    SPACE_NAME_BYTES_MAX, ScanPage, Storage, VALUE_BYTES_MAX, WriteBatch,
+    BATCH_OPS_MAX, BatchOp, CommitError, InvalidInput, KeyRange, ReadError, SCAN_LIMIT_MAX, SPACE_NAME_BYTES_MAX,
+    STORE_KEY_BYTES_MAX, STORE_VALUE_BYTES_MAX, ScanPage, Storage, WriteBatch,
 };
 
 fn commit<S: Storage + ?Sized>(store: &S, batch: WriteBatch) {
@@ -323,9 +323,9 @@ pub fn invalid_batch_is_refused_and_changes_nothing<S: Storage + ?Sized>(store: 
     let bad_ops = [
         BatchOp::Put { space: String::new(), key: b"k".to_vec(), value: vec![] },
         BatchOp::Delete { space: "x".repeat(SPACE_NAME_BYTES_MAX + 1), key: b"k".to_vec() },
-        BatchOp::Put { space: "s".to_owned(), key: vec![0; KEY_BYTES_MAX + 1], value: vec![] },
-        BatchOp::Put { space: "s".to_owned(), key: b"k".to_vec(), value: vec![0; VALUE_BYTES_MAX + 1] },
-        BatchOp::DeleteRange { space: "s".to_owned(), range: KeyRange::from_key(vec![0; KEY_BYTES_MAX + 1]) },
+        BatchOp::Put { space: "s".to_owned(), key: vec![0; STORE_KEY_BYTES_MAX + 1], value: vec![] },
+        BatchOp::Put { space: "s".to_owned(), key: b"k".to_vec(), value: vec![0; STORE_VALUE_BYTES_MAX + 1] },
+        BatchOp::DeleteRange { space: "s".to_owned(), range: KeyRange::from_key(vec![0; STORE_KEY_BYTES_MAX + 1]) },
     ];
     for bad in bad_ops {
         let mut batch = WriteBatch::new();
@@ -357,7 +357,7 @@ pub fn invalid_read_arguments_are_refused<S: Storage + ?Sized>(store: &S) {
         let visited = store.for_each(space, &mut |_, _| ControlFlow::Continue(()));
         assert!(matches!(visited, Err(ReadError::Invalid(_))));
     }
-    let huge = KeyRange::before_key(vec![0; KEY_BYTES_MAX + 1]);
+    let huge = KeyRange::before_key(vec![0; STORE_KEY_BYTES_MAX + 1]);
     assert!(matches!(store.scan("s", &huge, 1), Err(ReadError::Invalid(_))));
     let longest = "y".repeat(SPACE_NAME_BYTES_MAX);
     let mut batch = WriteBatch::new();
@@ -391,8 +391,8 @@ pub fn empty_keys_and_values_are_stored<S: Storage + ?Sized>(store: &S) {
 
 /// Keys and values at their size limits round-trip byte for byte.
 pub fn large_values_round_trip<S: Storage + ?Sized>(store: &S) {
-    let key: Vec<u8> = (0..KEY_BYTES_MAX).map(|i| (i % 251) as u8).collect();
-    let value: Vec<u8> = (0..VALUE_BYTES_MAX).map(|i| (i % 253) as u8).collect();
+    let key: Vec<u8> = (0..STORE_KEY_BYTES_MAX).map(|i| (i % 251) as u8).collect();
+    let value: Vec<u8> = (0..STORE_VALUE_BYTES_MAX).map(|i| (i % 253) as u8).collect();
     let mut batch = WriteBatch::new();
     batch.put("big", key.clone(), value.clone());
     commit(store, batch);

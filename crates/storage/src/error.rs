@@ -20,7 +20,7 @@ pub enum InvalidInput {
         /// The limit.
         max: usize,
     },
-    /// A key (or a range bound) was longer than [`crate::KEY_BYTES_MAX`].
+    /// A key (or a range bound) was longer than [`crate::STORE_KEY_BYTES_MAX`].
     #[error("key is {len} bytes; the limit is {max}")]
     KeyTooLarge {
         /// Length of the refused key.
@@ -28,7 +28,7 @@ pub enum InvalidInput {
         /// The limit.
         max: usize,
     },
-    /// A value was longer than [`crate::VALUE_BYTES_MAX`].
+    /// A value was longer than [`crate::STORE_VALUE_BYTES_MAX`].
     #[error("value is {len} bytes; the limit is {max}")]
     ValueTooLarge {
         /// Length of the refused value.

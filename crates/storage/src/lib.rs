@@ -31,8 +31,8 @@ pub mod wal;
 pub mod conformance;
 
 pub use batch::{
-    BATCH_BYTES_MAX, BATCH_OPS_MAX, BatchOp, KEY_BYTES_MAX, SPACE_NAME_BYTES_MAX, VALUE_BYTES_MAX, WriteBatch,
-    validate_space_name,
+    BATCH_BYTES_MAX, BATCH_OPS_MAX, BatchOp, SPACE_NAME_BYTES_MAX, STORE_KEY_BYTES_MAX, STORE_VALUE_BYTES_MAX,
+    WriteBatch, validate_space_name,
 };
 pub use error::{CommitError, InvalidInput, OpenError, ReadError};
 pub use group::{

@@ -454,7 +454,7 @@ fn storage_fault(err: redb::StorageError) -> Fault {
         redb::StorageError::Corrupted(msg) => Fault::Corrupted(msg),
         redb::StorageError::PreviousIo | redb::StorageError::LockPoisoned(_) => Fault::Poisoned,
         redb::StorageError::DatabaseClosed => Fault::Closed,
-        // ValueTooLarge cannot happen (VALUE_BYTES_MAX is far below redb's
+        // ValueTooLarge cannot happen (STORE_VALUE_BYTES_MAX is far below redb's
         // 3 GiB) and Unsupported needs a custom backend; redb's enum is
         // non_exhaustive, so later variants land here too.
         other => Fault::Backend(other.to_string()),

@@ -19,7 +19,7 @@ use openraft::{OptionalSend, RPCTypes, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StrongError;
-use crate::kv::{Command, Response};
+use crate::kv::{KvCommand, KvResponse};
 use crate::node::{Query, QueryResponse};
 use crate::types::{PeerNode, Snapshot, SnapshotMeta, StrongTypes, Vote};
 
@@ -44,7 +44,7 @@ pub(crate) enum RpcRequest {
         data: Vec<u8>,
     },
     /// A client write forwarded to the leader.
-    Write(Command),
+    Write(KvCommand),
     /// A linearizable read forwarded to the leader.
     Read(Query),
     /// Reachability probe.
@@ -67,7 +67,7 @@ pub(crate) enum RpcResponse {
     Append(AppendEntriesResponse<StrongTypes>),
     Vote(VoteResponse<StrongTypes>),
     Snapshot(SnapshotResponse<StrongTypes>),
-    Write(Result<Response, StrongError>),
+    Write(Result<KvResponse, StrongError>),
     Read(Result<QueryResponse, StrongError>),
     Pong,
     /// The outcome of a forwarded membership change.

@@ -26,7 +26,7 @@ use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, Raf
 use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::kv::{KvStateMachine, Response};
+use crate::kv::{KvResponse, KvStateMachine};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, StrongTypes, Vote};
 
 /// Every space of this store starts with this (the daemon skips them when it
@@ -42,7 +42,7 @@ pub const SM_SPACE: &str = "raft.sm";
 pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Largest snapshot, in bytes. A snapshot is committed in one batch, whose
 /// payload the storage layer bounds at 64 MiB; it also travels as one
-/// transport frame (16 MiB by default, see `TransportConfig::max_frame_bytes`).
+/// transport frame (16 MiB by default, see `TransportConfig::frame_bytes_max`).
 pub const SNAPSHOT_BYTES_MAX: usize = 48 * 1024 * 1024;
 
 const VOTE_KEY: &[u8] = b"vote";
@@ -381,11 +381,11 @@ impl RaftStateMachine<StrongTypes> for SmStore {
                 let mut shared = self.write();
                 shared.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => Ok(Response::Empty),
+                    EntryPayload::Blank => Ok(KvResponse::Empty),
                     EntryPayload::Normal(ref command) => shared.kv.apply(command),
                     EntryPayload::Membership(ref membership) => {
                         shared.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-                        Ok(Response::Empty)
+                        Ok(KvResponse::Empty)
                     }
                 }
             };
@@ -427,14 +427,14 @@ mod tests {
     use openraft::vote::RaftLeaderIdExt;
 
     use super::*;
-    use crate::kv::Command;
+    use crate::kv::KvCommand;
     use crate::types::CommittedLeaderId;
 
     fn entry(term: u64, index: u64) -> Entry {
         let leader = CommittedLeaderId::new_committed(term, 1);
         Entry {
             log_id: LogId::new(leader, index),
-            payload: EntryPayload::Normal(Command::Delete { key: index.to_string().into_bytes() }),
+            payload: EntryPayload::Normal(KvCommand::Delete { key: index.to_string().into_bytes() }),
         }
     }
 

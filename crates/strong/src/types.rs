@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Command, KvError, Response};
+use crate::kv::{KvCommand, KvError, KvResponse};
 
 /// What a committed command returns: the state machine's answer, or the
 /// reason it refused the command (refusals change nothing).
-pub type CommandResult = Result<Response, KvError>;
+pub type CommandResult = Result<KvResponse, KvError>;
 
 /// A Raft member as stored in the membership config: its transport name
 /// (the DNS name in its certificate) and address.
@@ -30,7 +30,7 @@ impl fmt::Display for PeerNode {
 openraft::declare_raft_types!(
     /// The openraft type configuration of strong namespaces.
     pub StrongTypes:
-        D = Command,
+        D = KvCommand,
         R = CommandResult,
         NodeId = u64,
         Node = PeerNode,

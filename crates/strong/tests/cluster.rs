@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chorus_strong::kv::{Command, Compare, CompareOp, CompareTarget, KvError, LockMode, Response, TxnOp};
+use chorus_strong::kv::{Compare, CompareOp, CompareTarget, KvCommand, KvError, KvResponse, LockMode, TxnOp};
 use chorus_strong::{Query, QueryResult, StrongError, StrongNode};
 use common::{Cluster, default_tune};
 
@@ -17,8 +17,8 @@ fn value_of(kv: Option<chorus_strong::kv::KeyValue>) -> u64 {
 
 async fn grant(node: &StrongNode, ttl_ms: u64) -> u64 {
     let now_ms = chorus_strong::WallClock::now_ms(&chorus_strong::SystemClock);
-    match node.write(Command::LeaseGrant { ttl_ms, now_ms }).await {
-        Ok(Response::Lease { lease, .. }) => lease,
+    match node.write(KvCommand::LeaseGrant { ttl_ms, now_ms }).await {
+        Ok(KvResponse::Lease { lease, .. }) => lease,
         other => panic!("lease grant failed: {other:?}"),
     }
 }
@@ -42,13 +42,13 @@ async fn cas_counter_under_concurrent_clients_ends_exactly_right() {
                     let current = node.read(b"counter", true).await.expect("linearizable read");
                     let expected = current.map(|kv| kv.value);
                     let next = (value_of_bytes(&expected) + 1).to_string().into_bytes();
-                    let cas = Command::CompareAndSwap { key: b"counter".to_vec(), expected, value: next };
+                    let cas = KvCommand::CompareAndSwap { key: b"counter".to_vec(), expected, value: next };
                     match node.write(cas).await.expect("cas") {
-                        Response::CompareAndSwap { succeeded: true, .. } => {
+                        KvResponse::CompareAndSwap { succeeded: true, .. } => {
                             successes.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
-                        Response::CompareAndSwap { succeeded: false, .. } => continue,
+                        KvResponse::CompareAndSwap { succeeded: false, .. } => continue,
                         other => panic!("unexpected {other:?}"),
                     }
                 }
@@ -76,14 +76,14 @@ async fn a_transactions_ops_all_apply_or_none_do() {
     let node = cluster.node(2).clone();
     let put = |key: &str, value: &str, lease| TxnOp::Put { key: key.into(), value: value.into(), lease };
     // One op refers to a lease that does not exist: nothing may apply.
-    let doomed = Command::Txn {
+    let doomed = KvCommand::Txn {
         compares: vec![],
         success: vec![put("a", "100", None), put("b", "100", Some(999))],
         failure: vec![],
     };
     assert_eq!(node.write(doomed).await, Err(StrongError::Rejected(KvError::LeaseNotFound(999))));
     assert_eq!(node.read(b"a", true).await.expect("read"), None);
-    node.write(Command::Txn {
+    node.write(KvCommand::Txn {
         compares: vec![],
         success: vec![put("a", "100", None), put("b", "100", None)],
         failure: vec![],
@@ -109,7 +109,7 @@ async fn a_transactions_ops_all_apply_or_none_do() {
                     op: CompareOp::Equal,
                     target: CompareTarget::ModRevision(kv.mod_revision),
                 };
-                let txn = Command::Txn {
+                let txn = KvCommand::Txn {
                     compares: vec![guard(a), guard(b)],
                     success: vec![
                         TxnOp::Put { key: b"a".to_vec(), value: (va - 1).to_string().into_bytes(), lease: None },
@@ -117,7 +117,7 @@ async fn a_transactions_ops_all_apply_or_none_do() {
                     ],
                     failure: vec![],
                 };
-                if let Response::Txn { succeeded: true, .. } = node.write(txn).await.expect("txn") {
+                if let KvResponse::Txn { succeeded: true, .. } = node.write(txn).await.expect("txn") {
                     done += 1;
                 }
             }
@@ -136,19 +136,19 @@ async fn a_transactions_ops_all_apply_or_none_do() {
 async fn locks_exclude_and_fencing_tokens_grow_even_when_a_paused_holders_lease_expires() {
     let cluster = Cluster::start(3, default_tune).await;
     let lock = b"resource".to_vec();
-    let acquire = |lease| Command::LockAcquire { name: lock.clone(), lease, mode: LockMode::Exclusive };
+    let acquire = |lease| KvCommand::LockAcquire { name: lock.clone(), lease, mode: LockMode::Exclusive };
 
     // Holder A takes the lock under a short lease, then "pauses": no keep-alives.
     let a_node = cluster.node(1).clone();
     let a_lease = grant(&a_node, 600).await;
-    let Ok(Response::LockGranted { fencing_token: a_token }) = a_node.write(acquire(a_lease)).await else {
+    let Ok(KvResponse::LockGranted { fencing_token: a_token }) = a_node.write(acquire(a_lease)).await else {
         panic!("A could not take a free lock")
     };
     // B (on another node) is refused while A's lease lives, then takes over.
     let b_node = cluster.node(3).clone();
     let b_lease = grant(&b_node, 10_000).await;
     let first = b_node.write(acquire(b_lease)).await.expect("B try");
-    assert_eq!(first, Response::LockBusy { holders: vec![a_lease] });
+    assert_eq!(first, KvResponse::LockBusy { holders: vec![a_lease] });
     let started = Instant::now();
     let b_token = loop {
         assert!(started.elapsed() < Duration::from_secs(10), "A's lease never expired");
@@ -157,8 +157,8 @@ async fn locks_exclude_and_fencing_tokens_grow_even_when_a_paused_holders_lease_
             assert_eq!(state.holders.len(), 1, "two exclusive holders at once");
         }
         match b_node.write(acquire(b_lease)).await.expect("B acquire") {
-            Response::LockGranted { fencing_token } => break fencing_token,
-            Response::LockBusy { holders } => assert_eq!(holders, vec![a_lease]),
+            KvResponse::LockGranted { fencing_token } => break fencing_token,
+            KvResponse::LockBusy { holders } => assert_eq!(holders, vec![a_lease]),
             other => panic!("unexpected {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -167,14 +167,14 @@ async fn locks_exclude_and_fencing_tokens_grow_even_when_a_paused_holders_lease_
     // A wakes up: its lease is gone, so it can neither renew nor re-take the lock.
     let now_ms = chorus_strong::WallClock::now_ms(&chorus_strong::SystemClock);
     assert_eq!(
-        a_node.write(Command::LeaseKeepAlive { lease: a_lease, now_ms }).await,
+        a_node.write(KvCommand::LeaseKeepAlive { lease: a_lease, now_ms }).await,
         Err(StrongError::Rejected(KvError::LeaseNotFound(a_lease)))
     );
     assert!(a_node.write(acquire(a_lease)).await.is_err());
 
     // Many clients contend; each grant must find the critical section empty
     // and carry a token above every earlier grant's.
-    b_node.write(Command::LockRelease { name: lock.clone(), lease: b_lease }).await.expect("release");
+    b_node.write(KvCommand::LockRelease { name: lock.clone(), lease: b_lease }).await.expect("release");
     let inside = Arc::new(AtomicU64::new(0));
     let last_token = Arc::new(AtomicU64::new(b_token));
     let mut tasks = Vec::new();
@@ -187,17 +187,17 @@ async fn locks_exclude_and_fencing_tokens_grow_even_when_a_paused_holders_lease_
             let deadline = Instant::now() + Duration::from_secs(20);
             while held < 3 {
                 assert!(Instant::now() < deadline, "client {client} starved");
-                let command = Command::LockAcquire { name: lock.clone(), lease, mode: LockMode::Exclusive };
+                let command = KvCommand::LockAcquire { name: lock.clone(), lease, mode: LockMode::Exclusive };
                 match node.write(command).await.expect("acquire") {
-                    Response::LockGranted { fencing_token } => {
+                    KvResponse::LockGranted { fencing_token } => {
                         assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
                         let previous = last_token.swap(fencing_token, Ordering::SeqCst);
                         assert!(fencing_token > previous, "token {fencing_token} after {previous}");
                         inside.fetch_sub(1, Ordering::SeqCst);
-                        node.write(Command::LockRelease { name: lock.clone(), lease }).await.expect("release");
+                        node.write(KvCommand::LockRelease { name: lock.clone(), lease }).await.expect("release");
                         held += 1;
                     }
-                    Response::LockBusy { .. } => tokio::task::yield_now().await,
+                    KvResponse::LockBusy { .. } => tokio::task::yield_now().await,
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -214,10 +214,10 @@ async fn lease_expiry_deletes_the_keys_bound_to_it() {
     let cluster = Cluster::start(3, default_tune).await;
     let node = cluster.node(2).clone();
     let lease = grant(&node, 500).await;
-    node.write(Command::Put { key: b"ephemeral".to_vec(), value: b"x".to_vec(), lease: Some(lease) })
+    node.write(KvCommand::Put { key: b"ephemeral".to_vec(), value: b"x".to_vec(), lease: Some(lease) })
         .await
         .expect("put");
-    node.write(Command::Put { key: b"durable".to_vec(), value: b"y".to_vec(), lease: None }).await.expect("put");
+    node.write(KvCommand::Put { key: b"durable".to_vec(), value: b"y".to_vec(), lease: None }).await.expect("put");
     assert!(node.read(b"ephemeral", true).await.expect("read").is_some());
     let started = Instant::now();
     loop {
@@ -240,7 +240,7 @@ async fn a_new_leader_is_elected_and_writes_resume_after_the_leader_stops() {
     let survivor = if leader == 1 { 2 } else { 1 };
     cluster
         .node(survivor)
-        .write(Command::Put { key: b"k".to_vec(), value: b"before".to_vec(), lease: None })
+        .write(KvCommand::Put { key: b"k".to_vec(), value: b"before".to_vec(), lease: None })
         .await
         .expect("write");
     let stopped = Instant::now();
@@ -248,7 +248,7 @@ async fn a_new_leader_is_elected_and_writes_resume_after_the_leader_stops() {
     let node = cluster.node(survivor).clone();
     loop {
         assert!(stopped.elapsed() < Duration::from_secs(15), "no write succeeded after failover");
-        let put = Command::Put { key: b"k".to_vec(), value: b"after".to_vec(), lease: None };
+        let put = KvCommand::Put { key: b"k".to_vec(), value: b"after".to_vec(), lease: None };
         if node.write(put).await.is_ok() {
             break;
         }
@@ -276,7 +276,7 @@ async fn the_minority_side_refuses_writes_with_no_quorum_quickly() {
     let refusal = loop {
         assert!(stopped.elapsed() < Duration::from_secs(10), "minority kept accepting writes");
         let started = Instant::now();
-        let put = Command::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: None };
+        let put = KvCommand::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: None };
         match node.write(put).await {
             Err(error @ StrongError::NoQuorum { .. }) => break (error, started.elapsed()),
             _ => continue,

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chorus_strong::kv::{Command, Response};
+use chorus_strong::kv::{KvCommand, KvResponse};
 use chorus_strong::linearizability::{Operation, Outcome, RegisterOp, check_registers};
 use chorus_strong::{StrongConfig, StrongError, StrongNode};
 use common::Cluster;
@@ -38,15 +38,15 @@ async fn run_op(node: &StrongNode, key: &[u8], op: &RegisterOp) -> Outcome {
             Err(_) => Outcome::Fail,
         },
         RegisterOp::Write(value) => {
-            match node.write(Command::Put { key: key.to_vec(), value: value.clone(), lease: None }).await {
+            match node.write(KvCommand::Put { key: key.to_vec(), value: value.clone(), lease: None }).await {
                 Ok(_) => Outcome::Written,
                 Err(e) => failed_outcome(&e),
             }
         }
         RegisterOp::Cas { expected, new } => {
-            let cas = Command::CompareAndSwap { key: key.to_vec(), expected: expected.clone(), value: new.clone() };
+            let cas = KvCommand::CompareAndSwap { key: key.to_vec(), expected: expected.clone(), value: new.clone() };
             match node.write(cas).await {
-                Ok(Response::CompareAndSwap { succeeded, .. }) => Outcome::Cas(succeeded),
+                Ok(KvResponse::CompareAndSwap { succeeded, .. }) => Outcome::Cas(succeeded),
                 Ok(_) => Outcome::Unknown,
                 Err(e) => failed_outcome(&e),
             }

@@ -53,7 +53,7 @@ impl Node {
             self.stats.rejected_forged += 1;
             return false;
         }
-        let ts = entry.max_timestamp();
+        let ts = entry.timestamp_max();
         if ts == Timestamp::ZERO {
             return true;
         }

@@ -46,7 +46,7 @@ impl Node {
                         };
                         // Timestamps inside stored entries are ours or were
                         // accepted before; the HLC must stay above them.
-                        let ts = er.entry.max_timestamp();
+                        let ts = er.entry.timestamp_max();
                         if ts > node.hlc.high_water() && ts.node == id {
                             node.hlc = Hlc::resume(id, node.config.offset_max_us, ts);
                         }

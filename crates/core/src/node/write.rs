@@ -108,7 +108,7 @@ impl Node {
         let mut entry = ns.get(&w.key).cloned().unwrap_or_else(|| Entry::empty(ty));
         // The timestamp must exceed every one the key has seen so a local
         // write always wins LWW against what the client could have read.
-        let key_max = entry.max_timestamp();
+        let key_max = entry.timestamp_max();
         if key_max > self.hlc.high_water() {
             self.hlc.update(key_max, now_us)?;
         }

@@ -107,7 +107,7 @@ fn health_of(s: &ApiState) -> HealthBody {
         clock: HealthClock {
             safe: clock_status.safe,
             offset_us: clock_status.offset_us,
-            max_offset_us: clock_status.max_offset_us,
+            max_offset_us: clock_status.offset_max_us,
             peers_used: clock_status.peers_used,
             reason: clock_status.reason,
         },
@@ -281,7 +281,7 @@ fn clock_json(s: &ApiState) -> Value {
         "reason": st.reason,
         "offset_us": st.offset_us,
         "corrected_offset_us": st.corrected_offset_us,
-        "max_offset_us": st.max_offset_us,
+        "max_offset_us": st.offset_max_us,
         "peers_used": st.peers_used,
         "drift_ppm": snap.estimate.as_ref().and_then(|e| e.drift_ppm),
         "drift_alarm": st.drift_alarm,

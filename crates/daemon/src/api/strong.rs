@@ -20,8 +20,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_strong::kv::{
-    Command, Compare, CompareOp, CompareTarget, KeyValue, LockMode, Response as KvResponse, TxnOp, TxnOpResult,
-    WatchEventKind,
+    Compare, CompareOp, CompareTarget, KeyValue, KvCommand, KvResponse, LockMode, TxnOp, TxnOpResult, WatchEventKind,
 };
 use chorus_strong::{Query as StrongQuery, QueryResult, StrongError};
 use serde::Deserialize;
@@ -72,7 +71,7 @@ fn unexpected(svc: &StrongService, answer: impl std::fmt::Debug) -> ApiError {
     strong_error(svc, StrongError::Protocol(format!("unexpected answer {answer:?}")))
 }
 
-async fn write(svc: &StrongService, op: &'static str, command: Command) -> Result<KvResponse, ApiError> {
+async fn write(svc: &StrongService, op: &'static str, command: KvCommand) -> Result<KvResponse, ApiError> {
     let started = Instant::now();
     let result = svc.node.write(command).await;
     let outcome = match &result {
@@ -137,7 +136,7 @@ pub(crate) async fn put(
 ) -> Result<Response, ApiError> {
     let req: PutRequest = parse_body(body)?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
-    let command = Command::Put { key: data_key(ns, key.as_bytes()), value, lease: req.lease };
+    let command = KvCommand::Put { key: data_key(ns, key.as_bytes()), value, lease: req.lease };
     match write(svc, "strong_put", command).await? {
         KvResponse::Put { revision, prev } => Ok(Json(json!({
             "namespace": ns, "key": key, "revision": revision, "prev": opt_kv_json(ns, prev.as_ref()),
@@ -149,7 +148,7 @@ pub(crate) async fn put(
 
 /// DELETE /v1/ns/{ns}/kv/{key} on a strong namespace.
 pub(crate) async fn delete(svc: &StrongService, ns: &str, key: &str) -> Result<Response, ApiError> {
-    match write(svc, "strong_delete", Command::Delete { key: data_key(ns, key.as_bytes()) }).await? {
+    match write(svc, "strong_delete", KvCommand::Delete { key: data_key(ns, key.as_bytes()) }).await? {
         KvResponse::Delete { revision, existed } => {
             Ok(Json(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })).into_response())
         }
@@ -214,7 +213,7 @@ pub(crate) async fn cas(
         (t, b) => Some(text_or_base64(t, b, "expected")?),
     };
     let value = text_or_base64(req.value, req.value_base64, "value")?;
-    let command = Command::CompareAndSwap { key: data_key(&ns, key.as_bytes()), expected, value };
+    let command = KvCommand::CompareAndSwap { key: data_key(&ns, key.as_bytes()), expected, value };
     match write(svc, "strong_cas", command).await? {
         KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(Json(json!({
             "namespace": ns, "key": key, "succeeded": succeeded, "revision": revision,
@@ -335,7 +334,7 @@ pub(crate) async fn txn(
     let compares = req.compare.into_iter().map(|c| compare_of(&ns, c)).collect::<Result<Vec<_>, _>>()?;
     let success = req.success.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
     let failure = req.failure.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
-    match write(svc, "strong_txn", Command::Txn { compares, success, failure }).await? {
+    match write(svc, "strong_txn", KvCommand::Txn { compares, success, failure }).await? {
         KvResponse::Txn { succeeded, revision, results } => {
             let results: Vec<Value> = results.iter().map(|r| txn_result_json(&ns, r)).collect();
             Ok(Json(json!({ "namespace": ns, "succeeded": succeeded, "revision": revision, "results": results }))
@@ -364,7 +363,7 @@ pub(crate) async fn lease_grant(
 ) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     let req: LeaseGrantRequest = parse_body(body)?;
-    let command = Command::LeaseGrant { ttl_ms: req.ttl_ms, now_ms: svc.now_ms() };
+    let command = KvCommand::LeaseGrant { ttl_ms: req.ttl_ms, now_ms: svc.now_ms() };
     match write(svc, "lease_grant", command).await? {
         KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
             Ok((StatusCode::CREATED, Json(lease_json(lease, ttl_ms, deadline_ms))).into_response())
@@ -376,7 +375,7 @@ pub(crate) async fn lease_grant(
 /// POST /v1/leases/{id}/keepalive: push the lease's deadline a TTL ahead.
 pub(crate) async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
-    match write(svc, "lease_keepalive", Command::LeaseKeepAlive { lease: id, now_ms: svc.now_ms() }).await? {
+    match write(svc, "lease_keepalive", KvCommand::LeaseKeepAlive { lease: id, now_ms: svc.now_ms() }).await? {
         KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
             Ok(Json(lease_json(lease, ttl_ms, deadline_ms)).into_response())
         }
@@ -387,7 +386,7 @@ pub(crate) async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u6
 /// DELETE /v1/leases/{id}: revoke; its keys are deleted, its locks released.
 pub(crate) async fn lease_revoke(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
-    match write(svc, "lease_revoke", Command::LeaseRevoke { lease: id }).await? {
+    match write(svc, "lease_revoke", KvCommand::LeaseRevoke { lease: id }).await? {
         KvResponse::LeaseRevoked { revision, keys_deleted } => {
             Ok(Json(json!({ "lease": id, "revision": revision, "keys_deleted": keys_deleted })).into_response())
         }
@@ -465,7 +464,7 @@ pub(crate) async fn lock_acquire(
     let lock_name = data_key(&ns, name.as_bytes());
     let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
     loop {
-        let command = Command::LockAcquire { name: lock_name.clone(), lease: req.lease, mode };
+        let command = KvCommand::LockAcquire { name: lock_name.clone(), lease: req.lease, mode };
         let holders = match write(svc, "lock_acquire", command).await? {
             KvResponse::LockGranted { fencing_token } => {
                 return Ok(Json(json!({
@@ -518,7 +517,7 @@ pub(crate) async fn lock_release(
     q: Result<Query<UnlockQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
-    let command = Command::LockRelease { name: data_key(&ns, name.as_bytes()), lease: q.lease };
+    let command = KvCommand::LockRelease { name: data_key(&ns, name.as_bytes()), lease: q.lease };
     match write(svc, "lock_release", command).await? {
         KvResponse::LockReleased { was_held } => {
             Ok(Json(json!({ "namespace": ns, "lock": name, "lease": q.lease, "was_held": was_held })).into_response())

@@ -309,7 +309,7 @@ async fn read_messages(
     mut recv: quinn::RecvStream,
 ) {
     loop {
-        match frame::read_frame(&mut recv, inner.config.max_frame_bytes).await {
+        match frame::read_frame(&mut recv, inner.config.frame_bytes_max).await {
             Ok(Some(payload)) => {
                 inner.count_received(&peer.stats, payload.len());
                 inner.deliver(Incoming::Message { from: from.clone(), payload }).await;
@@ -335,7 +335,7 @@ async fn answer_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let payload = match frame::read_frame(&mut recv, inner.config.max_frame_bytes).await {
+    let payload = match frame::read_frame(&mut recv, inner.config.frame_bytes_max).await {
         Ok(Some(payload)) => payload,
         Ok(None) => return,
         Err(e) if e.is_protocol_violation() => {
@@ -349,7 +349,7 @@ async fn answer_request(
     inner.deliver(Incoming::Request { from, payload, respond }).await;
     let timeout = Duration::from_millis(inner.config.request_timeout_ms);
     match tokio::time::timeout(timeout, response).await {
-        Ok(Ok(response)) if response.len() <= inner.config.max_frame_bytes as usize => {
+        Ok(Ok(response)) if response.len() <= inner.config.frame_bytes_max as usize => {
             let len = response.len();
             if send.write_all_chunks(&mut [frame::header(len), response]).await.is_ok() {
                 inner.count_sent(&peer.stats, len);
@@ -357,7 +357,7 @@ async fn answer_request(
             }
         }
         Ok(Ok(response)) => {
-            warn!(peer = %peer.name, len = response.len(), "response exceeds max_frame_bytes; not sent");
+            warn!(peer = %peer.name, len = response.len(), "response exceeds frame_bytes_max; not sent");
             let _ = send.reset(varint(code::NO_RESPONSE));
         }
         _ => {

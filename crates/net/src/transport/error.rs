@@ -35,7 +35,7 @@ pub enum SendError {
     /// The peer's queue is full (it is slow or unreachable); counted.
     #[error("queue to peer {0} is full")]
     QueueFull(String),
-    /// The payload exceeds `max_frame_bytes`.
+    /// The payload exceeds `frame_bytes_max`.
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
     TooLarge {
         /// Payload length.
@@ -57,7 +57,7 @@ pub enum SendError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
-    /// The payload exceeds `max_frame_bytes`.
+    /// The payload exceeds `frame_bytes_max`.
     #[error("payload of {len} bytes exceeds the maximum of {max}")]
     TooLarge {
         /// Payload length.

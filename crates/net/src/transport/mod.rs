@@ -54,7 +54,7 @@ use peers::Peer;
 use stats::{add, bump};
 
 /// Default largest frame payload (16 MiB).
-pub const MAX_FRAME_BYTES_DEFAULT: u32 = 16 * 1024 * 1024;
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 16 * 1024 * 1024;
 /// Largest datagram payload accepted by `send_datagram`. QUIC datagrams must
 /// fit one packet; quinn starts at a 1200-byte MTU (RFC 9000 §14) and the
 /// packet and frame headers take up to ~60 bytes of it.
@@ -111,7 +111,7 @@ pub struct TransportConfig {
     /// This node's name; must equal the DNS name in its certificate.
     pub node_name: String,
     /// Largest frame payload sent or accepted.
-    pub max_frame_bytes: u32,
+    pub frame_bytes_max: u32,
     /// Bound of each peer's outgoing message queue.
     pub per_peer_queue_max: usize,
     /// Bound of the channel of [`Incoming`] events to the application.
@@ -140,7 +140,7 @@ impl TransportConfig {
         TransportConfig {
             bind_addr,
             node_name: node_name.into(),
-            max_frame_bytes: MAX_FRAME_BYTES_DEFAULT,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             per_peer_queue_max: 1024,
             incoming_queue_max: 4096,
             pending_datagrams_max: 64,
@@ -156,8 +156,8 @@ impl TransportConfig {
 
     fn validate(&self) -> Result<(), BindError> {
         let invalid = |what: &str| Err(BindError::InvalidConfig(what.to_owned()));
-        if self.max_frame_bytes == 0 {
-            return invalid("max_frame_bytes must be > 0");
+        if self.frame_bytes_max == 0 {
+            return invalid("frame_bytes_max must be > 0");
         }
         if self.per_peer_queue_max == 0 || self.incoming_queue_max == 0 || self.pending_datagrams_max == 0 {
             return invalid("queue bounds must be > 0");
@@ -339,7 +339,7 @@ impl Transport {
     /// connection is lost in between (at-most-once delivery).
     pub fn send(&self, peer: &PeerAddr, payload: impl Into<Bytes>) -> Result<(), SendError> {
         let payload = payload.into();
-        let max = self.inner.config.max_frame_bytes as usize;
+        let max = self.inner.config.frame_bytes_max as usize;
         if payload.len() > max {
             return Err(SendError::TooLarge { len: payload.len(), max });
         }
@@ -367,7 +367,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Bytes, RequestError> {
         let payload = payload.into();
-        let max = self.inner.config.max_frame_bytes;
+        let max = self.inner.config.frame_bytes_max;
         if payload.len() > max as usize {
             return Err(RequestError::TooLarge { len: payload.len(), max: max as usize });
         }

@@ -1,8 +1,8 @@
-//! The data types of the strong-namespace interface: the [`Command`]s that
-//! enter the Raft log, their [`Response`]s and refusals ([`KvError`]), and
+//! The data types of the strong-namespace interface: the [`KvCommand`]s that
+//! enter the Raft log, their [`KvResponse`]s and refusals ([`KvError`]), and
 //! the values they carry or return (key-values, compares, transaction ops,
 //! leases, locks, watch events). They are plain serialisable data with no
-//! behaviour beyond [`Command::validate`], so the log format, the forwarding
+//! behaviour beyond [`KvCommand::validate`], so the log format, the forwarding
 //! RPCs and the HTTP layer can depend on them without the state machine
 //! (`docs/design/strong.md`, section "State machine (`kv`)").
 
@@ -130,7 +130,7 @@ pub enum LockMode {
 /// A command in the Raft log. Every mutation of a strong namespace is one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
-pub enum Command {
+pub enum KvCommand {
     /// Sets `key` to `value`, optionally bound to a lease.
     Put {
         /// Key.
@@ -221,34 +221,34 @@ fn show(bytes: &[u8]) -> String {
 
 /// openraft logs requests with `Display`; keys are shown truncated and
 /// values never (they may be large or secret).
-impl fmt::Display for Command {
+impl fmt::Display for KvCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value, lease } => {
+            KvCommand::Put { key, value, lease } => {
                 write!(f, "put({}, {} bytes, lease {lease:?})", show(key), value.len())
             }
-            Command::Delete { key } => write!(f, "delete({})", show(key)),
-            Command::CompareAndSwap { key, value, .. } => write!(f, "cas({}, {} bytes)", show(key), value.len()),
-            Command::Txn { compares, success, failure } => {
+            KvCommand::Delete { key } => write!(f, "delete({})", show(key)),
+            KvCommand::CompareAndSwap { key, value, .. } => write!(f, "cas({}, {} bytes)", show(key), value.len()),
+            KvCommand::Txn { compares, success, failure } => {
                 write!(f, "txn({} compares, {}/{} ops)", compares.len(), success.len(), failure.len())
             }
-            Command::LeaseGrant { ttl_ms, now_ms } => write!(f, "lease_grant(ttl {ttl_ms} ms at {now_ms})"),
-            Command::LeaseKeepAlive { lease, now_ms } => write!(f, "lease_keep_alive({lease} at {now_ms})"),
-            Command::LeaseRevoke { lease } => write!(f, "lease_revoke({lease})"),
-            Command::ExpireLeases { now_ms } => write!(f, "expire_leases(at {now_ms})"),
-            Command::RefreshLeases { now_ms } => write!(f, "refresh_leases(at {now_ms})"),
-            Command::LockAcquire { name, lease, mode } => {
+            KvCommand::LeaseGrant { ttl_ms, now_ms } => write!(f, "lease_grant(ttl {ttl_ms} ms at {now_ms})"),
+            KvCommand::LeaseKeepAlive { lease, now_ms } => write!(f, "lease_keep_alive({lease} at {now_ms})"),
+            KvCommand::LeaseRevoke { lease } => write!(f, "lease_revoke({lease})"),
+            KvCommand::ExpireLeases { now_ms } => write!(f, "expire_leases(at {now_ms})"),
+            KvCommand::RefreshLeases { now_ms } => write!(f, "refresh_leases(at {now_ms})"),
+            KvCommand::LockAcquire { name, lease, mode } => {
                 write!(f, "lock_acquire({}, lease {lease}, {mode:?})", show(name))
             }
-            Command::LockRelease { name, lease } => write!(f, "lock_release({}, lease {lease})", show(name)),
+            KvCommand::LockRelease { name, lease } => write!(f, "lock_release({}, lease {lease})", show(name)),
         }
     }
 }
 
-/// The outcome of applying one [`Command`].
+/// The outcome of applying one [`KvCommand`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
-pub enum Response {
+pub enum KvResponse {
     /// A put was applied at `revision`.
     Put {
         /// The store's revision after the command.
@@ -425,17 +425,17 @@ fn check_value(value: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
-impl Command {
+impl KvCommand {
     /// Checks the sizes of everything in the command. Run by the proposer
     /// (to fail early) and again by `apply` (the log is input too).
     pub fn validate(&self) -> Result<(), KvError> {
         match self {
-            Command::Put { key, value, .. } | Command::CompareAndSwap { key, value, .. } => {
+            KvCommand::Put { key, value, .. } | KvCommand::CompareAndSwap { key, value, .. } => {
                 check_key(key)?;
                 check_value(value)
             }
-            Command::Delete { key } => check_key(key),
-            Command::Txn { compares, success, failure } => {
+            KvCommand::Delete { key } => check_key(key),
+            KvCommand::Txn { compares, success, failure } => {
                 if compares.len() > TXN_COMPARES_MAX || success.len() > TXN_OPS_MAX || failure.len() > TXN_OPS_MAX {
                     return Err(KvError::TxnTooLarge);
                 }
@@ -456,17 +456,17 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::LeaseGrant { ttl_ms, .. } => {
+            KvCommand::LeaseGrant { ttl_ms, .. } => {
                 if *ttl_ms == 0 || *ttl_ms > LEASE_TTL_MS_MAX {
                     return Err(KvError::BadTtl(*ttl_ms));
                 }
                 Ok(())
             }
-            Command::LockAcquire { name, .. } | Command::LockRelease { name, .. } => check_key(name),
-            Command::LeaseKeepAlive { .. }
-            | Command::LeaseRevoke { .. }
-            | Command::ExpireLeases { .. }
-            | Command::RefreshLeases { .. } => Ok(()),
+            KvCommand::LockAcquire { name, .. } | KvCommand::LockRelease { name, .. } => check_key(name),
+            KvCommand::LeaseKeepAlive { .. }
+            | KvCommand::LeaseRevoke { .. }
+            | KvCommand::ExpireLeases { .. }
+            | KvCommand::RefreshLeases { .. } => Ok(()),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! key-value store with transactions, leases, locks and a watch history.
 //!
 //! Pure and deterministic: no I/O, no clock, no randomness. Every input is a
-//! [`Command`] taken from the Raft log, applied in log order; time enters only
+//! [`KvCommand`] taken from the Raft log, applied in log order; time enters only
 //! as the `now_ms` carried *inside* commands (stamped by the proposing leader),
 //! so every replica computes the same state from the same log.
 //!
@@ -17,7 +17,7 @@
 //! The interface and its interpreter are kept apart (see
 //! `docs/design/strong.md`, section "State machine (`kv`)"): `command` holds
 //! the plain data types that cross the Raft log and the client API
-//! ([`Command`], [`Response`], [`KvError`], transactions, leases, locks,
+//! ([`KvCommand`], [`KvResponse`], [`KvError`], transactions, leases, locks,
 //! watch events) with the size checks every command passes, and
 //! `state_machine` holds [`KvStateMachine`], which applies them. The limits
 //! below bound both.
@@ -26,13 +26,13 @@ mod command;
 mod state_machine;
 
 pub use command::{
-    Command, Compare, CompareOp, CompareTarget, KeyValue, KvError, Lease, LeaseId, LockMode, LockState, Response,
+    Compare, CompareOp, CompareTarget, KeyValue, KvCommand, KvError, KvResponse, Lease, LeaseId, LockMode, LockState,
     TxnOp, TxnOpResult, WatchEvent, WatchEventKind,
 };
 pub use state_machine::KvStateMachine;
 
-/// Largest user key, in bytes (SPEC §1: 4 KiB per key).
-pub const KEY_BYTES_MAX: usize = 4 * 1024;
+/// Keys are at most 4 KiB (SPEC §1): the product-wide limit, defined once.
+pub use chorus_core::limits::KEY_BYTES_MAX;
 /// Largest value, in bytes (SPEC §1 default).
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most compares in one transaction.

@@ -1,4 +1,4 @@
-//! [`KvStateMachine`]: the revisioned store that applies [`Command`]s in log
+//! [`KvStateMachine`]: the revisioned store that applies [`KvCommand`]s in log
 //! order and answers reads. It is pure and deterministic, as the parent
 //! module `kv` explains. Keeping it apart from the interface types lets a
 //! reader check the apply rules (revisions, lease expiry, lock
@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Command, Compare, CompareOp, CompareTarget, KeyValue, KvError, LEASES_MAX, LOCK_HOLDERS_MAX, Lease, LeaseId,
-    LockMode, LockState, RANGE_LIMIT_MAX, Response, TxnOp, TxnOpResult, WATCH_HISTORY_MAX, WatchEvent, WatchEventKind,
+    Compare, CompareOp, CompareTarget, KeyValue, KvCommand, KvError, KvResponse, LEASES_MAX, LOCK_HOLDERS_MAX, Lease,
+    LeaseId, LockMode, LockState, RANGE_LIMIT_MAX, TxnOp, TxnOpResult, WATCH_HISTORY_MAX, WatchEvent, WatchEventKind,
 };
 
 /// The state machine. Its serialised form is the snapshot.
@@ -99,7 +99,7 @@ impl KvStateMachine {
     }
 
     /// Whether some lease's deadline is at or before `now_ms` (so the leader
-    /// should propose [`Command::ExpireLeases`]).
+    /// should propose [`KvCommand::ExpireLeases`]).
     pub fn has_expired_leases(&self, now_ms: u64) -> bool {
         self.leases.values().any(|lease| lease.deadline_ms <= now_ms)
     }
@@ -123,10 +123,10 @@ impl KvStateMachine {
 
     /// Applies one command. Deterministic: the same commands in the same
     /// order give the same state and responses on every replica.
-    pub fn apply(&mut self, command: &Command) -> Result<Response, KvError> {
+    pub fn apply(&mut self, command: &KvCommand) -> Result<KvResponse, KvError> {
         command.validate()?;
         match command {
-            Command::Put { key, value, lease } => {
+            KvCommand::Put { key, value, lease } => {
                 if let Some(lease) = lease
                     && !self.leases.contains_key(lease)
                 {
@@ -134,20 +134,20 @@ impl KvStateMachine {
                 }
                 let revision = self.bump();
                 let prev = self.put(revision, key, value, *lease);
-                Ok(Response::Put { revision, prev })
+                Ok(KvResponse::Put { revision, prev })
             }
-            Command::Delete { key } => {
+            KvCommand::Delete { key } => {
                 if !self.keys.contains_key(key.as_slice()) {
-                    return Ok(Response::Delete { revision: self.revision, existed: false });
+                    return Ok(KvResponse::Delete { revision: self.revision, existed: false });
                 }
                 let revision = self.bump();
                 let existed = self.delete(revision, key);
-                Ok(Response::Delete { revision, existed })
+                Ok(KvResponse::Delete { revision, existed })
             }
-            Command::CompareAndSwap { key, expected, value } => {
+            KvCommand::CompareAndSwap { key, expected, value } => {
                 let current = self.keys.get(key.as_slice()).map(|kv| &kv.value);
                 if current != expected.as_ref() {
-                    return Ok(Response::CompareAndSwap {
+                    return Ok(KvResponse::CompareAndSwap {
                         succeeded: false,
                         revision: self.revision,
                         current: self.keys.get(key.as_slice()).cloned(),
@@ -155,14 +155,14 @@ impl KvStateMachine {
                 }
                 let revision = self.bump();
                 self.put(revision, key, value, None);
-                Ok(Response::CompareAndSwap {
+                Ok(KvResponse::CompareAndSwap {
                     succeeded: true,
                     revision,
                     current: self.keys.get(key.as_slice()).cloned(),
                 })
             }
-            Command::Txn { compares, success, failure } => self.txn(compares, success, failure),
-            Command::LeaseGrant { ttl_ms, now_ms } => {
+            KvCommand::Txn { compares, success, failure } => self.txn(compares, success, failure),
+            KvCommand::LeaseGrant { ttl_ms, now_ms } => {
                 self.advance_clock(*now_ms);
                 if self.leases.len() >= LEASES_MAX {
                     return Err(KvError::LimitReached("leases".to_owned()));
@@ -174,9 +174,9 @@ impl KvStateMachine {
                     id,
                     Lease { id, ttl_ms: *ttl_ms, deadline_ms, keys: BTreeSet::new(), locks: BTreeSet::new() },
                 );
-                Ok(Response::Lease { lease: id, ttl_ms: *ttl_ms, deadline_ms })
+                Ok(KvResponse::Lease { lease: id, ttl_ms: *ttl_ms, deadline_ms })
             }
-            Command::LeaseKeepAlive { lease, now_ms } => {
+            KvCommand::LeaseKeepAlive { lease, now_ms } => {
                 self.advance_clock(*now_ms);
                 let clock = self.clock_ms;
                 let entry = self.leases.get_mut(lease).ok_or(KvError::LeaseNotFound(*lease))?;
@@ -184,17 +184,17 @@ impl KvStateMachine {
                 // leader's expiry sweep still renews: expiry is decided by the
                 // log, not by the wall clock of any one node.
                 entry.deadline_ms = clock.saturating_add(entry.ttl_ms);
-                Ok(Response::Lease { lease: *lease, ttl_ms: entry.ttl_ms, deadline_ms: entry.deadline_ms })
+                Ok(KvResponse::Lease { lease: *lease, ttl_ms: entry.ttl_ms, deadline_ms: entry.deadline_ms })
             }
-            Command::LeaseRevoke { lease } => {
+            KvCommand::LeaseRevoke { lease } => {
                 if !self.leases.contains_key(lease) {
                     return Err(KvError::LeaseNotFound(*lease));
                 }
                 let revision = self.bump();
                 let keys_deleted = self.end_lease(revision, *lease);
-                Ok(Response::LeaseRevoked { revision, keys_deleted })
+                Ok(KvResponse::LeaseRevoked { revision, keys_deleted })
             }
-            Command::ExpireLeases { now_ms } => {
+            KvCommand::ExpireLeases { now_ms } => {
                 self.advance_clock(*now_ms);
                 let clock = self.clock_ms;
                 let expired: Vec<LeaseId> =
@@ -205,23 +205,23 @@ impl KvStateMachine {
                         self.end_lease(revision, *lease);
                     }
                 }
-                Ok(Response::LeasesSwept { expired })
+                Ok(KvResponse::LeasesSwept { expired })
             }
-            Command::RefreshLeases { now_ms } => {
+            KvCommand::RefreshLeases { now_ms } => {
                 self.advance_clock(*now_ms);
                 let clock = self.clock_ms;
                 for lease in self.leases.values_mut() {
                     lease.deadline_ms = lease.deadline_ms.max(clock.saturating_add(lease.ttl_ms));
                 }
-                Ok(Response::LeasesSwept { expired: Vec::new() })
+                Ok(KvResponse::LeasesSwept { expired: Vec::new() })
             }
-            Command::LockAcquire { name, lease, mode } => self.lock_acquire(name, *lease, *mode),
-            Command::LockRelease { name, lease } => {
+            KvCommand::LockAcquire { name, lease, mode } => self.lock_acquire(name, *lease, *mode),
+            KvCommand::LockRelease { name, lease } => {
                 let was_held = self.lock_release(name, *lease);
                 if let Some(entry) = self.leases.get_mut(lease) {
                     entry.locks.remove(name.as_slice());
                 }
-                Ok(Response::LockReleased { was_held })
+                Ok(KvResponse::LockReleased { was_held })
             }
         }
     }
@@ -332,7 +332,7 @@ impl KvStateMachine {
         }
     }
 
-    fn txn(&mut self, compares: &[Compare], success: &[TxnOp], failure: &[TxnOp]) -> Result<Response, KvError> {
+    fn txn(&mut self, compares: &[Compare], success: &[TxnOp], failure: &[TxnOp]) -> Result<KvResponse, KvError> {
         let succeeded = compares.iter().all(|compare| self.compare(compare));
         let ops = if succeeded { success } else { failure };
         // Check every op before changing anything: a transaction applies all
@@ -354,10 +354,10 @@ impl KvStateMachine {
                 TxnOp::Get { key } => TxnOpResult::Get { kv: self.keys.get(key.as_slice()).cloned() },
             });
         }
-        Ok(Response::Txn { succeeded, revision, results })
+        Ok(KvResponse::Txn { succeeded, revision, results })
     }
 
-    fn lock_acquire(&mut self, name: &[u8], lease: LeaseId, mode: LockMode) -> Result<Response, KvError> {
+    fn lock_acquire(&mut self, name: &[u8], lease: LeaseId, mode: LockMode) -> Result<KvResponse, KvError> {
         if !self.leases.contains_key(&lease) {
             return Err(KvError::LeaseNotFound(lease));
         }
@@ -365,11 +365,11 @@ impl KvStateMachine {
             if let Some(token) = state.holders.get(&lease)
                 && state.mode == mode
             {
-                return Ok(Response::LockGranted { fencing_token: *token });
+                return Ok(KvResponse::LockGranted { fencing_token: *token });
             }
             let compatible = mode == LockMode::Shared && state.mode == LockMode::Shared;
             if !compatible {
-                return Ok(Response::LockBusy { holders: state.holders.keys().copied().collect() });
+                return Ok(KvResponse::LockBusy { holders: state.holders.keys().copied().collect() });
             }
             if state.holders.len() >= LOCK_HOLDERS_MAX {
                 return Err(KvError::LimitReached("lock holders".to_owned()));
@@ -381,7 +381,7 @@ impl KvStateMachine {
         if let Some(entry) = self.leases.get_mut(&lease) {
             entry.locks.insert(name.to_vec());
         }
-        Ok(Response::LockGranted { fencing_token })
+        Ok(KvResponse::LockGranted { fencing_token })
     }
 
     fn lock_release(&mut self, name: &[u8], lease: LeaseId) -> bool {
@@ -399,20 +399,20 @@ mod tests {
     use super::*;
     use crate::kv::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
-    fn put(key: &str, value: &str) -> Command {
-        Command::Put { key: key.into(), value: value.into(), lease: None }
+    fn put(key: &str, value: &str) -> KvCommand {
+        KvCommand::Put { key: key.into(), value: value.into(), lease: None }
     }
 
     fn grant(sm: &mut KvStateMachine, ttl_ms: u64, now_ms: u64) -> LeaseId {
-        match sm.apply(&Command::LeaseGrant { ttl_ms, now_ms }) {
-            Ok(Response::Lease { lease, .. }) => lease,
+        match sm.apply(&KvCommand::LeaseGrant { ttl_ms, now_ms }) {
+            Ok(KvResponse::Lease { lease, .. }) => lease,
             other => panic!("grant failed: {other:?}"),
         }
     }
 
-    fn token(response: Result<Response, KvError>) -> u64 {
+    fn token(response: Result<KvResponse, KvError>) -> u64 {
         match response {
-            Ok(Response::LockGranted { fencing_token }) => fencing_token,
+            Ok(KvResponse::LockGranted { fencing_token }) => fencing_token,
             other => panic!("expected a grant, got {other:?}"),
         }
     }
@@ -426,7 +426,7 @@ mod tests {
         let a = sm.get(b"a").unwrap();
         assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
         assert_eq!(sm.revision(), 3);
-        sm.apply(&Command::Delete { key: b"a".to_vec() }).unwrap();
+        sm.apply(&KvCommand::Delete { key: b"a".to_vec() }).unwrap();
         sm.apply(&put("a", "3")).unwrap();
         let a = sm.get(b"a").unwrap();
         assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1));
@@ -435,21 +435,21 @@ mod tests {
     #[test]
     fn deleting_an_absent_key_does_not_bump_the_revision() {
         let mut sm = KvStateMachine::new();
-        let response = sm.apply(&Command::Delete { key: b"x".to_vec() }).unwrap();
-        assert_eq!(response, Response::Delete { revision: 0, existed: false });
+        let response = sm.apply(&KvCommand::Delete { key: b"x".to_vec() }).unwrap();
+        assert_eq!(response, KvResponse::Delete { revision: 0, existed: false });
     }
 
     #[test]
     fn compare_and_swap_succeeds_only_on_the_expected_value() {
         let mut sm = KvStateMachine::new();
-        let cas = |expected: Option<&str>, value: &str| Command::CompareAndSwap {
+        let cas = |expected: Option<&str>, value: &str| KvCommand::CompareAndSwap {
             key: b"k".to_vec(),
             expected: expected.map(Into::into),
             value: value.into(),
         };
-        assert!(matches!(sm.apply(&cas(None, "1")), Ok(Response::CompareAndSwap { succeeded: true, .. })));
-        assert!(matches!(sm.apply(&cas(None, "2")), Ok(Response::CompareAndSwap { succeeded: false, .. })));
-        assert!(matches!(sm.apply(&cas(Some("1"), "2")), Ok(Response::CompareAndSwap { succeeded: true, .. })));
+        assert!(matches!(sm.apply(&cas(None, "1")), Ok(KvResponse::CompareAndSwap { succeeded: true, .. })));
+        assert!(matches!(sm.apply(&cas(None, "2")), Ok(KvResponse::CompareAndSwap { succeeded: false, .. })));
+        assert!(matches!(sm.apply(&cas(Some("1"), "2")), Ok(KvResponse::CompareAndSwap { succeeded: true, .. })));
         assert_eq!(sm.get(b"k").unwrap().value, b"2");
     }
 
@@ -457,7 +457,7 @@ mod tests {
     fn a_transaction_runs_the_branch_its_compares_select() {
         let mut sm = KvStateMachine::new();
         sm.apply(&put("a", "1")).unwrap();
-        let txn = Command::Txn {
+        let txn = KvCommand::Txn {
             compares: vec![
                 Compare { key: b"a".to_vec(), op: CompareOp::Equal, target: CompareTarget::Value(Some(b"1".to_vec())) },
                 Compare { key: b"a".to_vec(), op: CompareOp::Greater, target: CompareTarget::ModRevision(0) },
@@ -470,11 +470,11 @@ mod tests {
             failure: vec![TxnOp::Put { key: b"c".to_vec(), value: b"3".to_vec(), lease: None }],
         };
         let response = sm.apply(&txn).unwrap();
-        assert!(matches!(response, Response::Txn { succeeded: true, revision: 2, .. }));
+        assert!(matches!(response, KvResponse::Txn { succeeded: true, revision: 2, .. }));
         assert!(sm.get(b"a").is_none() && sm.get(b"b").is_some() && sm.get(b"c").is_none());
         // Same txn again: a is gone, so the failure branch runs.
         let response = sm.apply(&txn).unwrap();
-        assert!(matches!(response, Response::Txn { succeeded: false, revision: 3, .. }));
+        assert!(matches!(response, KvResponse::Txn { succeeded: false, revision: 3, .. }));
         assert!(sm.get(b"c").is_some());
         // Both ops of a branch share one revision.
         assert_eq!(sm.get(b"b").unwrap().mod_revision, 2);
@@ -483,7 +483,7 @@ mod tests {
     #[test]
     fn a_transaction_with_a_dead_lease_applies_none_of_its_ops() {
         let mut sm = KvStateMachine::new();
-        let txn = Command::Txn {
+        let txn = KvCommand::Txn {
             compares: vec![],
             success: vec![
                 TxnOp::Put { key: b"a".to_vec(), value: b"1".to_vec(), lease: None },
@@ -500,13 +500,13 @@ mod tests {
     fn expired_leases_delete_their_keys_and_release_their_locks() {
         let mut sm = KvStateMachine::new();
         let lease = grant(&mut sm, 1_000, 10_000);
-        sm.apply(&Command::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: Some(lease) }).unwrap();
-        token(sm.apply(&Command::LockAcquire { name: b"l".to_vec(), lease, mode: LockMode::Exclusive }));
+        sm.apply(&KvCommand::Put { key: b"k".to_vec(), value: b"v".to_vec(), lease: Some(lease) }).unwrap();
+        token(sm.apply(&KvCommand::LockAcquire { name: b"l".to_vec(), lease, mode: LockMode::Exclusive }));
         assert!(!sm.has_expired_leases(10_999));
-        let swept = sm.apply(&Command::ExpireLeases { now_ms: 10_999 }).unwrap();
-        assert_eq!(swept, Response::LeasesSwept { expired: vec![] });
+        let swept = sm.apply(&KvCommand::ExpireLeases { now_ms: 10_999 }).unwrap();
+        assert_eq!(swept, KvResponse::LeasesSwept { expired: vec![] });
         assert!(sm.get(b"k").is_some());
-        sm.apply(&Command::ExpireLeases { now_ms: 11_000 }).unwrap();
+        sm.apply(&KvCommand::ExpireLeases { now_ms: 11_000 }).unwrap();
         assert!(sm.get(b"k").is_none());
         assert!(sm.lock(b"l").is_none());
         assert!(sm.lease(lease).is_none());
@@ -518,15 +518,15 @@ mod tests {
     fn keep_alive_extends_a_lease_and_the_clock_never_goes_back() {
         let mut sm = KvStateMachine::new();
         let lease = grant(&mut sm, 1_000, 10_000);
-        sm.apply(&Command::LeaseKeepAlive { lease, now_ms: 10_800 }).unwrap();
+        sm.apply(&KvCommand::LeaseKeepAlive { lease, now_ms: 10_800 }).unwrap();
         // A leader with a slower clock cannot expire it early.
-        sm.apply(&Command::ExpireLeases { now_ms: 5_000 }).unwrap();
-        sm.apply(&Command::ExpireLeases { now_ms: 11_500 }).unwrap();
+        sm.apply(&KvCommand::ExpireLeases { now_ms: 5_000 }).unwrap();
+        sm.apply(&KvCommand::ExpireLeases { now_ms: 11_500 }).unwrap();
         assert!(sm.lease(lease).is_some());
         assert_eq!(sm.clock_ms(), 11_500);
-        sm.apply(&Command::ExpireLeases { now_ms: 11_800 }).unwrap();
+        sm.apply(&KvCommand::ExpireLeases { now_ms: 11_800 }).unwrap();
         assert!(sm.lease(lease).is_none());
-        assert_eq!(sm.apply(&Command::LeaseKeepAlive { lease, now_ms: 11_900 }), Err(KvError::LeaseNotFound(lease)));
+        assert_eq!(sm.apply(&KvCommand::LeaseKeepAlive { lease, now_ms: 11_900 }), Err(KvError::LeaseNotFound(lease)));
     }
 
     #[test]
@@ -534,13 +534,13 @@ mod tests {
         let mut sm = KvStateMachine::new();
         let a = grant(&mut sm, 1_000, 0);
         let b = grant(&mut sm, 5_000, 0);
-        let acquire = |lease, mode| Command::LockAcquire { name: b"l".to_vec(), lease, mode };
+        let acquire = |lease, mode| KvCommand::LockAcquire { name: b"l".to_vec(), lease, mode };
         let first = token(sm.apply(&acquire(a, LockMode::Exclusive)));
         assert_eq!(token(sm.apply(&acquire(a, LockMode::Exclusive))), first, "re-acquire is idempotent");
-        assert_eq!(sm.apply(&acquire(b, LockMode::Exclusive)), Ok(Response::LockBusy { holders: vec![a] }));
-        assert!(matches!(sm.apply(&acquire(b, LockMode::Shared)), Ok(Response::LockBusy { .. })));
+        assert_eq!(sm.apply(&acquire(b, LockMode::Exclusive)), Ok(KvResponse::LockBusy { holders: vec![a] }));
+        assert!(matches!(sm.apply(&acquire(b, LockMode::Shared)), Ok(KvResponse::LockBusy { .. })));
         // a's lease expires while it is paused; b takes over with a larger token.
-        sm.apply(&Command::ExpireLeases { now_ms: 1_000 }).unwrap();
+        sm.apply(&KvCommand::ExpireLeases { now_ms: 1_000 }).unwrap();
         let second = token(sm.apply(&acquire(b, LockMode::Exclusive)));
         assert!(second > first);
     }
@@ -551,13 +551,13 @@ mod tests {
         let a = grant(&mut sm, 1_000, 0);
         let b = grant(&mut sm, 1_000, 0);
         let c = grant(&mut sm, 1_000, 0);
-        let acquire = |lease, mode| Command::LockAcquire { name: b"l".to_vec(), lease, mode };
+        let acquire = |lease, mode| KvCommand::LockAcquire { name: b"l".to_vec(), lease, mode };
         let ta = token(sm.apply(&acquire(a, LockMode::Shared)));
         let tb = token(sm.apply(&acquire(b, LockMode::Shared)));
         assert!(tb > ta);
-        assert!(matches!(sm.apply(&acquire(c, LockMode::Exclusive)), Ok(Response::LockBusy { .. })));
-        sm.apply(&Command::LockRelease { name: b"l".to_vec(), lease: a }).unwrap();
-        sm.apply(&Command::LeaseRevoke { lease: b }).unwrap();
+        assert!(matches!(sm.apply(&acquire(c, LockMode::Exclusive)), Ok(KvResponse::LockBusy { .. })));
+        sm.apply(&KvCommand::LockRelease { name: b"l".to_vec(), lease: a }).unwrap();
+        sm.apply(&KvCommand::LeaseRevoke { lease: b }).unwrap();
         let tc = token(sm.apply(&acquire(c, LockMode::Exclusive)));
         assert!(tc > tb);
     }
@@ -566,8 +566,8 @@ mod tests {
     fn refresh_gives_every_lease_a_full_ttl_from_the_new_leaders_time() {
         let mut sm = KvStateMachine::new();
         let lease = grant(&mut sm, 1_000, 0);
-        sm.apply(&Command::RefreshLeases { now_ms: 900 }).unwrap();
-        sm.apply(&Command::ExpireLeases { now_ms: 1_500 }).unwrap();
+        sm.apply(&KvCommand::RefreshLeases { now_ms: 900 }).unwrap();
+        sm.apply(&KvCommand::ExpireLeases { now_ms: 1_500 }).unwrap();
         assert!(sm.lease(lease).is_some());
     }
 
@@ -589,14 +589,14 @@ mod tests {
         let mut sm = KvStateMachine::new();
         let big_key = vec![b'k'; KEY_BYTES_MAX + 1];
         assert!(matches!(
-            sm.apply(&Command::Put { key: big_key, value: vec![], lease: None }),
+            sm.apply(&KvCommand::Put { key: big_key, value: vec![], lease: None }),
             Err(KvError::BadKey { .. })
         ));
         assert!(matches!(
-            sm.apply(&Command::Put { key: b"k".to_vec(), value: vec![0; VALUE_BYTES_MAX + 1], lease: None }),
+            sm.apply(&KvCommand::Put { key: b"k".to_vec(), value: vec![0; VALUE_BYTES_MAX + 1], lease: None }),
             Err(KvError::ValueTooLarge { .. })
         ));
-        assert!(matches!(sm.apply(&Command::LeaseGrant { ttl_ms: 0, now_ms: 0 }), Err(KvError::BadTtl(0))));
+        assert!(matches!(sm.apply(&KvCommand::LeaseGrant { ttl_ms: 0, now_ms: 0 }), Err(KvError::BadTtl(0))));
         assert_eq!(sm, KvStateMachine::new());
     }
 

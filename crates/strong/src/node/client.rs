@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::StrongNode;
 use super::routing::forward_error;
 use crate::error::StrongError;
-use crate::kv::{Command, KeyValue, KvError, Lease, LeaseId, LockState, Response, WatchEvent};
+use crate::kv::{KeyValue, KvCommand, KvError, KvResponse, Lease, LeaseId, LockState, WatchEvent};
 use crate::network::{RpcRequest, RpcResponse};
 
 /// A read served by the state machine.
@@ -100,7 +100,7 @@ impl StrongNode {
     /// committed and applied. A follower forwards to the leader over the
     /// transport. Fails fast with `NoQuorum` when a majority of voters is
     /// unreachable from here.
-    pub async fn write(&self, command: Command) -> Result<Response, StrongError> {
+    pub async fn write(&self, command: KvCommand) -> Result<KvResponse, StrongError> {
         command.validate()?;
         let deadline = Instant::now() + Duration::from_millis(self.inner.config.request_timeout_ms);
         self.route(
@@ -152,7 +152,7 @@ impl StrongNode {
     }
 
     /// Proposes `command` on this node, which must be the leader.
-    pub(super) async fn write_local(&self, command: Command, deadline: Instant) -> Result<Response, StrongError> {
+    pub(super) async fn write_local(&self, command: KvCommand, deadline: Instant) -> Result<KvResponse, StrongError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, self.inner.raft.client_write(command)).await {
             Err(_) => Err(StrongError::Timeout),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use super::{Inner, StrongNode};
-use crate::kv::Command;
+use crate::kv::KvCommand;
 
 /// On the leader: after winning an election, refresh every lease (a full
 /// TTL from now, so clients can find the new leader); then, each tick,
@@ -27,7 +27,7 @@ pub(super) async fn lease_loop(inner: std::sync::Weak<Inner>) {
             let now_ms = node.inner.config.clock.now_ms();
             let deadline = Instant::now() + Duration::from_millis(node.inner.config.request_timeout_ms);
             if refreshed_term != Some(metrics.current_term) {
-                if node.write_local(Command::RefreshLeases { now_ms }, deadline).await.is_ok() {
+                if node.write_local(KvCommand::RefreshLeases { now_ms }, deadline).await.is_ok() {
                     refreshed_term = Some(metrics.current_term);
                 }
             } else {
@@ -35,7 +35,7 @@ pub(super) async fn lease_loop(inner: std::sync::Weak<Inner>) {
                     let shared = node.inner.sm.read().unwrap_or_else(PoisonError::into_inner);
                     shared.kv.has_expired_leases(now_ms)
                 };
-                if expired && let Err(e) = node.write_local(Command::ExpireLeases { now_ms }, deadline).await {
+                if expired && let Err(e) = node.write_local(KvCommand::ExpireLeases { now_ms }, deadline).await {
                     tracing::debug!(error = %e, "lease expiry proposal failed");
                 }
             }
