@@ -34,8 +34,13 @@ fn workspace_metadata() -> Value {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     // With dependencies (no `--no-deps`): the `resolve` graph is what tells
     // normal dependencies from dev- and build-dependencies.
+    // Only this machine's platform: the other platforms' dependencies would
+    // be downloaded just to be listed, and they never build here.
+    let version = Command::new(env!("CARGO")).arg("-vV").output().expect("cargo runs");
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let host = version.lines().find_map(|l| l.strip_prefix("host: ")).expect("cargo -vV names the host").to_string();
     let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .args(["metadata", "--format-version", "1", "--filter-platform", &host, "--manifest-path"])
         .arg(&manifest)
         .output()
         .expect("cargo runs");
