@@ -1,7 +1,7 @@
-//! The clock service in real processes (SPEC §6, issue 6): nodes probe
-//! each other's clocks, a node whose clock is too far off refuses to join
-//! or, once measured, refuses writes. Clocks are skewed with the testing
-//! knob `CHORUS_TEST_CLOCK_OFFSET_MS`.
+//! The clock service in real processes (issue 6; `docs/design/clock.md`,
+//! "Daemon integration"): nodes probe each other's clocks, a node whose
+//! clock is too far off refuses to join or, once measured, refuses writes.
+//! Clocks are skewed with the testing knob `CHORUS_TEST_CLOCK_OFFSET_MS`.
 
 mod common;
 

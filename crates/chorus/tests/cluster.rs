@@ -1,5 +1,6 @@
-//! Real `chorus agent` processes over real sockets (STYLE §14): replication,
-//! convergence, crash durability, membership and mutual TLS.
+//! Real `chorus agent` processes over real sockets (layer 4 of
+//! `docs/ARCHITECTURE.md`, "Testing layers"): replication, convergence, crash
+//! durability, membership and mutual TLS.
 
 mod common;
 

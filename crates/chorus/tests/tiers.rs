@@ -1,6 +1,6 @@
-//! Tiers in real processes (SPEC §3 "Tiers"): a node of tier t exchanges
-//! data (replication messages and clock probes) only with tiers t-1..t+1.
-//! SWIM membership stays cluster-wide.
+//! Tiers in real processes (`docs/design/clock.md`, "Tiers"): a node of tier
+//! t exchanges data (replication messages and clock probes) only with tiers
+//! t-1..t+1. SWIM membership stays cluster-wide.
 
 mod common;
 

@@ -1,12 +1,14 @@
 //! Configuration of the clock service.
 
-/// Tunables of one node's clock service. Defaults follow SPEC §6 and RFC 5905.
+/// Tunables of one node's clock service. The defaults are explained in
+/// `docs/design/clock.md`; where NTP has the same constant, they follow it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClockConfig {
     /// Our tier (0..=8). Samples from peers whose tier is not adjacent are
     /// rejected (see [`crate::tiers_may_talk`]).
     pub tier: u8,
-    /// A clock further than this from cluster time is unsafe (SPEC §6).
+    /// A clock further than this from cluster time is unsafe (see
+    /// `docs/design/clock.md`, "Safety").
     pub offset_max_ms: u64,
     /// Frequency error (ppm) beyond which a drift alarm is raised. The
     /// default 0.28 ppm is about 1 ms per hour. An alarm only: drift is
@@ -16,8 +18,9 @@ pub struct ClockConfig {
     /// time (500 ppm matches the NTP kernel discipline limit).
     pub slew_rate_max_ppm: u32,
     /// Residual frequency error (ppm) assumed after drift compensation; the
-    /// error bound of a sample grows at this rate with its age (RFC 5905's
-    /// PHI is 15 ppm).
+    /// error bound of a sample grows at this rate with its age (NTP's
+    /// frequency tolerance PHI is 15 ppm; see `docs/design/clock.md`,
+    /// "References").
     pub frequency_error_max_ppm: f64,
     /// Largest relative frequency error (ppm) two working clocks can have;
     /// used for the error bound while a peer's drift is not yet estimated.
@@ -39,7 +42,9 @@ pub struct ClockConfig {
     pub drift_epoch_ms: u64,
     /// A sample further than this from the predicted offset is held as a
     /// possible spike; [`crate::STEP_CONFIRM_SAMPLES`] in a row reset the
-    /// peer (RFC 5905 STEPT is 128 ms).
+    /// peer (NTP's step threshold STEPT is 125 ms in its specification and
+    /// 128 ms in the reference implementation; see `docs/design/clock.md`,
+    /// "References").
     pub step_threshold_ms: u64,
 }
 

@@ -1,25 +1,26 @@
-//! The chorus clock service, as pure logic with no I/O (SPEC §6).
+//! The chorus clock service, as pure logic with no I/O. Its design, failure
+//! cases and measurements are in `docs/design/clock.md`; the NTP specification
+//! and the papers named below are listed in that page's "References".
 //!
 //! chorus never sets the OS clock. It measures it against its peers and keeps
 //! the HLC's physical source honest:
 //!
 //! * **Sampling** ([`ClockService::handle_sample`]): every probe/ack carries
 //!   the four NTP timestamps; each exchange yields an offset
-//!   θ = ((t2−t1)+(t3−t4))/2 and a round-trip delay δ = (t4−t1)−(t3−t2)
-//!   (Mills, RFC 5905 §8). A small window per peer keeps the last
+//!   θ = ((t2−t1)+(t3−t4))/2 and a round-trip delay δ = (t4−t1)−(t3−t2),
+//!   as in NTP's on-wire protocol. A small window per peer keeps the last
 //!   [`FILTER_SAMPLES_MAX`] samples and the estimate uses the one with the
-//!   smallest error bound δ/2 + φ·age (RFC 5905 §10, the clock filter).
+//!   smallest error bound δ/2 + φ·age (NTP's clock filter).
 //! * **Drift**: the relative frequency error of each peer is a least-squares
 //!   fit of offset against local time over low-delay points that span minutes
 //!   ([`DRIFT_POINTS_MAX`] points, one per drift epoch).
 //! * **Cluster time** ([`ClockService::poll_estimate`]): the peers' intervals
-//!   [θ−λ, θ+λ] and our own are combined by interval intersection
-//!   (Marzullo 1984; RFC 5905 §11.2.1), falling back to the fault-tolerant
-//!   average of Lundelius Welch and Lynch (1988) when the correct clocks
-//!   disagree by more than their error bounds. Either way, with at most f
-//!   faulty clocks among 3f+1 the estimate stays inside the correct clocks'
-//!   range. Clocks further than `offset_max_ms` from it are flagged as
-//!   falsetickers.
+//!   [θ−λ, θ+λ] and our own are combined by Marzullo's interval intersection
+//!   (as in NTP's selection algorithm), falling back to the fault-tolerant
+//!   average of Lundelius Welch and Lynch when the correct clocks disagree by
+//!   more than their error bounds. Either way, with at most f faulty clocks
+//!   among 3f+1 the estimate stays inside the correct clocks' range. Clocks
+//!   further than `offset_max_ms` from it are flagged as falsetickers.
 //! * **Correction** ([`ClockService::corrected_now_us`]): the HLC's physical
 //!   time is the OS clock plus a correction slewed toward cluster time at a
 //!   bounded rate; the output never goes backwards.
@@ -62,10 +63,11 @@ pub use service::{
 };
 pub use sim::{ClockScenarioParams, ClockScenarioReport, run_clock_scenario};
 
-/// Highest valid tier. Tiers are 0..=8 (SPEC §1).
+/// Highest valid tier. Tiers are 0..=8.
 pub const TIER_MAX: u8 = 8;
 
-/// Samples kept per peer for the clock filter (RFC 5905 §10 uses 8 stages).
+/// Samples kept per peer for the clock filter (NTP's filter has 8 stages too;
+/// see `docs/design/clock.md`, "References").
 pub const FILTER_SAMPLES_MAX: usize = 8;
 
 /// Filtered points kept per peer for the drift regression. With the default
@@ -78,7 +80,8 @@ pub const DRIFT_POINTS_MIN: usize = 4;
 
 /// Consecutive samples that must disagree with the prediction by more than
 /// the step threshold before a peer's history is discarded as a clock step
-/// (RFC 5905 §12 "spike" handling: one outlier is popcorn, several are a step).
+/// (as NTP's clock discipline treats spikes: one outlier is popcorn, several
+/// are a step; see `docs/design/clock.md`, "References").
 pub const STEP_CONFIRM_SAMPLES: u32 = 3;
 
 /// Whether two nodes may exchange clock probes: tiers 0..=8 and adjacent

@@ -94,9 +94,10 @@ impl PeerState {
 
     /// Offset predicted at `local_now_us` from the filter's best sample.
     ///
-    /// The best sample minimises the error bound δ/2 + rate·age (RFC 5905
-    /// §10); it is extrapolated with the drift estimate, and its bound grows
-    /// at `frequency_error_max_ppm` once drift is known, at
+    /// The best sample minimises the error bound δ/2 + rate·age, as NTP's
+    /// clock filter does (`docs/design/clock.md`, "Sampling and the clock
+    /// filter"); it is extrapolated with the drift estimate, and its bound
+    /// grows at `frequency_error_max_ppm` once drift is known, at
     /// `uncompensated_drift_max_ppm` before.
     pub fn estimate(
         &self,

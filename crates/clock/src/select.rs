@@ -2,19 +2,17 @@
 //!
 //! Two regimes, tried in order:
 //!
-//! 1. **Intersection** (Marzullo 1984; RFC 5905 §11.2.1 selection): for the
+//! 1. **Intersection** (Marzullo's algorithm, as in NTP's selection): for the
 //!    smallest f ≤ f_max, find the lowest and highest points covered by at
 //!    least n−f intervals. If such a region exists, intervals that do not
-//!    touch it are excluded (RFC 5905's falsetickers), and the estimate is
-//!    the unweighted mean of the rest (RFC 5905 §11.2.3 combines
-//!    with weights; see `combine` for why chorus does not), clamped into the
-//!    region. Every point of the region lies in at least n−2f ≥ 1 correct
-//!    interval.
-//! 2. **Fault-tolerant average** (Lundelius Welch & Lynch, "A new
-//!    fault-tolerant algorithm for clock synchronization", 1988; Dolev et al.,
-//!    "Reaching approximate agreement in the presence of faults", 1986): when
-//!    the correct clocks are further apart than their error bounds (normal
-//!    for free-running OS clocks on a fast LAN) no majority region exists.
+//!    touch it are excluded (NTP's falsetickers), and the estimate is the
+//!    unweighted mean of the rest (NTP's combine step weights them; see
+//!    `combine` for why chorus does not), clamped into the region. Every
+//!    point of the region lies in at least n−2f ≥ 1 correct interval.
+//! 2. **Fault-tolerant average** (Lundelius Welch and Lynch's averaging, as
+//!    in approximate agreement): when the correct clocks are further apart
+//!    than their error bounds (normal for free-running OS clocks on a fast
+//!    LAN) no majority region exists.
 //!    Sort the offsets, drop the f_max lowest and f_max highest, and average
 //!    the rest; with at most f_max faulty clocks every kept offset lies
 //!    between two correct ones.
@@ -28,6 +26,9 @@
 //!
 //! f_max = ⌊(n−1)/3⌋: the 3f+1 bound tolerates two-faced clocks, which report
 //! different times to different peers.
+//!
+//! The design is `docs/design/clock.md`, "Cluster time (selection)"; the NTP
+//! specification and the papers behind both regimes are in its "References".
 
 /// One clock's belief about cluster time, relative to our OS clock (µs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +64,8 @@ impl ClockInterval {
 pub enum SelectionRegime {
     /// Only our own clock was available.
     LocalOnly,
-    /// A region covered by at least n−f intervals exists (Marzullo).
+    /// A region covered by at least n−f intervals exists (Marzullo's
+    /// intersection).
     Intersection,
     /// Correct clocks disagree beyond their bounds; fault-tolerant average.
     FaultTolerantAverage,
@@ -116,7 +118,8 @@ pub fn select_cluster_time(intervals: &[ClockInterval], falseticker_distance_us:
 }
 
 /// Lowest and highest points covered by at least `needed` intervals, if the
-/// lowest is not above the highest (RFC 5905 §11.2.1 sweep).
+/// lowest is not above the highest (the endpoint sweep of NTP's selection
+/// algorithm).
 fn majority_region(intervals: &[ClockInterval], needed: usize) -> Option<(i64, i64)> {
     // (value, kind): at equal values, lower ends (kind 0) sort before upper
     // ends (kind 1) because intervals are closed.
@@ -171,11 +174,12 @@ fn combine(
 ) -> Selection {
     let excluded: Vec<bool> =
         intervals.iter().map(|interval| interval.high_us() < low || interval.low_us() > high).collect();
-    // Each truechimer counts once. RFC 5905 weights by 1/root distance to
-    // track the best reference; chorus wants every node to compute the same
-    // virtual cluster clock, and an unweighted mean over (nearly) the same
-    // set of clocks agrees across nodes up to measurement error, whereas
-    // each node's own zero-width interval would dominate a weighted mean.
+    // Each truechimer counts once. NTP's combine step weights by 1/root
+    // distance to track the best reference; chorus wants every node to
+    // compute the same virtual cluster clock, and an unweighted mean over
+    // (nearly) the same set of clocks agrees across nodes up to measurement
+    // error, whereas each node's own zero-width interval would dominate a
+    // weighted mean.
     let (sum, count) = intervals
         .iter()
         .zip(&excluded)

@@ -12,7 +12,8 @@ use crate::{STEP_CONFIRM_SAMPLES, tiers_may_talk};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerKey(pub u64);
 
-/// The four timestamps of one probe exchange (RFC 5905 §8), µs.
+/// The four timestamps of one probe exchange (as in NTP's on-wire protocol),
+/// µs.
 ///
 /// `t1_us`/`t4_us` are our OS clock when the probe left and the ack arrived;
 /// `t2_us`/`t3_us` are the peer's OS clock when the probe arrived and the
@@ -115,7 +116,8 @@ pub struct ClusterTimeEstimate {
     pub computed_at_local_us: u64,
 }
 
-/// Whether this node's clock is fit for writes and joins (SPEC §6).
+/// Whether this node's clock is fit for writes and joins (see
+/// `docs/design/clock.md`, "Safety").
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClockStatus {
     pub safe: bool,

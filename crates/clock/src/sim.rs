@@ -127,8 +127,8 @@ pub struct ClockScenarioReport {
     pub samples_rejected: u64,
 }
 
-/// splitmix64 (Steele, Lea, Flood 2014): tiny, seedable, good enough for a
-/// simulation, and no global state.
+/// SplitMix64 (see `docs/design/clock.md`, "References"): tiny, seedable,
+/// good enough for a simulation, and no global state.
 struct SimRng(u64);
 
 impl SimRng {

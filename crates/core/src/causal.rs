@@ -4,10 +4,10 @@
 //! to a namespace densely from 1, so "node n has issued c writes" is a single
 //! integer. A **version vector** maps nodes to counters; as the causal context
 //! of one key it means "this state reflects every write of node n on this key
-//! up to counter vv[n]" (Preguiça, Baquero et al., "Dotted Version Vectors",
-//! 2010/2012; Riak's DVV sets). The **seen set** is the namespace-wide summary
-//! of which dots a node has incorporated: a contiguous prefix per origin plus
-//! a bounded set of out-of-order exceptions.
+//! up to counter vv[n]", as in dotted version vectors and the DVV sets built
+//! on them (see `docs/design/replication.md`, "References"). The **seen set**
+//! is the namespace-wide summary of which dots a node has incorporated: a
+//! contiguous prefix per origin plus a bounded set of out-of-order exceptions.
 
 use crate::types::NodeId;
 use serde::{Deserialize, Serialize};

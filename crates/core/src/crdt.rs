@@ -1,27 +1,26 @@
-//! CRDT value types of eventual namespaces (SPEC §2).
+//! CRDT value types of eventual namespaces (`docs/design/replication.md`,
+//! "State"). The papers that define these types, and the implementations they
+//! follow, are listed in that page's "References".
 //!
-//! Every entry is a *state-based* CRDT (Shapiro, Preguiça, Baquero,
-//! Zawirski, "Conflict-free Replicated Data Types", SSS 2011) that carries
-//! its own causal context: a version vector `clock` in which `clock[n] = c`
-//! means "this state reflects every write node `n` made to this key up to its
-//! namespace counter `c`". A node's writes to one key are sequential on that
-//! node, so the per-key clock is a faithful summary of which of the key's
-//! dots a state has observed. That makes each entry self-contained: joining
-//! two entries never needs namespace-wide context, which is what lets the
-//! replication protocol ship whole key states in any order, any number of
-//! times (delta-state shipping in the sense of Almeida, Shoker, Baquero,
-//! "Delta State Replicated Data Types", JPDC 2018, at key granularity).
+//! Every entry is a *state-based* CRDT that carries its own causal context: a
+//! version vector `clock` in which `clock[n] = c` means "this state reflects
+//! every write node `n` made to this key up to its namespace counter `c`". A
+//! node's writes to one key are sequential on that node, so the per-key clock
+//! is a faithful summary of which of the key's dots a state has observed. That
+//! makes each entry self-contained: joining two entries never needs
+//! namespace-wide context, which is what lets the replication protocol ship
+//! whole key states in any order, any number of times (delta-state shipping,
+//! at key granularity).
 //!
 //! * `lww` — last-writer-wins register: greatest HLC timestamp wins; the node
 //!   id inside the timestamp breaks ties. Deletes are tombstones.
-//! * `mv` — multi-value register as a DVV set (Preguiça et al., "Dotted
-//!   Version Vectors", 2012; Riak): concurrent writes are kept as siblings; a
-//!   write with a context replaces the siblings that context covers.
-//! * `counter` — PN-counter (Shapiro et al. 2011, §3.1.3): per node a
-//!   monotone increment and decrement total.
+//! * `mv` — multi-value register as a DVV set: concurrent writes are kept as
+//!   siblings; a write with a context replaces the siblings that context
+//!   covers.
+//! * `counter` — PN-counter: per node a monotone increment and decrement
+//!   total.
 //! * `set` — add-wins observed-remove set in its optimized form with a causal
-//!   context (Bieniusa et al., "An Optimized Conflict-free Replicated Set",
-//!   2012; Riak's ORSWOT).
+//!   context (the optimized OR-set, ORSWOT).
 //!
 //! Join rule shared by `mv` and `set` (the dot-kernel join): an element dot
 //! survives iff both sides have it, or the other side's clock has not seen
@@ -35,7 +34,8 @@ use crate::types::{NodeId, limits};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The value type of a namespace (SPEC §2 table).
+/// The value type of a namespace (the four types of
+/// `docs/design/replication.md`, "State").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ValueType {
     Lww,
@@ -70,7 +70,8 @@ impl ValueType {
 pub enum Op {
     /// `lww`, `mv`. For `mv`, `context` is the clock the client read: the
     /// siblings it covers are replaced. Without one the value becomes a new
-    /// sibling (Riak semantics). `lww` ignores the context.
+    /// sibling, as in DVV sets (see `docs/design/replication.md`,
+    /// "References"). `lww` ignores the context.
     Put { value: Vec<u8>, context: Option<VersionVector> },
     /// `lww`, `mv`: a tombstone. For `mv` the context says what is deleted.
     Delete { context: Option<VersionVector> },

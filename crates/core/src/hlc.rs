@@ -1,5 +1,5 @@
-//! Hybrid logical clock (Kulkarni, Demirbas et al., "Logical Physical Clocks
-//! and Consistent Snapshots in Globally Distributed Databases", OPODIS 2014).
+//! Hybrid logical clock (HLC; the paper that defines it is listed in
+//! `docs/design/replication.md`, "References").
 //!
 //! A timestamp is physical microseconds, a logical counter that breaks ties
 //! inside one microsecond, and the issuing node's id, so two distinct writes

@@ -8,9 +8,10 @@
 //! runtime, opens no sockets or files, never reads the OS clock and owns no
 //! global randomness. Time and randomness are handed in, incoming messages
 //! are handed in, and outgoing messages and storage writes come out as
-//! [`Action`]s (the quinn-proto / foca / openraft-engine pattern). That is
-//! what lets the simulator run thousands of nodes of *this exact code* in one
-//! process, deterministically from a seed.
+//! [`Action`]s (the sans-IO pattern; see `docs/design/replication.md`, "The
+//! driver contract" and "References"). That is what lets the simulator run
+//! thousands of nodes of *this exact code* in one process, deterministically
+//! from a seed.
 
 pub mod causal;
 pub mod crdt;
@@ -23,7 +24,7 @@ pub mod types;
 pub mod wire;
 
 pub use causal::{Dot, SeenSet, VersionVector};
-/// The highest tier (SPEC §1: tiers 0–8); one bound for every tier check.
+/// The highest tier (tiers are 0–8); one bound for every tier check.
 pub use chorus_clock::TIER_MAX;
 pub use crdt::{Entry, Op, ReadValue, ValueType};
 pub use hlc::{Hlc, HlcError, Timestamp};

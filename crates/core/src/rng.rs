@@ -1,12 +1,13 @@
 //! Deterministic pseudo-random numbers handed to the core by its driver.
 //!
-//! The core never touches a global RNG (STYLE "the caller injects all
-//! entropy"): the daemon seeds this from the OS, the simulator from its run
-//! seed, so every simulated run replays bit for bit.
+//! The core never touches a global RNG: the caller injects all entropy
+//! (`docs/ARCHITECTURE.md`, "Architecture invariants"). The daemon seeds this
+//! from the OS, the simulator from its run seed, so every simulated run
+//! replays bit for bit.
 
-/// SplitMix64 (Steele, Lea, Flood: "Fast splittable pseudorandom number
-/// generators", OOPSLA 2014). Small, fast, and good enough for peer selection
-/// and fault schedules; not for cryptography.
+/// SplitMix64 (see `docs/design/replication.md`, "References"). Small, fast,
+/// and good enough for peer selection and fault schedules; not for
+/// cryptography.
 #[derive(Clone, Debug)]
 pub struct Rng {
     state: u64,

@@ -30,7 +30,7 @@ pub type Key = Vec<u8>;
 
 /// Hard limits that hold for every node and every message.
 pub mod limits {
-    /// SPEC §1: keys are at most 4 KiB (defined once, in chorus-reconcile).
+    /// Keys are at most 4 KiB (defined once, in chorus-reconcile).
     pub use chorus_reconcile::KEY_BYTES_MAX;
     /// Values default to at most 1 MiB (configurable per node up to this cap).
     pub const VALUE_BYTES_DEFAULT: usize = 1 << 20;

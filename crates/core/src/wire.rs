@@ -15,8 +15,9 @@
 //! The decoder checks the frame, then the body, then every semantic limit
 //! (names, key and value sizes, clock sizes, entry validity), and returns a
 //! [`DecodeError`] for anything it does not like. It never panics.
-//! Validation runs in pairs (TigerBeetle style): `encode` asserts the
-//! message it is given is valid too, so a node cannot emit what peers reject.
+//! Validation runs in pairs, after decoding and before encoding (see
+//! `docs/design/replication.md`, "References"): `encode` asserts the message
+//! it is given is valid too, so a node cannot emit what peers reject.
 
 use crate::causal::{Dot, SeenSet, VersionVector};
 use crate::crdt::{Entry, InvalidEntry, ValueType};
@@ -38,7 +39,8 @@ pub const NAMESPACES_PER_MESSAGE_MAX: usize = 4096;
 /// A message between two nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Eager broadcast of new writes (SPEC §3 "Broadcast").
+    /// Eager broadcast of new writes (`docs/design/replication.md`,
+    /// "Messages").
     Push(Push),
     /// Anti-entropy, step 1: "here is what I have seen".
     SyncRequest(SyncRequest),

@@ -14,10 +14,12 @@
 //!
 //! * `lww`: the write with the greatest timestamp;
 //! * `mv`: the writes not superseded by a later write (one that had seen
-//!   them) whose context covers them (DVV semantics, Preguiça et al. 2012);
+//!   them) whose context covers them (DVV semantics; see
+//!   `docs/design/replication.md`, "References");
 //! * `counter`: per node, the totals of its increments and decrements;
 //! * `set`: per member, the dots of the additions not superseded by a later
-//!   addition or an observed removal (add-wins ORSWOT, Bieniusa et al. 2012).
+//!   addition or an observed removal (add-wins ORSWOT, listed in the same
+//!   "References").
 //!
 //! and every clock is the per-node maximum of the history's dots. Because
 //! the history of a join is the union of the histories, "join equals the
@@ -420,7 +422,7 @@ fn a_concurrent_add_survives_a_remove_but_an_observed_add_does_not() {
     assert_eq!(joined(&rb, &ra).read(), ReadValue::Set(vec![b"x".to_vec()]), "in either join order");
 }
 
-/// SPEC: an `mv` register keeps concurrent writes as siblings, and the
+/// An `mv` register keeps concurrent writes as siblings, and the
 /// writer side caps them at `SIBLINGS_MAX`. But the join must not trim (it
 /// would stop being a join), so concurrent writes from more than
 /// `SIBLINGS_MAX` distinct nodes produce a reachable state with more

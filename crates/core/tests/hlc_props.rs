@@ -1,8 +1,8 @@
-//! Properties of the hybrid logical clock (Kulkarni et al., OPODIS 2014) as
-//! chorus uses it: physical time is an argument and may jump backwards
-//! (NTP steps, a VM restored from a snapshot, a node restarted with its
-//! clock set back), yet every timestamp a node issues must exceed every one
-//! it issued before, and every one it merged.
+//! Properties of the hybrid logical clock as chorus uses it (the HLC paper is
+//! listed in `docs/design/replication.md`, "References"): physical time is an
+//! argument and may jump backwards (NTP steps, a VM restored from a snapshot,
+//! a node restarted with its clock set back), yet every timestamp a node
+//! issues must exceed every one it issued before, and every one it merged.
 
 use chorus_core::{Hlc, HlcError, NodeId, Timestamp};
 use proptest::prelude::*;

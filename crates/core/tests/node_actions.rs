@@ -1,6 +1,7 @@
-//! The exact actions a [`Node`] emits for each input (the openraft
-//! engine-test style: drive the sans-IO state machine by hand and assert the
-//! `Persist`/`Send` sequence it asks the driver to execute).
+//! The exact actions a [`Node`] emits for each input: drive the sans-IO state
+//! machine by hand and assert the `Persist`/`Send` sequence it asks the driver
+//! to execute (`docs/ARCHITECTURE.md`, "Testing layers", layer 1; the engine
+//! tests this style follows are in `docs/design/replication.md`, "References").
 
 use chorus_core::crdt::OpError;
 use chorus_core::persist::{self, EntryRecord, NamespaceRecord};

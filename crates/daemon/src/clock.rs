@@ -1,5 +1,6 @@
-//! Time for the daemon: the only place the OS clock is read (STYLE §4: the
-//! core takes time as an argument), and the home of the node's clock service.
+//! Time for the daemon: the only place the OS clock is read (the core takes
+//! time as an argument: `docs/ARCHITECTURE.md`, "Architecture invariants"),
+//! and the home of the node's clock service.
 //!
 //! Two clocks exist and must not be confused:
 //!

@@ -1,5 +1,5 @@
 //! The daemon's configuration: one TOML file, every key has a default, and an
-//! unknown key is an error naming it (SPEC §10).
+//! unknown key is an error naming it.
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,7 +29,8 @@ pub struct Config {
     pub seeds: Vec<SocketAddr>,
     /// Directory holding `node.pem`, `node.key` and `ca.pem`.
     pub tls_dir: PathBuf,
-    /// Tier 0–8 (SPEC §3 "Tiers").
+    /// Tier 0–8; a node exchanges data only with tiers t-1..t+1
+    /// (`docs/design/clock.md`, "Tiers").
     pub tier: u8,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: u32,
@@ -39,9 +40,10 @@ pub struct Config {
     pub fanout: u32,
     /// Hops a write is forwarded at most; 0 = ceil(log2(peers + 1)) + 3.
     pub hop_limit: u8,
-    /// Clock safety bound (SPEC §6): a node whose clock is further than this
-    /// from cluster time refuses writes and refuses to join; remote
-    /// timestamps further ahead of our clock are refused.
+    /// Clock safety bound (`docs/design/clock.md`, "Safety"): a node whose
+    /// clock is further than this from cluster time refuses writes and
+    /// refuses to join; remote timestamps further ahead of our clock are
+    /// refused.
     pub max_offset_ms: u64,
     /// Every live peer of an adjacent tier gets one clock probe this often.
     pub clock_probe_interval_ms: u64,
@@ -58,11 +60,11 @@ pub struct Config {
     pub suspect_to_down_after_ms: u64,
     /// `tracing` filter when `RUST_LOG` is unset.
     pub log: String,
-    /// Names of the Raft voters of the cluster's strong namespaces (SPEC §4):
-    /// 1, 3, 5 or 7 names, the same list on every node. Empty: strong
-    /// namespaces are disabled on this cluster. The lowest name bootstraps
-    /// the group once every voter is alive; every other node joins as a
-    /// learner (it forwards writes and serves `stale=true` reads).
+    /// Names of the Raft voters of the cluster's strong namespaces
+    /// (`docs/design/strong.md`): 1, 3, 5 or 7 names, the same list on every
+    /// node. Empty: strong namespaces are disabled on this cluster. The lowest
+    /// name bootstraps the group once every voter is alive; every other node
+    /// joins as a learner (it forwards writes and serves `stale=true` reads).
     /// Voters change at runtime with `chorus raft add-voter/remove-voter`;
     /// this list only seeds a new cluster.
     pub strong_voters: Vec<String>,

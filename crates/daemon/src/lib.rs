@@ -48,7 +48,8 @@ pub const STORE_FILE: &str = "chorus.redb";
 pub const DAEMON_SPACE: &str = "daemon";
 /// Key of the membership generation, a big-endian u64.
 pub const GENERATION_KEY: &[u8] = b"generation";
-/// The namespace every cluster has from the start (SPEC §10).
+/// The namespace every cluster has from the start (`docs/design/daemon.md`,
+/// "Startup").
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// How long a graceful leave may take at shutdown.
 const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
@@ -207,7 +208,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         Transport::bind(tconfig, &creds).with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
     let peer_addr = config.advertised_peer_addr();
     // Measure the seeds' clocks before anyone can see us: before SWIM
-    // starts and before the API accepts writes (SPEC §6).
+    // starts and before the API accepts writes (`docs/design/daemon.md`,
+    // "Startup").
     let own = [peer_addr, config.peer_addr];
     let verdict =
         probe::join_check(&clock_service, &transport, &config.seeds, &own, config.tier, config.max_offset_ms).await;

@@ -1,14 +1,15 @@
 //! Clock probes between nodes: the wire format, the answering side, the
-//! periodic prober and the join check (SPEC §6; `docs/design/clock.md`,
-//! "Daemon integration").
+//! periodic prober and the join check (`docs/design/clock.md`, "Daemon
+//! integration").
 //!
-//! A probe is an NTP-style exchange (Mills, RFC 5905 §8) over chorus-net's
-//! request/response streams (`Transport::request`, with a deadline), not
-//! over the replication protocol: the requester stamps t1 with its raw OS
-//! clock, the responder stamps t2 when it handles the request and t3 when
-//! it answers, both with *its* raw OS clock, and the requester stamps t4 on
-//! the answer. `chorus_clock::ClockService` turns the four stamps into an
-//! offset and a delay.
+//! A probe is an NTP-style exchange (NTP's on-wire protocol; see
+//! `docs/design/clock.md`, "References") over chorus-net's request/response
+//! streams (`Transport::request`, with a deadline), not over the replication
+//! protocol: the requester stamps t1 with its raw OS clock, the responder
+//! stamps t2 when it handles the request and t3 when it answers, both with
+//! *its* raw OS clock, and the requester stamps t4 on the answer.
+//! `chorus_clock::ClockService` turns the four stamps into an offset and a
+//! delay.
 //!
 //! # Wire format (version 1, big-endian)
 //!
@@ -301,8 +302,8 @@ pub struct JoinRefused {
     pub detail: String,
 }
 
-/// Before joining, measure the seeds' clocks (SPEC §6: "a node never
-/// joins with such a clock").
+/// Before joining, measure the seeds' clocks: a node never joins with a clock
+/// beyond `max_offset_ms` (`docs/design/clock.md`, "Safety").
 ///
 /// Every seed (except our own addresses) is dialled and probed
 /// [`JOIN_PROBES_PER_SEED`] times, all within [`JOIN_CHECK_DEADLINE`]. The

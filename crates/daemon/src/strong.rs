@@ -1,5 +1,6 @@
-//! Strong namespaces in the daemon (SPEC §4): one Raft group per cluster
-//! (`chorus-strong`), sharing the node's store, QUIC transport and SWIM view.
+//! Strong namespaces in the daemon (`docs/design/strong.md`): one Raft group
+//! per cluster (`chorus-strong`), sharing the node's store, QUIC transport
+//! and SWIM view.
 //!
 //! * **Keys.** Every strong namespace lives in the one replicated KV: key
 //!   `k` of namespace `ns` is stored as `ns/k` (namespace names cannot hold

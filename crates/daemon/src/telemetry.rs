@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9). Names and help texts are an interface.
+//! Prometheus metrics. Names and help texts are an interface.
 //!
 //! Counters that the core or the transport already keep (`NodeStats`,
 //! `TransportStats`) are copied in as absolute values by a periodic upkeep

@@ -1,5 +1,6 @@
 //! Causal-context tokens: the version vector a client read, handed back
-//! opaque so it can say "this write replaces what I read" (SPEC §1).
+//! opaque so it can say "this write replaces what I read"
+//! (`docs/design/http-api.md`, "Conventions").
 //!
 //! Format (owned by the HTTP edge, not the core): URL-safe base64 without
 //! padding of `0x01 || postcard(VersionVector)`. The leading version byte

@@ -1,18 +1,21 @@
 //! Checkers for eventual namespaces, run after every fault is healed and
-//! the cluster is quiet (SPEC §2: "once the network heals and no new writes
-//! arrive, all reachable nodes hold byte-identical state"; "a write
-//! acknowledged by a node survives that node's crash").
+//! the cluster is quiet. They check the guarantees of eventual namespaces:
+//! once the network heals and no new writes arrive, all reachable nodes hold
+//! byte-identical state, and a write acknowledged by a node survives that
+//! node's crash (`docs/design/fault-injection.md`, "Checkers (eventual
+//! namespaces)").
 //!
-//! Like Jepsen's checkers (Kingsbury, "Jepsen" analyses of etcd/Consul),
-//! they only look at what a client could see: the history of invocations
-//! and completions, and the final reads. An `unknown` operation may have
-//! taken effect at any time after its invocation — even long after the
-//! client gave up, e.g. on a paused node that resumes — or never, so it
-//! only ever *excuses* an observation, never requires one.
+//! Like the checkers of black-box history testing (see
+//! `docs/design/fault-injection.md`, "References"), they only look at what a
+//! client could see: the history of invocations and completions, and the
+//! final reads. An `unknown` operation may have taken effect at any time
+//! after its invocation — even long after the client gave up, e.g. on a
+//! paused node that resumes — or never, so it only ever *excuses* an
+//! observation, never requires one.
 //!
-//! Strong namespaces (SPEC §4: linearizable history, fencing tokens that
-//! only grow) are checked by [`crate::strong_checker`] over the same
-//! [`Record`] history; their violations use the kinds below too.
+//! Strong namespaces (linearizable history, fencing tokens that only grow)
+//! are checked by [`crate::strong_checker`] over the same [`Record`] history;
+//! their violations use the kinds below too.
 
 use crate::history::{ClientOp, Hlc, Outcome, Record};
 use serde::Serialize;

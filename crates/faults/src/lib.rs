@@ -1,4 +1,4 @@
-//! Fault injection against real `chorus agent` processes (issue 7, SPEC §2).
+//! Fault injection against real `chorus agent` processes (issue 7).
 //!
 //! Each run builds its own network namespaces and veth links (or falls back
 //! to loopback without root), starts one agent per node, drives client

@@ -1,6 +1,7 @@
-//! A tiny seeded generator (SplitMix64, Steele, Lea and Flood, OOPSLA 2014)
-//! so every schedule and every client's choices are a pure function of the
-//! run's seed: the printed seed replays the same faults and the same ops.
+//! A tiny seeded generator (SplitMix64; see `docs/design/fault-injection.md`,
+//! "References") so every schedule and every client's choices are a pure
+//! function of the run's seed: the printed seed replays the same faults and
+//! the same ops.
 
 /// The core's SplitMix64 generator with the helpers schedules need. `fork`
 /// derives a stream from the seed this generator was made with, so forks

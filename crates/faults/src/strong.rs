@@ -1,15 +1,16 @@
-//! Strong-namespace workload (SPEC §4): register workers doing linearizable
-//! reads, writes and compare-and-swaps on a few keys of namespace
-//! [`NS_STRONG`], and fencing workers that take lock [`LOCK_NAME`] under
-//! short leases. Every op is a [`Record`] of the run's history; the checks
-//! are in [`crate::strong_checker`].
+//! Strong-namespace workload: register workers doing linearizable reads,
+//! writes and compare-and-swaps on a few keys of namespace [`NS_STRONG`], and
+//! fencing workers that take lock [`LOCK_NAME`] under short leases. Every op
+//! is a [`Record`] of the run's history; the checks are in
+//! [`crate::strong_checker`]. See `docs/design/fault-injection.md`.
 //!
 //! Classification (docs/design/http-api.md, "Strong namespaces"): an
 //! answer means nothing changed only when it is a 4xx (`not_found` on a
 //! read is a *successful* read of "absent") or a 503 whose `error` is
 //! `no_quorum`, `no_leader` or `not_leader`; a 504 `timeout`, any other 5xx,
 //! a connection lost after sending or a client time-out may have applied,
-//! so it is `unknown` (Jepsen's `:info`).
+//! so it is `unknown` (an indeterminate operation; see
+//! `docs/design/fault-injection.md`, "References").
 
 use crate::cluster::{Http, NoAnswer};
 use crate::history::{Answer, ClientOp, HistoryLog, Outcome, Record};

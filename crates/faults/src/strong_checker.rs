@@ -1,5 +1,5 @@
-//! Checks of strong namespaces (SPEC §4), over the same client history as
-//! the eventual checkers:
+//! Checks of strong namespaces (`docs/design/fault-injection.md`), over the
+//! same client history as the eventual checkers:
 //!
 //! * **Linearizability** of the registers `r0..r7`: the history is handed
 //!   to `chorus_strong::linearizability` (Wing & Gong's search with Lowe's
@@ -9,8 +9,8 @@
 //!   which is reported as a violation, not a pass.
 //! * **Fencing tokens**: tokens of acknowledged grants are unique, and a
 //!   grant that completed before another was invoked has the smaller token
-//!   (Kleppmann, "How to do distributed locking", 2016: a resource can only
-//!   refuse a stale holder if tokens grow in real-time order).
+//!   (a resource can only refuse a stale holder if tokens grow in real-time
+//!   order; see `docs/design/fault-injection.md`, "References").
 
 use crate::checker::{Violation, ViolationKind};
 use crate::history::{Answer, ClientOp, Outcome, Record};

@@ -33,9 +33,11 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 /// Node certificates are valid this long from issue; re-issue before expiry.
 const NODE_VALIDITY_DAYS: i64 = 825;
 /// Certificates are back-dated by this much to tolerate clock skew between
-/// the issuing machine and the nodes (SPEC §6: clocks may be wrong).
+/// the issuing machine and the nodes: clocks may be wrong
+/// (`docs/design/transport-and-membership.md`, "7. Assumptions").
 const BACKDATE_DAYS: i64 = 1;
-/// Bytes of randomness in a certificate serial (RFC 5280 §4.1.2.2 allows 20).
+/// Bytes of randomness in a certificate serial (X.509 allows serials of up to
+/// 20 octets; see `docs/design/transport-and-membership.md`, "References").
 const SERIAL_BYTES: usize = 16;
 
 const CA_CERT_FILE: &str = "ca.pem";

@@ -32,7 +32,8 @@ pub enum FrameError {
 
 impl FrameError {
     /// Whether the peer broke the framing rules (as opposed to the stream
-    /// merely failing), which makes it a misbehaving peer (SPEC §8).
+    /// merely failing), which makes it a misbehaving peer to quarantine
+    /// (`docs/design/transport-and-membership.md`, "3. Wire formats").
     pub fn is_protocol_violation(&self) -> bool {
         matches!(self, FrameError::TooLarge { .. } | FrameError::Truncated)
     }

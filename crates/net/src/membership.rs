@@ -1,8 +1,7 @@
 //! SWIM membership: a tokio driver around the sans-IO `foca` crate.
 //!
-//! SWIM (Das, Gupta, Motivala, "SWIM: Scalable Weakly-consistent
-//! Infection-style Process Group Membership Protocol", DSN 2002) probes one
-//! member per period, asks `k` others to probe indirectly when the direct
+//! SWIM (see `docs/design/transport-and-membership.md`, "References") probes
+//! one member per period, asks `k` others to probe indirectly when the direct
 //! probe times out, suspects before declaring a member down, and piggybacks
 //! membership updates on the probe traffic.
 //!
@@ -62,10 +61,11 @@ pub struct NodeIdentity {
     pub api_addr: Option<SocketAddr>,
     /// Grows with every restart; the highest generation of a name wins.
     pub generation: u64,
-    /// Topology tier 0–8 (SPEC §3 "Tiers"), as the node declares it. Carried
-    /// in the identity so every member learns every other member's tier
-    /// from SWIM gossip; the replication layer uses it to decide who may
-    /// exchange data. SWIM itself ignores it (membership is cluster-wide).
+    /// Topology tier 0–8, as the node declares it (`docs/design/clock.md`,
+    /// "Tiers"). Carried in the identity so every member learns every other
+    /// member's tier from SWIM gossip; the replication layer uses it to decide
+    /// who may exchange data. SWIM itself ignores it (membership is
+    /// cluster-wide).
     pub tier: u8,
 }
 

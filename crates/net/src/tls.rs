@@ -5,8 +5,11 @@
 //! *requires* a client certificate: a node without one, or with one from
 //! another CA, fails the handshake and never reaches the application.
 //!
-//! Only TLS 1.3 is offered (QUIC requires it, RFC 9001 §4.2) and only the
-//! `ring` provider is used (see DEPENDENCIES.md pitfall 1).
+//! Only TLS 1.3 is offered (QUIC requires it; see
+//! `docs/design/transport-and-membership.md`, "References") and only the
+//! `ring` provider is used: with a second provider (aws-lc-rs) compiled in,
+//! rustls cannot choose a process-level default and panics when it needs one
+//! (same page, "1. Trust: cluster CA, node certificates, revocation").
 
 use std::sync::{Arc, RwLock};
 

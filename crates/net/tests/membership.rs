@@ -9,7 +9,7 @@ use chorus_net::{ClusterCa, MemberState, Membership, MembershipConfig, Membershi
 use common::*;
 
 const CONVERGE: Duration = Duration::from_secs(10);
-/// SPEC §11 targets detection within 2 s; the assertion leaves headroom
+/// The target is detection within 2 s; the assertion leaves headroom
 /// for a loaded 2-core CI machine, and the measured time is printed.
 const DETECT: Duration = Duration::from_secs(5);
 

@@ -12,14 +12,14 @@
 //! make the fingerprint an element of an abelian group, so it can be
 //! maintained by adding and subtracting one item at a time, and the difference
 //! of two peers' fingerprints over a range that differs in exactly one item
-//! *is* that item's tag (the "pure cell" of an invertible Bloom lookup table,
-//! Eppstein, Goodrich, Uyeda and Varghese, "What's the Difference?", SIGCOMM
-//! 2011). The check sum recognises such pure differences.
+//! *is* that item's tag (the "pure cell" of an invertible Bloom lookup table).
+//! The check sum recognises such pure differences.
 //!
-//! Range sums come from a Fenwick tree (Fenwick, "A new data structure for
-//! cumulative frequency tables", 1994) over `2^bucket_bits` equal buckets of
+//! Range sums come from a Fenwick tree over `2^bucket_bits` equal buckets of
 //! the hash space, plus a short ordered scan inside one bucket for ranges
 //! narrower than a bucket: `O(log n)` per query and per update, no rescan.
+//! The design is `docs/design/anti-entropy.md`, "2. Summary structure:
+//! `ItemIndex`"; the papers behind both ideas are in its "References".
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -31,7 +31,7 @@ pub type Key = Vec<u8>;
 /// The caller's hash of a key's current CRDT state.
 pub type Digest = [u8; 16];
 
-/// The largest key, in bytes: the product's key limit (SPEC §1: 4 KiB),
+/// The largest key, in bytes: the product's key limit (4 KiB),
 /// defined here once, at the bottom of the dependency graph; `chorus-core`
 /// re-exports it as `limits::KEY_BYTES_MAX` and `chorus-strong` uses it too.
 pub const KEY_BYTES_MAX: usize = 4096;

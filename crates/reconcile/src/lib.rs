@@ -1,4 +1,4 @@
-//! Sans-IO set reconciliation for chorus anti-entropy (SPEC §3).
+//! Sans-IO set reconciliation for chorus anti-entropy.
 //!
 //! Two nodes each hold, for one namespace, a set of items `(key, digest)`,
 //! where the digest is the caller's hash of the key's current CRDT state.
@@ -6,13 +6,12 @@
 //! only, or present on both with different digests — with traffic that grows
 //! with the number of differences `d` and not with the set size `n`.
 //!
-//! The method is range-based set reconciliation (Meyer, "Range-Based Set
-//! Reconciliation", SRDS 2023; the negentropy protocol) over a hash-ordered
-//! keyspace, where ranges are bit prefixes of a 64-bit item tag, so range
-//! boundaries are implicit, and where a range that differs in exactly one item
-//! is decoded directly from the fingerprint difference, as a pure cell of an
-//! invertible Bloom lookup table (Eppstein et al., "What's the Difference?",
-//! SIGCOMM 2011). See `docs/design/anti-entropy.md`.
+//! The method is range-based set reconciliation (as in the negentropy
+//! protocol) over a hash-ordered keyspace, where ranges are bit prefixes of a
+//! 64-bit item tag, so range boundaries are implicit, and where a range that
+//! differs in exactly one item is decoded directly from the fingerprint
+//! difference, as a pure cell of an invertible Bloom lookup table. See
+//! `docs/design/anti-entropy.md`; the papers are in its "References".
 //!
 //! - [`ItemIndex`]: the per-namespace summary, updated in `O(log n)` on every
 //!   insert, update and remove, rebuildable from a full item list.

@@ -53,8 +53,9 @@ pub const MESSAGES_PER_SESSION_MAX: u32 = 10_000;
 /// Most queued outgoing items (splits, wants, announcements,
 /// acknowledgements) plus keys reported as needed. An honest session queues
 /// about one item per differing item, so this admits about four million
-/// differences; beyond that the caller should fall back to a snapshot
-/// (SPEC §3 catch-up), which is cheaper anyway.
+/// differences; beyond that the caller should fall back to snapshot catch-up
+/// (`docs/design/anti-entropy.md`, "8. Failure cases and assumptions"), which
+/// is cheaper anyway.
 pub const SESSION_ITEMS_MAX: usize = 1 << 22;
 
 /// Errors of [`Reconciler::handle`].

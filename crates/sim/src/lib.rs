@@ -7,9 +7,10 @@
 //! skew. Every run is a pure function of its [`SimConfig`] (seed included):
 //! a failing run prints the command that replays it.
 //!
-//! A run has two phases (openraft's turmoil tests, TigerBeetle's VOPR):
-//! *chaos* — faults on, client writes arriving — then *heal* — faults off,
-//! every node up, no new writes — after which the checkers in [`check`] run.
+//! A run has two phases (as in the simulation testers listed in
+//! `docs/design/replication.md`, "References"): *chaos* — faults on, client
+//! writes arriving — then *heal* — faults off, every node up, no new writes —
+//! after which the checkers in [`check`] run.
 
 pub mod check;
 mod net;

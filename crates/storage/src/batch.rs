@@ -7,7 +7,7 @@ use crate::range::KeyRange;
 /// the bound keeps the table directory small and names printable in logs.
 pub const SPACE_NAME_BYTES_MAX: usize = 200;
 
-/// Largest key, in bytes. The product limit is 4 KiB per user key (SPEC §1);
+/// Largest key, in bytes. The product limit is 4 KiB per user key;
 /// the margin leaves room for the record prefixes the core adds.
 pub const STORE_KEY_BYTES_MAX: usize = 16 * 1024;
 

@@ -65,10 +65,11 @@ pub enum CommitError {
     Invalid(#[from] InvalidInput),
     /// The disk failed during the commit. Nothing of the batch is visible
     /// through this handle, but part of it may have reached the disk: after a
-    /// failed `fsync` the kernel may have dropped dirty pages ("fsyncgate",
-    /// PostgreSQL 2018), so the batch's fate is unknown until the store is
-    /// reopened, where it is either wholly present or wholly absent. Fatal:
-    /// the handle refuses further commits ([`CommitError::Poisoned`]).
+    /// failed `fsync` the kernel may have dropped dirty pages (see
+    /// `docs/design/storage.md`, "References"), so the batch's fate is unknown
+    /// until the store is reopened, where it is either wholly present or
+    /// wholly absent. Fatal: the handle refuses further commits
+    /// ([`CommitError::Poisoned`]).
     #[error("I/O error during commit: {0}")]
     Io(#[source] io::Error),
     /// The store found data that fails its checksums or structure checks.

@@ -1,14 +1,13 @@
 //! Group commit: many callers, one writer thread, one transaction and one
 //! `fsync` per group.
 //!
-//! The technique is as old as write-ahead logging (DeWitt et al., SIGMOD
-//! 1984; Gawlick and Kinkade, "Varieties of concurrency control in IMS/VS Fast
-//! Path", 1985): a commit's cost is dominated by the `fsync`, which costs about
-//! the same for one batch as for a thousand, so batches that arrive while one
-//! `fsync` is in flight wait and share the next one. No timer is involved: the
-//! group is whatever queued during the previous commit, so an idle store
-//! commits a lone batch at once and a busy one amortises the `fsync` over
-//! every waiting caller.
+//! The technique is as old as write-ahead logging (`docs/design/storage.md`,
+//! "References"): a commit's cost is dominated by the `fsync`, which costs
+//! about the same for one batch as for a thousand, so batches that arrive
+//! while one `fsync` is in flight wait and share the next one. No timer is
+//! involved: the group is whatever queued during the previous commit, so an
+//! idle store commits a lone batch at once and a busy one amortises the
+//! `fsync` over every waiting caller.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -7,13 +7,13 @@
 //!
 //! Backends:
 //! - [`MemoryStorage`]: a `BTreeMap`, for the deterministic simulator and tests.
-//! - [`RedbStorage`]: a [redb](https://docs.rs/redb) 4.x file, one table per
-//!   keyspace, every commit `fsync`ed.
+//! - [`RedbStorage`]: a redb 4.x file, one table per keyspace, every commit
+//!   `fsync`ed (`docs/design/storage.md`, "Backends").
 //!
 //! [`GroupCommitter`] wraps any backend with a dedicated writer thread that
 //! merges concurrently submitted batches into one transaction and one `fsync`
-//! (group commit, as described by DeWitt et al., "Implementation techniques for
-//! main memory database systems", SIGMOD 1984, and used by every WAL since).
+//! (group commit, described in the 1980s and used by every WAL since; see
+//! `docs/design/storage.md`, "References").
 //!
 //! The on-disk layout, the crash assumptions and measured numbers are in
 //! `docs/design/storage.md`.

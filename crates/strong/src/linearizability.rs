@@ -1,14 +1,13 @@
 //! A linearizability checker for histories of register operations.
 //!
-//! The search is Wing and Gong's ("Testing and verifying concurrent objects",
-//! JPDC 1993) with Lowe's memoization ("Testing for linearizability", CCPE
-//! 2017): repeatedly pick an operation that may take effect next (one invoked
-//! before every pending operation's completion), apply it to the sequential
-//! model, and backtrack on a mismatch; a configuration (set of linearized
-//! operations as a bitset, model state) already explored is never explored
-//! again. Histories are split per key first (a register per key composes:
-//! Herlihy and Wing's locality, and Horn and Kroening's P-compositionality,
-//! FORTE 2015), which keeps each search small.
+//! The search is Wing and Gong's with Lowe's memoization (the papers are in
+//! `docs/design/strong.md`, "References"): repeatedly pick an operation that
+//! may take effect next (one invoked before every pending operation's
+//! completion), apply it to the sequential model, and backtrack on a
+//! mismatch; a configuration (set of linearized operations as a bitset, model
+//! state) already explored is never explored again. Histories are split per
+//! key first (a register per key composes: Herlihy and Wing's locality, and
+//! Horn and Kroening's P-compositionality), which keeps each search small.
 //!
 //! Operations whose outcome the client could not learn (a timeout) are
 //! recorded as [`Outcome::Unknown`]: they may have taken effect at any

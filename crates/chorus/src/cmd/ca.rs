@@ -1,4 +1,6 @@
-//! `chorus ca init|issue`: the cluster CA and node certificates (SPEC §8).
+//! `chorus ca init|issue`: the cluster CA and node certificates
+//! (`docs/design/transport-and-membership.md`, "1. Trust: cluster CA, node
+//! certificates, revocation").
 
 use anyhow::{Context, Result};
 use chorus_net::ClusterCa;

@@ -1,4 +1,5 @@
-//! The replication state machine of one node (SPEC §3), with no I/O.
+//! The replication state machine of one node, with no I/O
+//! (`docs/design/replication.md`).
 //!
 //! # The driver contract
 //!
@@ -81,7 +82,8 @@ pub struct NodeConfig {
     pub hop_limit: u8,
     /// Period of anti-entropy rounds.
     pub anti_entropy_interval_us: u64,
-    /// Remote timestamps further ahead than this are refused (SPEC §6).
+    /// Remote timestamps further ahead than this are refused
+    /// (`docs/design/replication.md`, "Failure cases and assumptions").
     pub offset_max_us: u64,
     /// Entries one sync message carries at most.
     pub sync_entries_max: u32,
@@ -150,8 +152,9 @@ macro_rules! injected {
 }
 pub(crate) use injected;
 
-/// Whether nodes of these tiers may exchange data directly (SPEC §3
-/// "Tiers"): the one tier rule, shared with the clock service.
+/// Whether nodes of these tiers may exchange data directly
+/// (`docs/design/clock.md`, "Tiers"): the one tier rule, shared with the
+/// clock service.
 pub use chorus_clock::tiers_may_talk;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -144,8 +144,8 @@ async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Respo
     let started = Instant::now();
     let op_name = op.name();
     if !s.clock.is_safe() {
-        // SPEC §6: a node whose clock is too far from cluster time must not
-        // stamp new writes with it.
+        // A node whose clock is too far from cluster time must not stamp new
+        // writes with it (`docs/design/clock.md`, "Daemon integration").
         telemetry::write_answered(op_name, "clock_unsafe", started.elapsed().as_secs_f64());
         let status = s.clock.status();
         return Err(ApiError::new(

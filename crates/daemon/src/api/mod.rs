@@ -1,6 +1,8 @@
 //! The HTTP/JSON API (axum). Only this module knows JSON: it has its own
-//! request and response types and never serializes core structs
-//! (STYLE §5). Routes and fields are documented in `docs/design/http-api.md`.
+//! request and response types and never serializes core structs, so the wire
+//! and disk formats can change without breaking clients (JSON is deliberately
+//! absent from the core: `docs/ARCHITECTURE.md`, "Architecture invariants").
+//! Routes and fields are documented in `docs/design/http-api.md`.
 //!
 //! * [`router`] — the one route table; every route that names a namespace
 //!   first asks [`namespaces::resolve_mode`] which mode the namespace has,

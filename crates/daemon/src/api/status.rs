@@ -54,7 +54,8 @@ pub(crate) struct HealthClock {
 /// else `no_quorum` when this node cannot reach a majority of the strong
 /// namespaces' voters (its strong writes fail), else `partitioned` when
 /// this node reaches fewer than half of the known members (itself
-/// included, SPEC §5), `degraded` when any member is suspect or down.
+/// included), `degraded` when any member is suspect or down
+/// (`docs/design/http-api.md`, "Health").
 fn health_of(s: &ApiState) -> HealthBody {
     let (membership, clock) = (&s.membership, &s.clock);
     let strong = s.strong.as_ref().map(|svc| {
@@ -115,7 +116,8 @@ fn health_of(s: &ApiState) -> HealthBody {
     }
 }
 
-/// Fewer than half of the known members reachable (SPEC §5).
+/// Fewer than half of the known members reachable, this node included
+/// (`docs/design/http-api.md`, "Health").
 pub fn is_partitioned(membership: &Membership) -> bool {
     let others = membership.members();
     let reachable = 1 + others.iter().filter(|m| m.state == MemberState::Alive).count();

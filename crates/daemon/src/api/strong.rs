@@ -1,9 +1,9 @@
-//! Strong namespaces over HTTP (SPEC §4; routes in `docs/design/http-api.md`,
-//! "Strong namespaces"). The key routes (`/v1/ns/{ns}/kv/..`, `/scan`) are
-//! shared with eventual namespaces: the router sends a request here when
-//! [`super::resolve_mode`] found its namespace strong. Everything else (CAS,
-//! transactions, leases, locks, watch, Raft membership) exists only for
-//! strong namespaces.
+//! Strong namespaces over HTTP (`docs/design/strong.md`; routes in
+//! `docs/design/http-api.md`, "Strong namespaces"). The key routes
+//! (`/v1/ns/{ns}/kv/..`, `/scan`) are shared with eventual namespaces: the
+//! router sends a request here when [`super::resolve_mode`] found its
+//! namespace strong. Everything else (CAS, transactions, leases, locks,
+//! watch, Raft membership) exists only for strong namespaces.
 //!
 //! Error model, as for the rest of the API: `{"error": code, "message": ..}`
 //! plus, for `no_quorum`, the reachable and configured voters by name.

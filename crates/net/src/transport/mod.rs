@@ -9,8 +9,9 @@
 //!   drains it, so a slow or dead peer only fills its own queue.
 //! - **requests**: one bidirectional stream per request (one frame each
 //!   way), always with a deadline.
-//! - **datagrams**: QUIC unreliable datagrams (RFC 9221), one byte of
-//!   channel tag then the payload; SWIM uses them.
+//! - **datagrams**: QUIC unreliable datagrams (the QUIC datagram extension;
+//!   see `docs/design/transport-and-membership.md`, "References"), one byte
+//!   of channel tag then the payload; SWIM uses them.
 //!
 //! Delivery is at most once: frames in flight when a connection dies are
 //! lost, and a message that failed [`MESSAGE_SEND_ATTEMPTS_MAX`] times is
@@ -56,8 +57,10 @@ use stats::{add, bump};
 /// Default largest frame payload (16 MiB).
 pub const FRAME_BYTES_MAX_DEFAULT: u32 = 16 * 1024 * 1024;
 /// Largest datagram payload accepted by `send_datagram`. QUIC datagrams must
-/// fit one packet; quinn starts at a 1200-byte MTU (RFC 9000 §14) and the
-/// packet and frame headers take up to ~60 bytes of it.
+/// fit one packet; quinn starts at a 1200-byte MTU (the smallest datagram
+/// size QUIC requires every path to carry; see
+/// `docs/design/transport-and-membership.md`, "References") and the packet
+/// and frame headers take up to ~60 bytes of it.
 pub const DATAGRAM_PAYLOAD_BYTES_MAX: usize = 1100;
 /// How many times one message is retried over fresh connections before it
 /// is dropped (a peer that keeps rejecting it must not wedge the queue).
@@ -122,7 +125,8 @@ pub struct TransportConfig {
     pub request_timeout_ms: u64,
     /// Deadline of a QUIC + TLS handshake.
     pub connect_timeout_ms: u64,
-    /// A connection with no traffic for this long is closed (RFC 9000 §10.1).
+    /// A connection with no traffic for this long is closed (QUIC's idle
+    /// timeout; see `docs/design/transport-and-membership.md`, "References").
     pub idle_timeout_ms: u64,
     /// Keep-alive interval; must be well below `idle_timeout_ms`.
     pub keepalive_interval_ms: u64,

@@ -79,9 +79,9 @@ impl Peer {
     }
 }
 
-/// The "equal jitter" backoff of Brooker, "Exponential Backoff And Jitter"
-/// (AWS Architecture Blog, 2015): half the exponential delay is fixed, half
-/// random, so retries spread out without ever retrying immediately.
+/// The "equal jitter" backoff (see `docs/design/transport-and-membership.md`,
+/// "References"): half the exponential delay is fixed, half random, so
+/// retries spread out without ever retrying immediately.
 pub(super) struct Backoff {
     min: Duration,
     max: Duration,
@@ -153,7 +153,8 @@ impl Inner {
     }
 
     /// Quarantines a misbehaving peer for a period that doubles per offence
-    /// (SPEC §8) and closes its connection.
+    /// and closes its connection (`docs/design/transport-and-membership.md`,
+    /// "3. Wire formats").
     pub(super) fn punish(&self, name: &str, conn: &quinn::Connection, reason: &FrameError) {
         bump(&self.stats.frame_errors);
         let mut quarantine = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,7 +16,8 @@ use super::{KEY_BYTES_MAX, LEASE_TTL_MS_MAX, TXN_COMPARES_MAX, TXN_OPS_MAX, VALU
 /// A lease identifier, assigned by the state machine (1, 2, 3, ...).
 pub type LeaseId = u64;
 
-/// One stored key with its MVCC metadata (etcd `mvccpb.KeyValue`).
+/// One stored key with its MVCC metadata, as etcd keeps it (see
+/// `docs/design/strong.md`, "References").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
@@ -190,7 +191,8 @@ pub enum KvCommand {
     },
     /// Proposed by a new leader: every lease gets at least a full TTL from
     /// `now_ms`, so clients can find the new leader before their leases
-    /// lapse (etcd's `Lessor.Promote`).
+    /// lapse (as etcd's lessor does on promotion; see `docs/design/strong.md`,
+    /// "References").
     RefreshLeases {
         /// The new leader's time.
         now_ms: u64,

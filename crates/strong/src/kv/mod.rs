@@ -6,13 +6,13 @@
 //! as the `now_ms` carried *inside* commands (stamped by the proposing leader),
 //! so every replica computes the same state from the same log.
 //!
-//! The data model follows etcd's MVCC API (etcd `mvcc/kvstore.go`, the
-//! `mvccpb.KeyValue` message): one global `revision` that grows by one per
-//! command that changes anything, and per key `create_revision`,
-//! `mod_revision`, `version` and the bound `lease`. Locks take etcd's
-//! "revision as fencing token" idea (Kleppmann, "How to do distributed
-//! locking", 2016): a grant bumps the revision, and the new revision is the
-//! token, so tokens strictly increase across all holders of all locks.
+//! The data model follows etcd's MVCC API: one global `revision` that grows
+//! by one per command that changes anything, and per key `create_revision`,
+//! `mod_revision`, `version` and the bound `lease`. Locks take the "revision
+//! as fencing token" idea: a grant bumps the revision, and the new revision
+//! is the token, so tokens strictly increase across all holders of all locks.
+//! The etcd sources and the article on fencing tokens are listed in
+//! `docs/design/strong.md`, "References".
 //!
 //! The interface and its interpreter are kept apart (see
 //! `docs/design/strong.md`, section "State machine (`kv`)"): `command` holds
@@ -31,9 +31,9 @@ pub use command::{
 };
 pub use state_machine::KvStateMachine;
 
-/// Keys are at most 4 KiB (SPEC §1): the product-wide limit, defined once.
+/// Keys are at most 4 KiB: the product-wide limit, defined once.
 pub use chorus_core::limits::KEY_BYTES_MAX;
-/// Largest value, in bytes (SPEC §1 default).
+/// Largest value, in bytes (the product-wide default, 1 MiB).
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most compares in one transaction.
 pub const TXN_COMPARES_MAX: usize = 128;

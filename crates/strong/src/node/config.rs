@@ -43,8 +43,9 @@ pub struct StrongConfig {
     pub election_timeout_min_ms: u64,
     /// Upper end of the election timeout range.
     pub election_timeout_max_ms: u64,
-    /// Run a pre-vote round before a real election (Ongaro's thesis §9.6), so
-    /// a partitioned node that rejoins does not depose a healthy leader.
+    /// Run a pre-vote round before a real election (see
+    /// `docs/design/strong.md`, "Failover tuning" and "References"), so a
+    /// partitioned node that rejoins does not depose a healthy leader.
     pub pre_vote: bool,
     /// Deadline of a client write or linearizable read, forwarding included.
     pub request_timeout_ms: u64,

@@ -51,7 +51,8 @@ pub use quorum::{QuorumStatus, StrongStatus};
 use leases::lease_loop;
 use quorum::probe_loop;
 
-/// Allowed numbers of voters at initialization (SPEC §4).
+/// Allowed numbers of voters at initialization (`docs/design/strong.md`,
+/// "Client semantics (`node`)").
 pub const VOTER_COUNTS: [usize; 4] = [1, 3, 5, 7];
 /// Most voters at any time.
 pub const VOTERS_MAX: usize = 7;

@@ -1,5 +1,6 @@
-//! The anti-entropy benchmark (SPEC §11): `chorus-reconcile` against the
-//! `negentropy` crate and a naive full-state transfer, on the same sets.
+//! The anti-entropy benchmark: `chorus-reconcile` against the `negentropy`
+//! crate and a naive full-state transfer, on the same sets (method and
+//! results: `docs/design/anti-entropy.md`, "7. Measured numbers").
 //!
 //! This is a benchmark harness, not protocol logic: it reads the monotonic
 //! clock to report CPU time and uses its own seeded generator. It lives in
@@ -40,8 +41,8 @@ pub struct BenchReport {
     pub full_state_bytes: u64,
 }
 
-/// SplitMix64 (Steele, Lea, Flood, "Fast splittable pseudorandom number
-/// generators", OOPSLA 2014): a seeded generator for reproducible sets.
+/// SplitMix64 (see `docs/design/anti-entropy.md`, "References"): a seeded
+/// generator for reproducible sets.
 struct SplitMix64(u64);
 
 impl SplitMix64 {

@@ -1,8 +1,9 @@
 //! `chorus bench strong [--vs-etcd]`: strong (Raft) write throughput,
 //! latency and leader failover of a 3-voter chorus cluster on loopback, next
 //! to a 3-member etcd cluster driven by the same client program in the same
-//! run (SPEC §11: "at least etcd's throughput and no worse p99, same client
-//! load, same run"; "writes succeed again < 1 s after the leader is killed").
+//! run, because the targets are relative to etcd under the same client load
+//! (targets and results: `docs/design/strong.md`, section "`chorus bench
+//! strong --vs-etcd --rounds 3`").
 //!
 //! Method, identical for both systems:
 //! - one cluster at a time (the other is not running), 3 members on
@@ -191,7 +192,8 @@ impl Writer {
     }
 }
 
-/// Standard base64 (RFC 4648 §4, with padding), for etcd's JSON gateway.
+/// Standard base64 with padding (see `docs/design/strong.md`, "References"),
+/// for etcd's JSON gateway.
 fn base64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
