@@ -68,7 +68,13 @@ impl Drop for Dev {
 /// Run one README line through `sh`, with `chorus` resolving to this build.
 fn sh(line: &str, bin_dir: &std::path::Path, env: &[(&str, String)]) -> Output {
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    Command::new("sh").arg("-c").arg(line).env("PATH", path).envs(env.iter().map(|(k, v)| (*k, v))).output().expect("sh runs")
+    Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .env("PATH", path)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .output()
+        .expect("sh runs")
 }
 
 #[test]
@@ -114,13 +120,14 @@ fn the_readme_commands_work_in_order_the_moment_chorus_dev_is_ready() {
         let full = format!("{prefix}{line}");
         eprintln!("README$ {line}");
         // What the comment says it prints, when it says so exactly.
-        let expect: Option<String> = if let Some(q) = comment.split('"').nth(1).filter(|_| comment.contains("prints \"")) {
-            Some(q.to_string())
-        } else if comment.chars().next().is_some_and(|c| c.is_ascii_digit()) || comment == "red" {
-            Some(comment.split([',', ' ']).next().unwrap_or_default().to_string())
-        } else {
-            None
-        };
+        let expect: Option<String> =
+            if let Some(q) = comment.split('"').nth(1).filter(|_| comment.contains("prints \"")) {
+                Some(q.to_string())
+            } else if comment.chars().next().is_some_and(|c| c.is_ascii_digit()) || comment == "red" {
+                Some(comment.split([',', ' ']).next().unwrap_or_default().to_string())
+            } else {
+                None
+            };
         let reads_elsewhere = line.starts_with("chorus get");
         let out = if reads_elsewhere && expect.is_some() {
             let want = expect.clone().unwrap_or_default();

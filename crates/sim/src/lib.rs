@@ -13,10 +13,12 @@
 //! after which the checkers in [`check`] run.
 
 pub mod check;
+mod config;
 mod net;
 mod world;
 
-pub use world::{SimConfig, SimReport, run};
+pub use config::{SimConfig, SimReport};
+pub use world::run;
 
 /// The test-only bugs by their command-line names (`chorus sim --inject-bug`).
 #[cfg(feature = "test-knobs")]
