@@ -208,6 +208,21 @@ pub enum ReadValue {
 }
 
 impl Entry {
+    /// An upper estimate of the entry's encoded size, without encoding it:
+    /// values and members plus a fixed allowance per clock entry, dot and
+    /// timestamp. Bounds messages and batches cheaply.
+    pub fn size_estimate(&self) -> usize {
+        const PER_DOT: usize = 24;
+        let clock = self.clock().len() * PER_DOT;
+        clock
+            + match self {
+                Entry::Lww(r) => r.value.as_ref().map_or(0, Vec::len) + PER_DOT,
+                Entry::Mv(r) => r.siblings.iter().map(|s| s.value.as_ref().map_or(0, Vec::len) + 2 * PER_DOT).sum(),
+                Entry::Counter(c) => c.totals.len() * PER_DOT + PER_DOT,
+                Entry::Set(set) => set.members.iter().map(|(m, dots)| m.len() + dots.len() * PER_DOT).sum::<usize>() + PER_DOT,
+            }
+    }
+
     /// The bottom element of a type's lattice.
     pub fn empty(ty: ValueType) -> Entry {
         match ty {

@@ -11,6 +11,9 @@
 //! * `meta`: `hlc` → the HLC high-water mark (a [`Timestamp`]).
 //! * `namespaces`: namespace name → [`NamespaceRecord`] (type, seen set).
 //! * `e.<namespace>`: key → [`EntryRecord`] (the key's CRDT state).
+//! * `idem`: a client's `request_id` → [`IdempotencyRecord`].
+//!
+//! Every record carries a version byte and a checksum.
 
 use crate::crdt::{Entry, ValueType};
 use crate::hlc::Timestamp;
@@ -21,7 +24,8 @@ use std::collections::BTreeMap;
 pub const META_SPACE: &str = "meta";
 pub const NAMESPACES_SPACE: &str = "namespaces";
 pub const HLC_KEY: &[u8] = b"hlc";
-const RECORD_VERSION: u8 = 1;
+/// Space of remembered idempotency keys (`request_id` → outcome).
+pub const IDEMPOTENCY_SPACE: &str = "idem";
 
 pub fn entries_space(namespace: &str) -> String {
     format!("e.{namespace}")
@@ -53,25 +57,48 @@ pub struct NamespaceRecord {
     pub seen: WireSeen,
 }
 
-/// A stored entry. On disk: `version u8 | check [u8; 8] | postcard(entry)`
-/// where `check` is the first 8 bytes of BLAKE3 of the postcard bytes, so a
-/// flipped bit is detected at recovery; the entry is then dropped, counted,
-/// and repaired from a peer by reconciliation.
+/// A stored entry, with its version and checksum checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryRecord {
     pub version: u8,
     pub entry: Entry,
 }
 
-const ENTRY_CHECK_BYTES: usize = 8;
+/// The first version, without checksums on the HLC and namespace records
+/// (entries always had one). Still read, never written.
+const RECORD_VERSION_LEGACY: u8 = 1;
+/// Every record: `version u8 | check [u8; 8] | postcard(body)`, where
+/// `check` is the first 8 bytes of BLAKE3 of the postcard bytes, so a
+/// flipped bit anywhere is detected at recovery (docs/design/storage.md,
+/// "Records of the core").
+const RECORD_VERSION_CHECKED: u8 = 2;
+const RECORD_CHECK_BYTES: usize = 8;
 
-pub(crate) fn encode_entry_record(entry: &Entry) -> Vec<u8> {
-    let body = postcard::to_stdvec(entry).unwrap_or_default();
-    let mut out = Vec::with_capacity(1 + ENTRY_CHECK_BYTES + body.len());
-    out.push(RECORD_VERSION);
-    out.extend_from_slice(&blake3::hash(&body).as_bytes()[..ENTRY_CHECK_BYTES]);
+fn sealed<T: Serialize>(version: u8, body: &T) -> Vec<u8> {
+    // postcard cannot fail serializing these types into a Vec.
+    let body = postcard::to_stdvec(body).unwrap_or_default();
+    let mut out = Vec::with_capacity(1 + RECORD_CHECK_BYTES + body.len());
+    out.push(version);
+    out.extend_from_slice(&blake3::hash(&body).as_bytes()[..RECORD_CHECK_BYTES]);
     out.extend_from_slice(&body);
     out
+}
+
+/// The checked body of a sealed record.
+fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < 1 + RECORD_CHECK_BYTES {
+        return Err("record shorter than its checksum".into());
+    }
+    let (check, body) = bytes[1..].split_at(RECORD_CHECK_BYTES);
+    if blake3::hash(body).as_bytes()[..RECORD_CHECK_BYTES] != *check {
+        return Err("checksum mismatch".into());
+    }
+    Ok(body)
+}
+
+pub(crate) fn encode_entry_record(entry: &Entry) -> Vec<u8> {
+    // Entries keep version 1: their layout has had a checksum from the start.
+    sealed(RECORD_VERSION_LEGACY, entry)
 }
 
 /// Why the stored state could not be loaded. Nothing was changed; the node
@@ -84,49 +111,75 @@ pub enum RecoverError {
 }
 
 pub(crate) fn encode_hlc(ts: &Timestamp) -> Vec<u8> {
-    let mut out = vec![RECORD_VERSION];
-    out.extend(postcard::to_stdvec(ts).unwrap_or_default());
-    out
+    sealed(RECORD_VERSION_CHECKED, ts)
 }
 
-pub(crate) fn decode_hlc(bytes: &[u8]) -> Result<Timestamp, String> {
+/// Decode the stored HLC high-water mark, checking its checksum.
+pub fn decode_hlc(bytes: &[u8]) -> Result<Timestamp, String> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((&RECORD_VERSION_CHECKED, _)) => postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string()),
+        Some((&RECORD_VERSION_LEGACY, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
         Some((v, _)) => Err(format!("unknown record version {v}")),
         None => Err("empty record".into()),
     }
 }
 
-pub(crate) fn encode_record<T: Serialize>(record: &T) -> Vec<u8> {
-    postcard::to_stdvec(record).unwrap_or_default()
+pub(crate) fn encode_namespace_record(record: &NamespaceRecord) -> Vec<u8> {
+    sealed(RECORD_VERSION_CHECKED, record)
 }
 
-/// Decode a stored namespace record.
+/// Decode a stored namespace record, checking its checksum.
 pub fn decode_namespace(bytes: &[u8]) -> Result<NamespaceRecord, String> {
-    let r: NamespaceRecord = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-    if r.version != RECORD_VERSION {
-        return Err(format!("unknown record version {}", r.version));
+    let r: NamespaceRecord = match bytes.first() {
+        Some(&RECORD_VERSION_CHECKED) => postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string())?,
+        // The legacy layout is the bare postcard of the record, whose first
+        // field is its version (1).
+        Some(&RECORD_VERSION_LEGACY) => postcard::from_bytes(bytes).map_err(|e| e.to_string())?,
+        Some(v) => return Err(format!("unknown record version {v}")),
+        None => return Err("empty record".into()),
+    };
+    if r.version != RECORD_VERSION_LEGACY {
+        return Err(format!("unknown namespace record version {}", r.version));
     }
     Ok(r)
 }
 
 /// Decode a stored entry, checking its checksum.
 pub fn decode_entry(bytes: &[u8]) -> Result<EntryRecord, String> {
-    let Some((&version, rest)) = bytes.split_first() else { return Err("empty record".into()) };
-    if version != RECORD_VERSION {
+    let Some(&version) = bytes.first() else { return Err("empty record".into()) };
+    if version != RECORD_VERSION_LEGACY {
         return Err(format!("unknown record version {version}"));
     }
-    if rest.len() < ENTRY_CHECK_BYTES {
-        return Err("record shorter than its checksum".into());
-    }
-    let (check, body) = rest.split_at(ENTRY_CHECK_BYTES);
-    if blake3::hash(body).as_bytes()[..ENTRY_CHECK_BYTES] != *check {
-        return Err("checksum mismatch".into());
-    }
-    let entry: Entry = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    let entry: Entry = postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string())?;
     Ok(EntryRecord { version, entry })
 }
 
+/// One remembered idempotency key (space `idem`, keyed by the client's
+/// `request_id`): the write it named and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub namespace: String,
+    pub key: Vec<u8>,
+    pub dot: crate::causal::Dot,
+    pub ts: Timestamp,
+    pub context: crate::causal::VersionVector,
+    /// When it was first applied (µs of the node's corrected clock).
+    pub at_us: u64,
+}
+
+pub(crate) fn encode_idempotency_record(record: &IdempotencyRecord) -> Vec<u8> {
+    sealed(RECORD_VERSION_CHECKED, record)
+}
+
+/// Decode a remembered idempotency key, checking its checksum.
+pub fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord, String> {
+    match bytes.first() {
+        Some(&RECORD_VERSION_CHECKED) => postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string()),
+        Some(v) => Err(format!("unknown record version {v}")),
+        None => Err("empty record".into()),
+    }
+}
+
 pub(crate) fn namespace_record(value_type: ValueType, seen: WireSeen) -> NamespaceRecord {
-    NamespaceRecord { version: RECORD_VERSION, value_type, seen }
+    NamespaceRecord { version: RECORD_VERSION_LEGACY, value_type, seen }
 }

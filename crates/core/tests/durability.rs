@@ -20,11 +20,7 @@ fn id(n: u64) -> NodeId {
 }
 
 fn put(key: &str) -> LocalWrite {
-    LocalWrite {
-        namespace: NS.into(),
-        key: key.as_bytes().to_vec(),
-        op: Op::Put { value: b"v".to_vec(), context: None },
-    }
+    LocalWrite::new(NS, key.as_bytes().to_vec(), Op::Put { value: b"v".to_vec(), context: None })
 }
 
 fn members(of: &[(u64, u8)]) -> Vec<Member> {
@@ -110,7 +106,7 @@ fn a_refusal_is_answered_in_order_behind_earlier_batches() {
     let mut node = node();
     node.handle_local_writes(T0 + 1, vec![(RequestId(1), put("a"))]);
     let p = persist_ids(&poll(&mut node))[0];
-    let big = LocalWrite { namespace: NS.into(), key: vec![b'k'; 5000], op: Op::Delete { context: None } };
+    let big = LocalWrite::new(NS, vec![b'k'; 5000], Op::Delete { context: None });
     node.handle_local_writes(T0 + 2, vec![(RequestId(2), big)]);
     assert_eq!(poll(&mut node), vec![], "even a refusal waits behind the earlier batch");
     node.handle_persisted(p);
@@ -295,4 +291,110 @@ fn a_member_that_cannot_confirm_is_named_once_the_wait_is_over() {
     net.run(node2_gives_up);
     assert_eq!(net.done.len(), 1);
     assert_eq!(net.done[0].2, Ok(NamespaceCreated { created: true, unconfirmed: vec![id(3)] }));
+}
+
+#[test]
+fn a_push_of_the_most_items_a_message_may_carry_is_persisted_in_pieces_within_the_bounds() {
+    use chorus_core::node::{PERSIST_BYTES_MAX, PERSIST_OPS_MAX};
+    use chorus_core::wire::{ITEMS_PER_MESSAGE_MAX, Push};
+    // Node 2 writes ITEMS_PER_MESSAGE_MAX keys; node 1 receives them as ONE
+    // push (what a crafted or honest peer may send).
+    let mut writer = Node::new(id(2), NodeConfig::default(), 2);
+    writer.create_namespace(NS, ValueType::Lww).unwrap();
+    complete_all(&mut writer);
+    let writes: Vec<(RequestId, LocalWrite)> = (0..ITEMS_PER_MESSAGE_MAX)
+        .map(|i| (RequestId(i as u64), LocalWrite::new(NS, format!("k{i}").into_bytes(), Op::Put { value: vec![7; 8], context: None })))
+        .collect();
+    writer.handle_local_writes(T0, writes);
+    complete_all(&mut writer);
+    let items: Vec<_> = (0..ITEMS_PER_MESSAGE_MAX)
+        .map(|i| {
+            let key = format!("k{i}").into_bytes();
+            let entry = writer.namespace(NS).unwrap().get(&key).unwrap().clone();
+            let dot = chorus_core::Dot { node: id(2), counter: i as u64 + 1 };
+            chorus_core::wire::PushItem { namespace: NS.into(), value_type: ValueType::Lww, dot, ts: entry.timestamp_max(), key, entry }
+        })
+        .collect();
+    let mut node = node();
+    node.handle_message(T0, id(2), Message::Push(Push { hops: 0, items }));
+    let actions = poll(&mut node);
+    let pieces: Vec<&chorus_core::PersistBatch> =
+        actions.iter().filter_map(|a| if let Action::Persist { batch, .. } = a { Some(batch) } else { None }).collect();
+    assert!(pieces.len() >= 2, "one push of {ITEMS_PER_MESSAGE_MAX} items is more than one store batch may hold");
+    for p in &pieces {
+        let bytes: usize = p.ops.iter().map(|o| o.space.len() + o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
+        assert!(p.ops.len() <= PERSIST_OPS_MAX && bytes <= PERSIST_BYTES_MAX, "{} ops, {bytes} bytes", p.ops.len());
+    }
+    let ops: usize = pieces.iter().map(|p| p.ops.len()).sum();
+    assert!(ops > ITEMS_PER_MESSAGE_MAX, "every entry and the HLC record are persisted");
+    // The HLC record comes last, after every entry it covers.
+    let last = pieces.last().unwrap().ops.last().unwrap();
+    assert_eq!(last.space, chorus_core::persist::META_SPACE);
+    // Nothing is forwarded before the last piece is durable.
+    assert_eq!(send_count(&actions), 0);
+    let ids = persist_ids(&actions);
+    for p in &ids[..ids.len() - 1] {
+        node.handle_persisted(*p);
+    }
+    assert_eq!(send_count(&poll(&mut node)), 0, "held until the last piece is durable");
+    node.handle_persisted(*ids.last().unwrap());
+    assert!(send_count(&poll(&mut node)) > 0, "forwarded once all pieces are durable");
+    assert_eq!(node.namespace(NS).unwrap().len(), ITEMS_PER_MESSAGE_MAX);
+}
+
+#[test]
+fn a_retry_with_the_same_request_id_returns_the_first_outcome_and_applies_nothing_even_after_a_restart() {
+    use chorus_core::persist::RecoveryImage;
+    let mut node = Node::new(id(1), NodeConfig::default(), 1);
+    node.create_namespace(NS, ValueType::Lww).expect("valid");
+    let created = complete_all(&mut node);
+    let incr = || LocalWrite::new(NS, b"c".to_vec(), Op::Put { value: b"v1".to_vec(), context: None }).with_request_id(b"req-1".to_vec());
+    node.handle_local_writes(T0 + 1, vec![(RequestId(1), incr())]);
+    let first = complete_all(&mut node);
+    let receipt = |actions: &[Action], r: u64| {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::WriteDone { request, result: Ok(w) } if request.0 == r => Some(w.clone()),
+                _ => None,
+            })
+            .expect("answered")
+    };
+    let r1 = receipt(&first, 1);
+    // A retry in the window: the same receipt, nothing persisted or pushed.
+    node.handle_local_writes(T0 + 2, vec![(RequestId(2), incr())]);
+    let retry = complete_all(&mut node);
+    assert_eq!(receipt(&retry, 2), r1);
+    assert!(persist_ids(&retry).is_empty() && send_count(&retry) == 0, "{retry:?}");
+    assert_eq!(node.stats().local_writes, 1);
+    // The same key for another write is refused.
+    let other = LocalWrite::new(NS, b"d".to_vec(), Op::Put { value: b"x".to_vec(), context: None }).with_request_id(b"req-1".to_vec());
+    node.handle_local_writes(T0 + 3, vec![(RequestId(3), other)]);
+    assert!(complete_all(&mut node).iter().any(|a| matches!(a, Action::WriteDone { result: Err(WriteError::RequestIdReused { .. }), .. })));
+    // The key is durable with the write: a restarted node still knows it.
+    let mut image = RecoveryImage::new();
+    for a in created.iter().chain(first.iter()).chain(retry.iter()) {
+        if let Action::Persist { batch, .. } = a {
+            for op in &batch.ops {
+                let space = image.entry(op.space.clone()).or_default();
+                match &op.value {
+                    Some(v) => space.insert(op.key.clone(), v.clone()),
+                    None => space.remove(&op.key),
+                };
+            }
+        }
+    }
+    let mut restarted = Node::recover(id(1), NodeConfig::default(), 9, &image).expect("recoverable");
+    restarted.handle_local_writes(T0 + 4, vec![(RequestId(4), incr())]);
+    let after = complete_all(&mut restarted);
+    assert_eq!(receipt(&after, 4), r1, "the first outcome, from the store");
+    assert!(persist_ids(&after).is_empty());
+    // After the window the key is forgotten (and deleted from the store).
+    let window = NodeConfig::default().idempotency_window_us;
+    restarted.handle_timeout(T0 + 1 + window);
+    let expired = complete_all(&mut restarted);
+    assert!(expired.iter().any(|a| matches!(a, Action::Persist { batch, .. } if batch.ops.iter().any(|o| o.space == "idem" && o.value.is_none()))));
+    restarted.handle_local_writes(T0 + 2 + window, vec![(RequestId(5), incr())]);
+    let fresh = complete_all(&mut restarted);
+    assert_ne!(receipt(&fresh, 5).dot, r1.dot, "applied again once forgotten");
 }

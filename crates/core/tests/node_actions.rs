@@ -45,7 +45,7 @@ fn drain(node: &mut Driven) -> Vec<Action> {
 }
 
 fn put(key: &[u8], value: &[u8]) -> LocalWrite {
-    LocalWrite { namespace: NS.into(), key: key.to_vec(), op: Op::Put { value: value.to_vec(), context: None } }
+    LocalWrite::new(NS, key.to_vec(), Op::Put { value: value.to_vec(), context: None })
 }
 
 fn write(node: &mut Driven, now: u64, w: LocalWrite) -> WriteReceipt {
@@ -139,13 +139,13 @@ fn a_local_write_persists_entry_namespace_and_clock_then_pushes_to_fanout_distin
     // from the entries' clocks), but if written it must be current.
     for op in batch.ops.iter().filter(|o| o.space == persist::NAMESPACES_SPACE) {
         assert_eq!(op.key, NS.as_bytes());
-        let ns_rec: NamespaceRecord = postcard::from_bytes(op.value.as_ref().unwrap()).unwrap();
+        let ns_rec: NamespaceRecord = persist::decode_namespace(op.value.as_ref().unwrap()).unwrap();
         assert_eq!(ns_rec.value_type, ValueType::Lww);
         assert_eq!(ns_rec.seen, WireSeen::from(node.namespace(NS).unwrap().seen()));
     }
     assert_eq!(batch.ops.len(), spaces.len());
     let hlc_bytes = batch.ops.last().unwrap().value.as_ref().unwrap();
-    let hlc: Timestamp = postcard::from_bytes(&hlc_bytes[1..]).unwrap();
+    let hlc: Timestamp = persist::decode_hlc(hlc_bytes).unwrap();
     assert_eq!(hlc, receipt.ts, "the persisted high-water mark covers the write");
 
     let mut targets = BTreeSet::new();
@@ -226,7 +226,7 @@ fn a_sync_request_with_an_empty_seen_set_is_answered_with_every_entry_and_comple
     for i in 0..5u8 {
         write(&mut a, T0 + u64::from(i), put(&[b'k', i], &[i]));
     }
-    write(&mut a, T0 + 9, LocalWrite { namespace: NS.into(), key: b"gone".to_vec(), op: Op::Delete { context: None } });
+    write(&mut a, T0 + 9, LocalWrite::new(NS, b"gone".to_vec(), Op::Delete { context: None }));
     drain(&mut a);
 
     for summaries in [
@@ -272,14 +272,14 @@ fn one_three_message_sync_makes_two_nodes_equal() {
         };
         for i in 0..6u8 {
             let key = if i % 2 == 0 { b"shared".to_vec() } else { vec![b'a', i] };
-            a.handle_local_writes(T0 + u64::from(i), vec![LocalWrite { namespace: NS.into(), key, op: op(i) }]);
+            a.handle_local_writes(T0 + u64::from(i), vec![LocalWrite::new(NS, key, op(i))]);
             let key = if i % 3 == 0 { b"shared".to_vec() } else { vec![b'b', i] };
-            b.handle_local_writes(T0 + u64::from(i), vec![LocalWrite { namespace: NS.into(), key, op: op(i + 7) }]);
+            b.handle_local_writes(T0 + u64::from(i), vec![LocalWrite::new(NS, key, op(i + 7))]);
         }
         a.create_namespace("only-a", ty).unwrap();
-        a.handle_local_writes(T0 + 20, vec![LocalWrite { namespace: "only-a".into(), key: b"x".to_vec(), op: op(1) }]);
+        a.handle_local_writes(T0 + 20, vec![LocalWrite::new("only-a", b"x".to_vec(), op(1))]);
         b.create_namespace("only-b", ty).unwrap();
-        b.handle_local_writes(T0 + 20, vec![LocalWrite { namespace: "only-b".into(), key: b"y".to_vec(), op: op(2) }]);
+        b.handle_local_writes(T0 + 20, vec![LocalWrite::new("only-b", b"y".to_vec(), op(2))]);
         drain(&mut a);
         drain(&mut b);
         assert_ne!(digest(&a, NS), digest(&b, NS));
@@ -372,7 +372,7 @@ fn an_op_of_the_wrong_type_is_refused_with_a_write_error_and_no_actions() {
     let mut a = node_with(1, NodeConfig::default(), ValueType::Lww, &[2]);
     let r = a.handle_local_writes(
         T0,
-        vec![LocalWrite { namespace: NS.into(), key: b"k".to_vec(), op: Op::Increment { amount: 1 } }],
+        vec![LocalWrite::new(NS, b"k".to_vec(), Op::Increment { amount: 1 })],
     );
     assert_eq!(r, vec![Err(WriteError::Op(OpError::WrongType { op: "increment", ty: "lww" }))]);
     assert_eq!(drain(&mut a), vec![]);
@@ -489,7 +489,7 @@ fn a_restart_after_collecting_our_own_tombstone_does_not_reuse_its_dots() {
     let deleted = write(
         &mut a,
         T0 + 1,
-        LocalWrite { namespace: NS.into(), key: b"x".to_vec(), op: Op::Delete { context: None } },
+        LocalWrite::new(NS, b"x".to_vec(), Op::Delete { context: None }),
     );
     let w2 = drain(&mut a);
     apply_to_image(&mut image, &w2);

@@ -61,9 +61,10 @@ mod sync;
 mod write;
 
 pub use announce::{ANNOUNCEMENTS_MAX, NamespaceCreated};
-pub use output::{Halted, PersistId, RequestId};
+pub use output::{Halted, PERSIST_BYTES_MAX, PERSIST_OPS_MAX, PersistId, RequestId};
 pub use reconcile::{RECONCILE_SESSION_IDLE_MAX_US, RECONCILE_SESSIONS_MAX};
 pub use sync::URGENT_SYNC_MAX;
+pub use write::{IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX};
 
 use announce::Announcement;
 use output::Outputs;
@@ -97,6 +98,8 @@ pub struct NodeConfig {
     /// How long a namespace creation waits for every reachable node to
     /// confirm that it holds the namespace (see [`Node::handle_create_namespace`]).
     pub namespace_confirm_wait_us: u64,
+    /// How long a write's idempotency key is remembered (durably).
+    pub idempotency_window_us: u64,
     /// Deliberately broken behaviour, for proving that checkers catch bugs.
     /// Exists only in builds with the `test-knobs` feature.
     #[cfg(feature = "test-knobs")]
@@ -116,6 +119,7 @@ impl Default for NodeConfig {
             value_bytes_max: limits::VALUE_BYTES_DEFAULT as u32,
             gc_batch_max: 1024,
             namespace_confirm_wait_us: 3_000_000,
+            idempotency_window_us: 60_000_000,
             #[cfg(feature = "test-knobs")]
             injected_bug: None,
         }
@@ -179,6 +183,23 @@ pub struct LocalWrite {
     pub namespace: String,
     pub key: Key,
     pub op: Op,
+    /// The client's idempotency key: a retry with the same key within
+    /// [`NodeConfig::idempotency_window_us`] returns the first outcome and
+    /// applies nothing (see `node/write.rs`).
+    pub request_id: Option<Vec<u8>>,
+}
+
+impl LocalWrite {
+    /// A write without an idempotency key.
+    pub fn new(namespace: impl Into<String>, key: impl Into<Key>, op: Op) -> Self {
+        LocalWrite { namespace: namespace.into(), key: key.into(), op, request_id: None }
+    }
+
+    /// The same write, with an idempotency key.
+    pub fn with_request_id(mut self, request_id: impl Into<Vec<u8>>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
 }
 
 /// What an accepted write became.
@@ -211,6 +232,13 @@ pub enum WriteError {
     /// Refused: the node halted before this write arrived.
     #[error(transparent)]
     Halted(Halted),
+    /// Refused: the idempotency key is longer than [`IDEMPOTENCY_KEY_BYTES_MAX`].
+    #[error("request_id of {len} bytes exceeds the {max}-byte limit")]
+    RequestIdTooLarge { len: usize, max: usize },
+    /// Refused: the idempotency key already named a different write (its
+    /// namespace or key differ) within the window.
+    #[error("request_id was already used for another write ({namespace:?}/{key:?}) within the idempotency window")]
+    RequestIdReused { namespace: String, key: String },
     /// The batch carrying this write could not be made durable. The outcome
     /// is unknown: the write may or may not survive a restart.
     #[error("the write's batch failed; it may or may not be durable: {0}")]
@@ -298,6 +326,8 @@ pub struct NodeStats {
     pub reconcile_duration_us: u64,
     /// Namespace announcements this node started or forwarded.
     pub announcements: u64,
+    /// Writes answered from a remembered idempotency key (applied nothing).
+    pub idempotent_replays: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -331,6 +361,9 @@ pub struct Node {
     announcements: BTreeMap<(NodeId, u64), Announcement>,
     /// Announcements finished recently (a late duplicate is answered at once).
     announced: VecDeque<(NodeId, u64)>,
+    /// Remembered idempotency keys, and their insertion order for expiry.
+    idempotency: BTreeMap<Vec<u8>, persist::IdempotencyRecord>,
+    idempotency_order: VecDeque<(u64, Vec<u8>)>,
     stats: NodeStats,
 }
 
@@ -364,6 +397,8 @@ impl Node {
             streams: BTreeMap::new(),
             announcements: BTreeMap::new(),
             announced: VecDeque::new(),
+            idempotency: BTreeMap::new(),
+            idempotency_order: VecDeque::new(),
             stats: NodeStats::default(),
         }
     }
@@ -502,6 +537,7 @@ impl Node {
             return;
         }
         self.expire_announcements(now_us);
+        self.expire_idempotency_keys(now_us);
         let Some(due) = self.next_anti_entropy_us else { return };
         if now_us < due {
             return;
@@ -550,7 +586,7 @@ impl Node {
             batch.ops.push(StoreOp {
                 space: persist::NAMESPACES_SPACE.to_string(),
                 key: name.as_bytes().to_vec(),
-                value: Some(persist::encode_record(&record)),
+                value: Some(persist::encode_namespace_record(&record)),
             });
         }
     }

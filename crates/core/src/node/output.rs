@@ -10,7 +10,22 @@
 //! "Durability and restart", for why this is the rule and what it buys.
 
 use super::{Action, Node, WriteError};
+use crate::persist::{PersistBatch, StoreOp};
 use std::collections::{BTreeSet, VecDeque};
+
+/// Most operations in one Persist. Drivers' stores accept at least this
+/// many in one atomic batch (chorus-storage accepts 65,536; the daemon
+/// checks the bound at compile time).
+pub const PERSIST_OPS_MAX: usize = 16_384;
+
+/// Most bytes (space names, keys and values) in one Persist, except that a
+/// single larger operation goes alone. chorus-storage accepts 64 MiB.
+pub const PERSIST_BYTES_MAX: usize = 16 << 20;
+
+/// The bytes an operation carries, counted as the store counts them.
+fn op_bytes(op: &StoreOp) -> usize {
+    op.space.len() + op.key.len() + op.value.as_ref().map_or(0, Vec::len)
+}
 
 /// Names one batch the core asked the driver to persist. Ids start at 1 and
 /// grow by one per batch, so "this batch and every earlier one" is a prefix.
@@ -68,7 +83,31 @@ pub(crate) struct Outputs {
 }
 
 impl Outputs {
-    pub(crate) fn persist(&mut self, batch: crate::persist::PersistBatch) -> PersistId {
+    /// Hand `batch` to the driver, split at [`PERSIST_OPS_MAX`] operations
+    /// and [`PERSIST_BYTES_MAX`] bytes so that no input, however large
+    /// (a push of the most items a message may carry, a long catch-up), makes
+    /// a batch the store refuses. Splitting keeps the operations' order, and
+    /// every record that summarizes entries (a namespace's seen set, the HLC
+    /// high-water mark) comes after the entries it summarizes, so any prefix
+    /// of the pieces that survives a crash is consistent; nothing held is
+    /// released before the last piece is durable. Returns the last id.
+    pub(crate) fn persist(&mut self, batch: PersistBatch) -> PersistId {
+        let mut piece = PersistBatch::default();
+        let mut piece_bytes = 0usize;
+        for op in batch.ops {
+            let bytes = op_bytes(&op);
+            if !piece.ops.is_empty() && (piece.ops.len() >= PERSIST_OPS_MAX || piece_bytes + bytes > PERSIST_BYTES_MAX)
+            {
+                self.persist_piece(std::mem::take(&mut piece));
+                piece_bytes = 0;
+            }
+            piece_bytes += bytes;
+            piece.ops.push(op);
+        }
+        self.persist_piece(piece)
+    }
+
+    fn persist_piece(&mut self, batch: PersistBatch) -> PersistId {
         self.issued += 1;
         let id = PersistId(self.issued);
         // A halted node's memory is already ahead of its disk; nothing more

@@ -7,11 +7,27 @@ impl Node {
         if items.is_empty() {
             return;
         }
-        for chunk in items.chunks(crate::wire::ITEMS_PER_MESSAGE_MAX) {
+        // A message carries at most ITEMS_PER_MESSAGE_MAX items and about
+        // `sync_bytes_max` bytes (soft: one item always goes), so a large
+        // group of writes never makes a frame the transport refuses.
+        let bytes_max = self.config.sync_bytes_max as usize;
+        let mut start = 0;
+        while start < items.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < items.len() && end - start < crate::wire::ITEMS_PER_MESSAGE_MAX {
+                let size = items[end].key.len() + items[end].entry.size_estimate();
+                if end > start && bytes + size > bytes_max {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
             for &to in targets {
                 self.stats.push_messages_sent += 1;
-                self.send(to, Message::Push(Push { hops, items: chunk.to_vec() }));
+                self.send(to, Message::Push(Push { hops, items: items[start..end].to_vec() }));
             }
+            start = end;
         }
     }
 

@@ -18,6 +18,11 @@ impl Node {
             let hw = persist::decode_hlc(bytes).map_err(|r| corrupt(persist::META_SPACE, persist::HLC_KEY, r))?;
             node.hlc = Hlc::resume(id, node.config.offset_max_us, hw);
         }
+        if let Some(keys) = image.get(persist::IDEMPOTENCY_SPACE) {
+            // A damaged record only loses its retry protection: skipped.
+            let records = keys.iter().filter_map(|(k, v)| persist::decode_idempotency_record(v).ok().map(|r| (k.clone(), r)));
+            node.restore_idempotency(records);
+        }
         let value_max = node.config.value_bytes_max as usize;
         if let Some(spaces) = image.get(persist::NAMESPACES_SPACE) {
             for (name_bytes, record) in spaces {

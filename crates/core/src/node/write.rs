@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Longest idempotency key (`request_id`) a client may give.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// Idempotency keys remembered at once; past it the oldest is forgotten
+/// early (its retries then apply again, as after the window).
+pub const IDEMPOTENCY_KEYS_MAX: usize = 65_536;
+
 impl Node {
     /// Create a namespace on this node alone (idempotent for the same type).
     /// Its record is persisted; peers learn of it through anti-entropy. A
@@ -46,9 +53,26 @@ impl Node {
                 outcomes.push(Action::WriteDone { request, result: Err(WriteError::Halted(h.clone())) });
                 continue;
             }
+            if let Some(rid) = &w.request_id {
+                match self.remembered(now_us, rid, &w) {
+                    Ok(Some(receipt)) => {
+                        self.stats.idempotent_replays += 1;
+                        outcomes.push(Action::WriteDone { request, result: Ok(receipt) });
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        outcomes.push(Action::WriteDone { request, result: Err(e) });
+                        continue;
+                    }
+                }
+            }
             match self.apply_local(now_us, &w) {
                 Ok((receipt, entry)) => {
                     batch.ops.push(entry_op(&w.namespace, &w.key, &entry));
+                    if let Some(rid) = w.request_id.clone() {
+                        self.remember_request(now_us, rid, &w, &receipt, &mut batch);
+                    }
                     let value_type = entry.value_type();
                     items.push(PushItem {
                         namespace: w.namespace,
@@ -77,6 +101,81 @@ impl Node {
             let fanout = self.fanout();
             let targets = self.rng.sample_where(&self.live, fanout, |_| true);
             self.send_push(&targets, 0, items);
+        }
+    }
+
+    /// The first outcome of a write carrying idempotency key `rid`, when it
+    /// is remembered and still inside the window. The retry applies nothing:
+    /// its answer is held like any other, behind the first write's batch.
+    fn remembered(&self, now_us: u64, rid: &[u8], w: &LocalWrite) -> Result<Option<WriteReceipt>, WriteError> {
+        if rid.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err(WriteError::RequestIdTooLarge { len: rid.len(), max: IDEMPOTENCY_KEY_BYTES_MAX });
+        }
+        let Some(rec) = self.idempotency.get(rid) else { return Ok(None) };
+        if now_us.saturating_sub(rec.at_us) >= self.config.idempotency_window_us {
+            return Ok(None);
+        }
+        if rec.namespace != w.namespace || rec.key != w.key {
+            return Err(WriteError::RequestIdReused {
+                namespace: rec.namespace.clone(),
+                key: String::from_utf8_lossy(&rec.key).into_owned(),
+            });
+        }
+        Ok(Some(WriteReceipt { dot: rec.dot, ts: rec.ts, context: rec.context.clone() }))
+    }
+
+    /// Remember `rid` for this write, durably in the write's own batch.
+    fn remember_request(&mut self, now_us: u64, rid: Vec<u8>, w: &LocalWrite, receipt: &WriteReceipt, batch: &mut PersistBatch) {
+        let record = persist::IdempotencyRecord {
+            namespace: w.namespace.clone(),
+            key: w.key.clone(),
+            dot: receipt.dot,
+            ts: receipt.ts,
+            context: receipt.context.clone(),
+            at_us: now_us,
+        };
+        batch.ops.push(StoreOp {
+            space: persist::IDEMPOTENCY_SPACE.to_string(),
+            key: rid.clone(),
+            value: Some(persist::encode_idempotency_record(&record)),
+        });
+        self.idempotency.insert(rid.clone(), record);
+        self.idempotency_order.push_back((now_us, rid));
+        while self.idempotency.len() > IDEMPOTENCY_KEYS_MAX {
+            let Some((_, oldest)) = self.idempotency_order.pop_front() else { break };
+            if self.idempotency.remove(&oldest).is_some() {
+                batch.ops.push(StoreOp { space: persist::IDEMPOTENCY_SPACE.to_string(), key: oldest, value: None });
+            }
+        }
+    }
+
+    /// Forget keys older than the window (and delete them from the store).
+    pub(super) fn expire_idempotency_keys(&mut self, now_us: u64) {
+        let window = self.config.idempotency_window_us;
+        let mut batch = PersistBatch::default();
+        while let Some((at, _)) = self.idempotency_order.front() {
+            if now_us.saturating_sub(*at) < window {
+                break;
+            }
+            let Some((at, rid)) = self.idempotency_order.pop_front() else { break };
+            // A key re-used after expiry has a newer entry; keep that one.
+            if self.idempotency.get(&rid).is_some_and(|r| r.at_us == at) {
+                self.idempotency.remove(&rid);
+                batch.ops.push(StoreOp { space: persist::IDEMPOTENCY_SPACE.to_string(), key: rid, value: None });
+            }
+        }
+        if !batch.ops.is_empty() {
+            self.out.persist(batch);
+        }
+    }
+
+    /// Restore remembered keys at recovery.
+    pub(super) fn restore_idempotency(&mut self, records: impl IntoIterator<Item = (Vec<u8>, persist::IdempotencyRecord)>) {
+        let mut all: Vec<(Vec<u8>, persist::IdempotencyRecord)> = records.into_iter().collect();
+        all.sort_by_key(|(_, r)| r.at_us);
+        for (rid, record) in all {
+            self.idempotency_order.push_back((record.at_us, rid.clone()));
+            self.idempotency.insert(rid, record);
         }
     }
 

@@ -154,7 +154,7 @@ async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Respo
             format!("write refused: {}", status.reason),
         ));
     }
-    let write = LocalWrite { namespace: ns.clone(), key: key.clone().into_bytes(), op };
+    let write = LocalWrite::new(ns.clone(), key.clone().into_bytes(), op);
     let result = s.node.write(write).await;
     let elapsed = started.elapsed().as_secs_f64();
     let receipt: WriteReceipt = match result {

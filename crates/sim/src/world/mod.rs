@@ -351,7 +351,7 @@ impl World {
         let Some(node) = self.nodes[i].node.as_mut() else { return };
         node.handle_local_writes(
             now,
-            vec![(RequestId(request), LocalWrite { namespace: ns.to_string(), key: key.clone(), op })],
+            vec![(RequestId(request), LocalWrite::new(ns.to_string(), key.clone(), op))],
         );
         self.pending_writes.insert(
             request,
