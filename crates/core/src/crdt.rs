@@ -219,7 +219,9 @@ impl Entry {
                 Entry::Lww(r) => r.value.as_ref().map_or(0, Vec::len) + PER_DOT,
                 Entry::Mv(r) => r.siblings.iter().map(|s| s.value.as_ref().map_or(0, Vec::len) + 2 * PER_DOT).sum(),
                 Entry::Counter(c) => c.totals.len() * PER_DOT + PER_DOT,
-                Entry::Set(set) => set.members.iter().map(|(m, dots)| m.len() + dots.len() * PER_DOT).sum::<usize>() + PER_DOT,
+                Entry::Set(set) => {
+                    set.members.iter().map(|(m, dots)| m.len() + dots.len() * PER_DOT).sum::<usize>() + PER_DOT
+                }
             }
     }
 

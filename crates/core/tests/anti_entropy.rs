@@ -102,7 +102,11 @@ fn key(i: usize) -> Vec<u8> {
 }
 
 fn put(i: usize, version: u32) -> LocalWrite {
-    LocalWrite::new(NS, key(i), Op::Put { value: format!("value-{i}-v{version}-{}", "x".repeat(40)).into_bytes(), context: None })
+    LocalWrite::new(
+        NS,
+        key(i),
+        Op::Put { value: format!("value-{i}-v{version}-{}", "x".repeat(40)).into_bytes(), context: None },
+    )
 }
 
 /// Two converged nodes with N entries; `rewritten` keys were written twice,

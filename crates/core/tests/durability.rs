@@ -303,7 +303,12 @@ fn a_push_of_the_most_items_a_message_may_carry_is_persisted_in_pieces_within_th
     writer.create_namespace(NS, ValueType::Lww).unwrap();
     complete_all(&mut writer);
     let writes: Vec<(RequestId, LocalWrite)> = (0..ITEMS_PER_MESSAGE_MAX)
-        .map(|i| (RequestId(i as u64), LocalWrite::new(NS, format!("k{i}").into_bytes(), Op::Put { value: vec![7; 8], context: None })))
+        .map(|i| {
+            (
+                RequestId(i as u64),
+                LocalWrite::new(NS, format!("k{i}").into_bytes(), Op::Put { value: vec![7; 8], context: None }),
+            )
+        })
         .collect();
     writer.handle_local_writes(T0, writes);
     complete_all(&mut writer);
@@ -312,7 +317,14 @@ fn a_push_of_the_most_items_a_message_may_carry_is_persisted_in_pieces_within_th
             let key = format!("k{i}").into_bytes();
             let entry = writer.namespace(NS).unwrap().get(&key).unwrap().clone();
             let dot = chorus_core::Dot { node: id(2), counter: i as u64 + 1 };
-            chorus_core::wire::PushItem { namespace: NS.into(), value_type: ValueType::Lww, dot, ts: entry.timestamp_max(), key, entry }
+            chorus_core::wire::PushItem {
+                namespace: NS.into(),
+                value_type: ValueType::Lww,
+                dot,
+                ts: entry.timestamp_max(),
+                key,
+                entry,
+            }
         })
         .collect();
     let mut node = node();
@@ -322,7 +334,8 @@ fn a_push_of_the_most_items_a_message_may_carry_is_persisted_in_pieces_within_th
         actions.iter().filter_map(|a| if let Action::Persist { batch, .. } = a { Some(batch) } else { None }).collect();
     assert!(pieces.len() >= 2, "one push of {ITEMS_PER_MESSAGE_MAX} items is more than one store batch may hold");
     for p in &pieces {
-        let bytes: usize = p.ops.iter().map(|o| o.space.len() + o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
+        let bytes: usize =
+            p.ops.iter().map(|o| o.space.len() + o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
         assert!(p.ops.len() <= PERSIST_OPS_MAX && bytes <= PERSIST_BYTES_MAX, "{} ops, {bytes} bytes", p.ops.len());
     }
     let ops: usize = pieces.iter().map(|p| p.ops.len()).sum();
@@ -348,7 +361,10 @@ fn a_retry_with_the_same_request_id_returns_the_first_outcome_and_applies_nothin
     let mut node = Node::new(id(1), NodeConfig::default(), 1);
     node.create_namespace(NS, ValueType::Lww).expect("valid");
     let created = complete_all(&mut node);
-    let incr = || LocalWrite::new(NS, b"c".to_vec(), Op::Put { value: b"v1".to_vec(), context: None }).with_request_id(b"req-1".to_vec());
+    let incr = || {
+        LocalWrite::new(NS, b"c".to_vec(), Op::Put { value: b"v1".to_vec(), context: None })
+            .with_request_id(b"req-1".to_vec())
+    };
     node.handle_local_writes(T0 + 1, vec![(RequestId(1), incr())]);
     let first = complete_all(&mut node);
     let receipt = |actions: &[Action], r: u64| {
@@ -368,9 +384,14 @@ fn a_retry_with_the_same_request_id_returns_the_first_outcome_and_applies_nothin
     assert!(persist_ids(&retry).is_empty() && send_count(&retry) == 0, "{retry:?}");
     assert_eq!(node.stats().local_writes, 1);
     // The same key for another write is refused.
-    let other = LocalWrite::new(NS, b"d".to_vec(), Op::Put { value: b"x".to_vec(), context: None }).with_request_id(b"req-1".to_vec());
+    let other = LocalWrite::new(NS, b"d".to_vec(), Op::Put { value: b"x".to_vec(), context: None })
+        .with_request_id(b"req-1".to_vec());
     node.handle_local_writes(T0 + 3, vec![(RequestId(3), other)]);
-    assert!(complete_all(&mut node).iter().any(|a| matches!(a, Action::WriteDone { result: Err(WriteError::RequestIdReused { .. }), .. })));
+    assert!(
+        complete_all(&mut node)
+            .iter()
+            .any(|a| matches!(a, Action::WriteDone { result: Err(WriteError::RequestIdReused { .. }), .. }))
+    );
     // The key is durable with the write: a restarted node still knows it.
     let mut image = RecoveryImage::new();
     for a in created.iter().chain(first.iter()).chain(retry.iter()) {

@@ -370,10 +370,7 @@ fn a_message_from_a_member_two_tiers_away_is_rejected_and_counted() {
 #[test]
 fn an_op_of_the_wrong_type_is_refused_with_a_write_error_and_no_actions() {
     let mut a = node_with(1, NodeConfig::default(), ValueType::Lww, &[2]);
-    let r = a.handle_local_writes(
-        T0,
-        vec![LocalWrite::new(NS, b"k".to_vec(), Op::Increment { amount: 1 })],
-    );
+    let r = a.handle_local_writes(T0, vec![LocalWrite::new(NS, b"k".to_vec(), Op::Increment { amount: 1 })]);
     assert_eq!(r, vec![Err(WriteError::Op(OpError::WrongType { op: "increment", ty: "lww" }))]);
     assert_eq!(drain(&mut a), vec![]);
     assert_eq!(a.get(NS, b"k"), None);
@@ -486,11 +483,7 @@ fn a_restart_after_collecting_our_own_tombstone_does_not_reuse_its_dots() {
     let w1 = drain(&mut a);
     apply_to_image(&mut image, &w1);
     deliver(&w1, id(1), &mut b, T0);
-    let deleted = write(
-        &mut a,
-        T0 + 1,
-        LocalWrite::new(NS, b"x".to_vec(), Op::Delete { context: None }),
-    );
+    let deleted = write(&mut a, T0 + 1, LocalWrite::new(NS, b"x".to_vec(), Op::Delete { context: None }));
     let w2 = drain(&mut a);
     apply_to_image(&mut image, &w2);
     deliver(&w2, id(1), &mut b, T0 + 1);

@@ -86,10 +86,13 @@ pub enum CallError {
     /// been applied.
     #[error("the node did not answer within the request deadline")]
     Timeout,
-    /// The node task has stopped (shutdown or a storage failure), or the
-    /// node halted before it could answer.
+    /// The node task had stopped before it took the call: nothing changed.
     #[error("the node is stopping")]
     Stopped,
+    /// The node task took the call but stopped (or halted) without
+    /// answering: a write may or may not have been applied.
+    #[error("the node stopped before answering; the outcome is unknown")]
+    Abandoned,
 }
 
 /// A cheap handle to the node task.
@@ -110,7 +113,7 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         let work = async {
             self.tx.send(make(reply)).await.map_err(|_| CallError::Stopped)?;
-            rx.await.map_err(|_| CallError::Stopped)
+            rx.await.map_err(|_| CallError::Abandoned)
         };
         tokio::time::timeout(deadline, work).await.map_err(|_| CallError::Timeout)?
     }

@@ -108,16 +108,18 @@ pub fn perform(http: &Http, worker: u32, node: usize, api: &str, op: ClientOp, t
     Record { worker, node, op, invoke_ns, complete_ns, result, ts, error, answer: None }
 }
 
-/// 200 → ok (with the receipt's timestamp); 4xx → fail (refused, not
-/// applied); 5xx → unknown (e.g. a 503 time-out may still apply); no
-/// answer → fail only if the connection never opened.
+/// 200 → ok (with the receipt's timestamp); 4xx and 503 → fail (refused,
+/// nothing changed: the API's rule, docs/design/http-api.md "Conventions",
+/// which this makes the checkers hold the daemon to); 504 and other 5xx →
+/// unknown (may have applied); no answer → fail only if the connection
+/// never opened.
 pub fn classify(answer: Result<(u16, Value), NoAnswer>) -> (Outcome, Option<Hlc>, Option<String>) {
     match answer {
         Ok((200, v)) => {
             let ts = serde_json::from_value::<Hlc>(v["timestamp"].clone()).ok();
             (Outcome::Ok, ts, None)
         }
-        Ok((s, v)) if (400..500).contains(&s) => (Outcome::Fail, None, Some(format!("{s} {}", v["error"]))),
+        Ok((s, v)) if (400..500).contains(&s) || s == 503 => (Outcome::Fail, None, Some(format!("{s} {}", v["error"]))),
         Ok((s, v)) => (Outcome::Unknown, None, Some(format!("{s} {}", v["error"]))),
         Err(e) => (if e.definite { Outcome::Fail } else { Outcome::Unknown }, None, Some(e.reason)),
     }

@@ -16,6 +16,11 @@ pub const RETRY_REFUSED_MAX: Duration = Duration::from_secs(3);
 /// First pause before such a retry; it doubles up to [`RETRY_BACKOFF_MAX`].
 const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long a write whose outcome is unknown (504 `timeout`, or no answer)
+/// is retried on the same node with the same `request_id`: only that node
+/// can know about a write that became durable there but was not yet pushed
+/// anywhere (docs/design/http-api.md, "Client retries").
+pub const RETRY_UNKNOWN_MAX: Duration = Duration::from_secs(10);
 /// Pages `scan` follows at most (each up to 1,000 keys).
 const SCAN_PAGES_MAX: usize = 10_000;
 
@@ -27,6 +32,28 @@ pub struct Target {
     /// Namespace.
     #[arg(long, default_value = "default", global = true)]
     pub ns: String,
+    /// Idempotency key of a write (default: a fresh random one per command).
+    /// A retry with the same key returns the first outcome and applies nothing.
+    #[arg(long, global = true)]
+    pub request_id: Option<String>,
+}
+
+impl Target {
+    /// This command's idempotency key.
+    pub fn request_id(&self) -> String {
+        self.request_id.clone().unwrap_or_else(fresh_request_id)
+    }
+}
+
+/// 128 random bits as hex, from the OS (no clock: two commands in the same
+/// microsecond must not collide).
+pub fn fresh_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Args)]
@@ -118,6 +145,81 @@ impl Client {
         Ok((status, value))
     }
 
+    /// A write carrying idempotency key `request_id` (in the JSON body, or
+    /// the query of a DELETE). Retries follow the rule of
+    /// docs/design/http-api.md, "Client retries": an unknown outcome (504,
+    /// or no answer) is retried on the *same* node with the same key for up
+    /// to [`RETRY_UNKNOWN_MAX`]; a refusal that changed nothing (503) may
+    /// move to another live member (from `/v1/members`, once each); every
+    /// other answer is returned.
+    pub fn write(&self, method: &str, path: &str, body: Option<Value>, request_id: &str) -> Result<(u16, Value)> {
+        let (path, body) = match body {
+            Some(mut b) => {
+                if let Value::Object(o) = &mut b {
+                    o.insert("request_id".into(), Value::String(request_id.to_string()));
+                }
+                (path.to_string(), Some(b))
+            }
+            None => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                (format!("{path}{sep}request_id={}", encode_query(request_id)), None)
+            }
+        };
+        let mut tried: Vec<String> = vec![self.base.clone()];
+        let mut client = Client { agent: self.agent.clone(), base: self.base.clone() };
+        loop {
+            let deadline = Instant::now() + RETRY_UNKNOWN_MAX;
+            let mut backoff = RETRY_BACKOFF_MIN;
+            let answer = loop {
+                let attempt = client.call(method, &path, body.as_ref());
+                let unknown = match &attempt {
+                    Ok((status, _)) => *status == 504,
+                    Err(_) => true,
+                };
+                if !unknown || Instant::now() + backoff >= deadline {
+                    break attempt;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            };
+            let (status, value) = answer?;
+            if status != 503 {
+                return Ok((status, value));
+            }
+            // Refused, nothing changed: another live member may serve it.
+            match client.other_member(&tried) {
+                Some(next) => {
+                    tried.push(next.clone());
+                    client = Client { agent: self.agent.clone(), base: next };
+                }
+                None => return Ok((status, value)),
+            }
+        }
+    }
+
+    /// The API address of a live member not in `tried`, as this node sees
+    /// the cluster.
+    fn other_member(&self, tried: &[String]) -> Option<String> {
+        let (status, v) = self.call_once("GET", "/v1/members", None).ok()?;
+        if status != 200 {
+            return None;
+        }
+        v.get("members")?.as_array()?.iter().find_map(|m| {
+            let alive = m.get("state").and_then(Value::as_str) == Some("alive");
+            let url = format!("http://{}", m.get("api_addr")?.as_str()?);
+            (alive && !tried.contains(&url)).then_some(url)
+        })
+    }
+
+    /// Like [`Client::write`] but a non-2xx answer is an error with its message.
+    pub fn write_ok(&self, method: &str, path: &str, body: Option<Value>, request_id: &str) -> Result<Value> {
+        let (status, value) = self.write(method, path, body, request_id)?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        bail!("{}", describe_error(status, &value))
+    }
+
     /// Like [`Client::call`] but a non-2xx answer is an error with its message.
     pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let (status, value) = self.call(method, path, body)?;
@@ -198,7 +300,7 @@ fn value_lines(v: &Value) -> Vec<String> {
 }
 
 pub fn put(t: &Target, key: &str, value: &str) -> Result<ExitCode> {
-    Client::new(&t.node).ok("PUT", &kv_path(t, "kv", key), Some(&json!({ "value": value })))?;
+    Client::new(&t.node).write_ok("PUT", &kv_path(t, "kv", key), Some(json!({ "value": value })), &t.request_id())?;
     println!("OK");
     Ok(ExitCode::SUCCESS)
 }
@@ -219,7 +321,7 @@ pub fn get(t: &Target, key: &str) -> Result<ExitCode> {
 }
 
 pub fn del(t: &Target, key: &str) -> Result<ExitCode> {
-    Client::new(&t.node).ok("DELETE", &kv_path(t, "kv", key), None)?;
+    Client::new(&t.node).write_ok("DELETE", &kv_path(t, "kv", key), None, &t.request_id())?;
     println!("OK");
     Ok(ExitCode::SUCCESS)
 }
@@ -250,13 +352,19 @@ fn encode_query(s: &str) -> String {
 }
 
 pub fn incr(t: &Target, key: &str, amount: i64) -> Result<ExitCode> {
-    Client::new(&t.node).ok("POST", &kv_path(t, "counter", key), Some(&json!({ "amount": amount })))?;
+    Client::new(&t.node).write_ok(
+        "POST",
+        &kv_path(t, "counter", key),
+        Some(json!({ "amount": amount })),
+        &t.request_id(),
+    )?;
     println!("OK");
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn set_op(t: &Target, key: &str, op: &str, member: &str) -> Result<ExitCode> {
-    Client::new(&t.node).ok("POST", &kv_path(t, "set", key), Some(&json!({ "op": op, "member": member })))?;
+    let body = json!({ "op": op, "member": member });
+    Client::new(&t.node).write_ok("POST", &kv_path(t, "set", key), Some(body), &t.request_id())?;
     println!("OK");
     Ok(ExitCode::SUCCESS)
 }

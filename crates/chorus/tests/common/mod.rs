@@ -108,6 +108,16 @@ impl Agent {
         writeln!(f, "{lines}").expect("append config");
     }
 
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGKILL: no graceful leave, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -20,7 +20,8 @@ impl Node {
         }
         if let Some(keys) = image.get(persist::IDEMPOTENCY_SPACE) {
             // A damaged record only loses its retry protection: skipped.
-            let records = keys.iter().filter_map(|(k, v)| persist::decode_idempotency_record(v).ok().map(|r| (k.clone(), r)));
+            let records =
+                keys.iter().filter_map(|(k, v)| persist::decode_idempotency_record(v).ok().map(|r| (k.clone(), r)));
             node.restore_idempotency(records);
         }
         let value_max = node.config.value_bytes_max as usize;

@@ -125,7 +125,14 @@ impl Node {
     }
 
     /// Remember `rid` for this write, durably in the write's own batch.
-    fn remember_request(&mut self, now_us: u64, rid: Vec<u8>, w: &LocalWrite, receipt: &WriteReceipt, batch: &mut PersistBatch) {
+    fn remember_request(
+        &mut self,
+        now_us: u64,
+        rid: Vec<u8>,
+        w: &LocalWrite,
+        receipt: &WriteReceipt,
+        batch: &mut PersistBatch,
+    ) {
         let record = persist::IdempotencyRecord {
             namespace: w.namespace.clone(),
             key: w.key.clone(),
@@ -170,7 +177,10 @@ impl Node {
     }
 
     /// Restore remembered keys at recovery.
-    pub(super) fn restore_idempotency(&mut self, records: impl IntoIterator<Item = (Vec<u8>, persist::IdempotencyRecord)>) {
+    pub(super) fn restore_idempotency(
+        &mut self,
+        records: impl IntoIterator<Item = (Vec<u8>, persist::IdempotencyRecord)>,
+    ) {
         let mut all: Vec<(Vec<u8>, persist::IdempotencyRecord)> = records.into_iter().collect();
         all.sort_by_key(|(_, r)| r.at_us);
         for (rid, record) in all {

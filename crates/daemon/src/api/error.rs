@@ -56,13 +56,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 503 always means "refused, nothing changed"; "may have applied" is
+/// always 504 `timeout` (docs/design/http-api.md, "Conventions"). A call
+/// that ran out of time may have been applied; a stopped node refused it.
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
-        let code = match e {
-            CallError::Timeout => "timeout",
-            CallError::Stopped => "stopping",
-        };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+        match e {
+            CallError::Timeout | CallError::Abandoned => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())
+            }
+            CallError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string()),
+        }
     }
 }
 
@@ -87,6 +91,8 @@ pub(crate) fn write_error(e: WriteError) -> ApiError {
         WriteError::Halted(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message),
         // The write's batch failed: it may or may not survive.
         WriteError::PersistFailed(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+        WriteError::RequestIdTooLarge { .. } => ApiError::bad_request("bad_request_id", message),
+        WriteError::RequestIdReused { .. } => ApiError::new(StatusCode::CONFLICT, "request_id_reused", message),
         _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "write_refused", message),
     }
 }

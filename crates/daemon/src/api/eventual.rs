@@ -140,7 +140,13 @@ struct TimestampBody {
 
 /// One eventual write through the node task; the answer is the write
 /// receipt once the write is durable on this node.
-async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Response, ApiError> {
+async fn do_write(
+    s: &ApiState,
+    ns: String,
+    key: String,
+    op: Op,
+    request_id: Option<String>,
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let op_name = op.name();
     if !s.clock.is_safe() {
@@ -154,7 +160,10 @@ async fn do_write(s: &ApiState, ns: String, key: String, op: Op) -> Result<Respo
             format!("write refused: {}", status.reason),
         ));
     }
-    let write = LocalWrite::new(ns.clone(), key.clone().into_bytes(), op);
+    let mut write = LocalWrite::new(ns.clone(), key.clone().into_bytes(), op);
+    if let Some(rid) = request_id {
+        write = write.with_request_id(rid.into_bytes());
+    }
     let result = s.node.write(write).await;
     let elapsed = started.elapsed().as_secs_f64();
     let receipt: WriteReceipt = match result {
@@ -189,6 +198,8 @@ struct PutRequest {
     value: Option<String>,
     value_base64: Option<String>,
     context: Option<String>,
+    /// Idempotency key: a retry with it returns the first outcome.
+    request_id: Option<String>,
 }
 
 /// PUT /v1/ns/{ns}/kv/{key} `{"value"|"value_base64", "context"?}`.
@@ -201,13 +212,19 @@ pub(crate) async fn put(
     let req: PutRequest = parse_body(body)?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
     let context = parse_context(req.context.as_deref())?;
-    do_write(s, ns, key, Op::Put { value, context }).await
+    do_write(s, ns, key, Op::Put { value, context }, req.request_id).await
 }
 
-/// DELETE /v1/ns/{ns}/kv/{key}?context=TOKEN.
-pub(crate) async fn delete(s: &ApiState, ns: String, key: String, context: Option<&str>) -> Result<Response, ApiError> {
+/// DELETE /v1/ns/{ns}/kv/{key}?context=TOKEN&request_id=ID.
+pub(crate) async fn delete(
+    s: &ApiState,
+    ns: String,
+    key: String,
+    context: Option<&str>,
+    request_id: Option<String>,
+) -> Result<Response, ApiError> {
     let context = parse_context(context)?;
-    do_write(s, ns, key, Op::Delete { context }).await
+    do_write(s, ns, key, Op::Delete { context }, request_id).await
 }
 
 #[derive(Deserialize)]
@@ -215,6 +232,7 @@ pub(crate) async fn delete(s: &ApiState, ns: String, key: String, context: Optio
 struct IncrementRequest {
     #[serde(default = "one")]
     amount: i64,
+    request_id: Option<String>,
 }
 
 fn one() -> i64 {
@@ -229,7 +247,7 @@ pub(crate) async fn increment(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: IncrementRequest = parse_body(body)?;
-    do_write(s, ns, key, Op::Increment { amount: req.amount }).await
+    do_write(s, ns, key, Op::Increment { amount: req.amount }, req.request_id).await
 }
 
 #[derive(Deserialize)]
@@ -239,6 +257,7 @@ struct SetRequest {
     member: Option<String>,
     member_base64: Option<String>,
     context: Option<String>,
+    request_id: Option<String>,
 }
 
 /// POST /v1/ns/{ns}/set/{key} `{"op": "add"|"remove", "member"|"member_base64", "context"?}`.
@@ -260,5 +279,5 @@ pub(crate) async fn set_op(
         "remove" => Op::Remove { member, context: parse_context(req.context.as_deref())? },
         other => return Err(ApiError::bad_request("bad_op", format!("unknown set op {other:?}: use add or remove"))),
     };
-    do_write(s, ns, key, op).await
+    do_write(s, ns, key, op, req.request_id).await
 }

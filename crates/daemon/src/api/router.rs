@@ -116,6 +116,8 @@ async fn put_key(
 struct DeleteQuery {
     /// Eventual namespaces: the causal context this delete replaces.
     context: Option<String>,
+    /// Idempotency key: a retry with it returns the first outcome.
+    request_id: Option<String>,
 }
 
 async fn delete_key(
@@ -126,7 +128,7 @@ async fn delete_key(
     let mode = resolve_mode(&s, &ns).await?;
     let q = parse_query(q)?;
     match mode {
-        Mode::Eventual => eventual::delete(&s, ns, key, q.context.as_deref()).await,
+        Mode::Eventual => eventual::delete(&s, ns, key, q.context.as_deref(), q.request_id).await,
         Mode::Strong(_) if q.context.is_some() => {
             Err(ApiError::bad_request("bad_request", "strong namespaces take no `context`"))
         }

@@ -349,10 +349,7 @@ impl World {
         let now = self.physical_us(i);
         let request = self.write_counter;
         let Some(node) = self.nodes[i].node.as_mut() else { return };
-        node.handle_local_writes(
-            now,
-            vec![(RequestId(request), LocalWrite::new(ns.to_string(), key.clone(), op))],
-        );
+        node.handle_local_writes(now, vec![(RequestId(request), LocalWrite::new(ns.to_string(), key.clone(), op))]);
         self.pending_writes.insert(
             request,
             PendingWrite {
