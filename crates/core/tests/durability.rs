@@ -419,3 +419,40 @@ fn a_retry_with_the_same_request_id_returns_the_first_outcome_and_applies_nothin
     let fresh = complete_all(&mut restarted);
     assert_ne!(receipt(&fresh, 5).dot, r1.dot, "applied again once forgotten");
 }
+
+#[test]
+fn a_flipped_bit_in_the_hlc_or_a_namespace_record_refuses_recovery_naming_the_record() {
+    use chorus_core::persist::{self, RecoverError, RecoveryImage};
+    let mut node = Node::new(id(1), NodeConfig::default(), 1);
+    node.create_namespace(NS, ValueType::Lww).expect("valid");
+    let mut image = RecoveryImage::new();
+    let mut actions = complete_all(&mut node);
+    node.handle_local_writes(T0, vec![(RequestId(1), put("a"))]);
+    actions.extend(complete_all(&mut node));
+    for a in &actions {
+        if let Action::Persist { batch, .. } = a {
+            for op in &batch.ops {
+                if let Some(v) = &op.value {
+                    image.entry(op.space.clone()).or_default().insert(op.key.clone(), v.clone());
+                }
+            }
+        }
+    }
+    assert!(Node::recover(id(1), NodeConfig::default(), 2, &image).is_ok());
+    for (space, key) in
+        [(persist::META_SPACE, persist::HLC_KEY.to_vec()), (persist::NAMESPACES_SPACE, NS.as_bytes().to_vec())]
+    {
+        let mut damaged = image.clone();
+        let record = damaged.get_mut(space).and_then(|s| s.get_mut(&key)).expect("the record exists");
+        let last = record.len() - 1;
+        record[last] ^= 0x01;
+        match Node::recover(id(1), NodeConfig::default(), 2, &damaged) {
+            Err(RecoverError::Corrupt { space: s, key: k, reason }) => {
+                assert_eq!((s.as_str(), k), (space, key), "{reason}");
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            Ok(_) => panic!("a damaged {space} record was accepted"),
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+}

@@ -136,7 +136,13 @@ impl RedbStorage {
         let mut log = Vec::new();
         file.read_to_end(&mut log).map_err(OpenError::Io)?;
         if !log.is_empty() {
-            let replay = wal::decode_log(&log).map_err(|e| OpenError::Corrupted(e.to_string()))?;
+            let replay = wal::decode_log(&log).map_err(|e| {
+                OpenError::Corrupted(format!(
+                    "{}: {e}; the node refuses to start rather than lose the acknowledged writes after it \
+                     (docs/design/storage.md, \"A damaged write-ahead log\", says what to do)",
+                    path.display()
+                ))
+            })?;
             apply_batches(&self.shared.db, &replay.batches, Durability::None).map_err(OpenError::from)?;
             self.checkpoint().map_err(OpenError::from)?;
             file.set_len(0).map_err(OpenError::Io)?;
@@ -366,7 +372,13 @@ impl Storage for RedbStorage {
         if let Some(failed) = &self.shared.backlog.lock().unwrap_or_else(PoisonError::into_inner).failed {
             return Err(Fault::Backend(failed.clone()).into());
         }
-        let frame = wal::encode_frame(&batch);
+        let mut frame = wal::encode_frame(&batch);
+        if wal.bytes == 0 {
+            // An empty log starts with the magic (the format's version).
+            let mut with_magic = wal::WAL_MAGIC.to_vec();
+            with_magic.append(&mut frame);
+            frame = with_magic;
+        }
         if let Err(e) = wal.file.write_all(&frame).and_then(|()| wal.file.sync_data()) {
             // Cut a partial frame off, so the next commit does not append
             // behind garbage (recovery would call that corruption).
@@ -587,5 +599,24 @@ mod tests {
         assert_eq!(log, 0, "a clean close leaves an empty log");
         let store = RedbStorage::open(&path).expect("reopen");
         assert_eq!(store.get("s", b"a").expect("get"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_log_damaged_in_the_middle_refuses_the_open_naming_the_file_and_offset_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        drop(RedbStorage::open(&path).expect("open"));
+        // Three acknowledged batches in the log, the second's length damaged.
+        let log_path = dir.path().join("db.wal");
+        let batches = [put("a"), put("b"), put("c")];
+        let mut log = crate::wal::encode_log(&batches);
+        let at = crate::wal::WAL_MAGIC.len() + crate::wal::encode_frame(&batches[0]).len();
+        log[at..at + 4].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+        std::fs::write(&log_path, &log).expect("write log");
+        let err = RedbStorage::open(&path).expect_err("a damaged log must refuse the open").to_string();
+        assert!(err.contains(&log_path.display().to_string()), "{err}");
+        assert!(err.contains(&format!("byte {at}")), "{err}");
+        // Nothing was applied or truncated: the operator still has the log.
+        assert_eq!(std::fs::read(&log_path).expect("log"), log);
     }
 }
