@@ -506,6 +506,9 @@ impl Driver {
             Err(e) => {
                 tracing::warn!(peer = %from.name, error = %e, "undecodable message from peer");
                 telemetry::decode_error(&from.name);
+                if let Some(reason) = misbehaviour(&e) {
+                    self.transport.quarantine(&from.name, reason);
+                }
                 return;
             }
         };
@@ -575,5 +578,21 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether an undecodable message proves its sender broken or hostile, and
+/// why (`docs/design/transport-and-membership.md`, "Quarantine"). A newer
+/// wire version or a value above our `max_value_bytes` is a difference of
+/// build or configuration between honest nodes: counted and dropped, not
+/// punished.
+fn misbehaviour(error: &wire::DecodeError) -> Option<chorus_net::QuarantineReason> {
+    use chorus_core::crdt::InvalidEntry;
+    use chorus_net::QuarantineReason;
+    match error {
+        wire::DecodeError::Checksum => Some(QuarantineReason::BadChecksum),
+        wire::DecodeError::UnsupportedVersion(_)
+        | wire::DecodeError::Entry { source: InvalidEntry::TooLarge { .. }, .. } => None,
+        _ => Some(QuarantineReason::Undecodable),
     }
 }
