@@ -5,6 +5,11 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Largest accepted `http_requests_in_flight_max` and
+/// `http_streams_open_max` (each open request or stream holds a task and a
+/// file descriptor; a million is far past what one node can serve).
+pub const HTTP_CONCURRENCY_MAX: usize = 1_000_000;
+
 /// Everything `chorus agent --config FILE` reads. Field names are the TOML
 /// keys and a stable interface.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -83,6 +88,22 @@ pub struct Config {
     /// Threads of the async runtime; 0 = automatic: one less than the CPUs
     /// available, at least one (see [`Config::runtime_worker_threads`]).
     pub worker_threads: usize,
+    /// Deadline of a whole HTTP request on a request route (reading the
+    /// body included); past it the answer is 504 `timeout`. At least
+    /// `request_timeout_ms`, and above the longest lock wait (60 s) so a
+    /// lock request is never cut short. Streaming routes are exempt
+    /// (`docs/design/http-api.md`, "Limits").
+    pub http_request_timeout_ms: u64,
+    /// A connection that has not sent a request's whole header within this
+    /// long of the request's start (or of the connection's start, or of the
+    /// previous answer on a kept-alive connection) is closed.
+    pub http_header_timeout_ms: u64,
+    /// Requests of request routes running at once; one more is answered 503
+    /// `overloaded` at once (refused, nothing changed).
+    pub http_requests_in_flight_max: usize,
+    /// Answers of streaming routes (watch) open at once; one more is
+    /// answered 503 `too_many_streams`.
+    pub http_streams_open_max: usize,
 }
 
 impl Default for Config {
@@ -116,6 +137,10 @@ impl Default for Config {
             raft_pre_vote: true,
             namespace_confirm_timeout_ms: 3_000,
             worker_threads: 0,
+            http_request_timeout_ms: 75_000,
+            http_header_timeout_ms: 10_000,
+            http_requests_in_flight_max: 1_024,
+            http_streams_open_max: 1_000,
         }
     }
 }
@@ -238,6 +263,21 @@ impl Config {
                 "need 0 < raft_heartbeat_ms < raft_election_timeout_min_ms < raft_election_timeout_max_ms".into(),
             );
         }
+        if self.http_request_timeout_ms < self.request_timeout_ms {
+            return invalid(
+                "http_request_timeout_ms",
+                format!("must be at least request_timeout_ms ({})", self.request_timeout_ms),
+            );
+        }
+        if self.http_header_timeout_ms == 0 {
+            return invalid("http_header_timeout_ms", "must be > 0".into());
+        }
+        if !(1..=HTTP_CONCURRENCY_MAX).contains(&self.http_requests_in_flight_max) {
+            return invalid("http_requests_in_flight_max", format!("must be in 1..={HTTP_CONCURRENCY_MAX}"));
+        }
+        if !(1..=HTTP_CONCURRENCY_MAX).contains(&self.http_streams_open_max) {
+            return invalid("http_streams_open_max", format!("must be in 1..={HTTP_CONCURRENCY_MAX}"));
+        }
         if self.advertise_addr.is_none() && self.peer_addr.ip().is_unspecified() {
             return invalid("advertise_addr", "required when peer_addr is a wildcard address".into());
         }
@@ -305,6 +345,33 @@ mod tests {
         let c = Config::from_toml("worker_threads = 3").unwrap();
         assert_eq!(c.runtime_worker_threads(), 3);
         assert!(Config::default().runtime_worker_threads() >= 1);
+    }
+
+    #[test]
+    fn http_bounds_are_read_and_out_of_range_values_are_refused_by_name() {
+        let c = Config::from_toml(
+            "http_request_timeout_ms = 9000\nhttp_header_timeout_ms = 700\nhttp_requests_in_flight_max = 3\n\
+             http_streams_open_max = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.http_request_timeout_ms,
+                c.http_header_timeout_ms,
+                c.http_requests_in_flight_max,
+                c.http_streams_open_max
+            ),
+            (9000, 700, 3, 2)
+        );
+        for (line, key) in [
+            ("http_request_timeout_ms = 10", "http_request_timeout_ms"),
+            ("http_header_timeout_ms = 0", "http_header_timeout_ms"),
+            ("http_requests_in_flight_max = 0", "http_requests_in_flight_max"),
+            ("http_streams_open_max = 99999999999", "http_streams_open_max"),
+        ] {
+            let err = Config::from_toml(line).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! Tasks of a running node:
 //! * the **node task** ([`runtime`]) owns the `Node`; everything else talks
 //!   to it through a bounded command channel;
-//! * the HTTP server (axum), one task per connection;
+//! * the HTTP server (axum routes on hyper's HTTP/1.1 server), one task per
+//!   connection, under the bounds of [`api::limits`];
 //! * chorus-net's transport and membership tasks;
 //! * the clock prober ([`probe`]): one NTP-style probe per live peer of an
 //!   adjacent tier every `clock_probe_interval_ms`, feeding the clock
@@ -303,15 +304,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         strong: strong.clone(),
         eventual_names: api::EventualNames::default(),
     };
-    let app = api::router(state);
-    let mut http_stop = shutdown_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let app = api::router(state, api::HttpLimits::from_config(&config));
+    let header_timeout = Duration::from_millis(config.http_header_timeout_ms);
+    let http_task = tokio::spawn(serve_http(listener, app, header_timeout, shutdown_rx.clone()));
     tokio::spawn(probe::run_prober(
         clock_service.clone(),
         transport.clone(),
@@ -326,6 +321,73 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     tokio::spawn(upkeep(handle, membership.clone(), transport.clone(), metrics, shutdown_rx));
     tracing::info!(name = %config.name, %api_addr, %peer_addr, generation, "chorus node started");
     Ok(Daemon { api_addr, shutdown: shutdown_tx, node_task, http_task, membership, transport, strong })
+}
+
+/// Pause after a failed `accept` (out of file descriptors, say) before the
+/// next one, so the accept loop does not spin while the condition lasts.
+const HTTP_ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long shutdown waits for open HTTP connections to finish their
+/// current request; streams still open then are cut.
+const HTTP_SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves the API over HTTP/1.1 until `stop`, one task per connection.
+/// hyper's server builder is used directly (not `axum::serve`) because it
+/// is what sets the header timeout: a connection that has not sent a whole
+/// request header within `header_timeout` of the connection's start or of
+/// its previous answer is closed, so a crowd of slow or idle connections
+/// costs a task each only for that long (`docs/design/http-api.md`,
+/// "Limits").
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // Every connection task holds a receiver; shutdown waits until all are
+    // dropped.
+    let (connections_tx, connections_rx) = watch::channel(());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped(&mut stop) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                tokio::time::sleep(HTTP_ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let mut stop = stop.clone();
+        let held = connections_rx.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(held);
+        });
+    }
+    drop(connections_rx);
+    let _ = tokio::time::timeout(HTTP_SHUTDOWN_DRAIN, connections_tx.closed()).await;
+    Ok(())
+}
+
+/// Resolves once `stop` says so (or its sender is gone), holding no guard
+/// of the channel across awaits.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// The API address other nodes and clients are told: the bound one, except

@@ -30,8 +30,8 @@ use crate::telemetry;
 use chorus_core::node::NamespaceError;
 use chorus_core::wire::{self, Message};
 use chorus_core::{
-    Action, Halted, LocalWrite, Member, MemberState, NamespaceCreated, Node, NodeId, PersistId, RequestId, ValueType,
-    WriteError, WriteReceipt,
+    Action, Halted, LocalWrite, Member, MemberState, Misbehavior, NamespaceCreated, Node, NodeId, PersistId, RequestId,
+    ValueType, WriteError, WriteReceipt,
 };
 use chorus_net::{Incoming, MemberInfo, PeerAddr, Transport};
 use chorus_storage::{CommitTicket, GroupCommitter, RedbStorage, WriteBatch};
@@ -442,7 +442,7 @@ impl Driver {
                     tracing::error!(error = %h, "the node halted");
                     return Err(h.into());
                 }
-                Action::PeerMisbehaved { peer, reason } => self.misbehaved(&exec.peers, peer, reason.as_str()),
+                Action::PeerMisbehaved { peer, reason } => self.misbehaved(&exec.peers, peer, reason),
             }
         }
         if let Some(last) = group.take() {
@@ -477,10 +477,18 @@ impl Driver {
 
     /// A peer sent what no honest peer can: disconnect and quarantine it
     /// (docs/design/transport-and-membership.md, "Quarantine").
-    fn misbehaved(&self, peers: &HashMap<NodeId, PeerAddr>, peer: NodeId, reason: &'static str) {
-        let name = peers.get(&peer).map_or_else(|| peer.to_string(), |p| p.name.clone());
-        tracing::warn!(peer = %name, reason, "peer misbehaved; quarantining it");
-        telemetry::peer_misbehaved(reason);
+    fn misbehaved(&self, peers: &HashMap<NodeId, PeerAddr>, peer: NodeId, reason: Misbehavior) {
+        let reason = match reason {
+            Misbehavior::ForgedDots => chorus_net::QuarantineReason::ForgedDots,
+        };
+        match peers.get(&peer) {
+            Some(p) => {
+                let period = self.transport.quarantine(&p.name, reason);
+                tracing::warn!(peer = %p.name, reason = reason.as_str(), ?period, "peer misbehaved; quarantined");
+            }
+            // A peer that left the member list meanwhile: nothing to cut off.
+            None => tracing::warn!(peer = %peer, reason = reason.as_str(), "a departed peer misbehaved"),
+        }
     }
 
     fn take_command(&mut self, command: NodeCommand, exec: &mut Exec, turn: &mut Turn) {
@@ -530,11 +538,9 @@ impl Driver {
             Err(e) => {
                 tracing::warn!(peer = %from.name, error = %e, "undecodable message from peer");
                 telemetry::decode_error(&from.name);
-                let reason = match e {
-                    wire::DecodeError::Checksum => "bad_checksum",
-                    _ => "undecodable",
-                };
-                telemetry::peer_misbehaved(reason);
+                if let Some(reason) = misbehaviour(&e) {
+                    self.transport.quarantine(&from.name, reason);
+                }
                 return;
             }
         };
@@ -604,5 +610,21 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Whether an undecodable message proves its sender broken or hostile, and
+/// why (`docs/design/transport-and-membership.md`, "Quarantine"). A newer
+/// wire version or a value above our `max_value_bytes` is a difference of
+/// build or configuration between honest nodes: counted and dropped, not
+/// punished.
+fn misbehaviour(error: &wire::DecodeError) -> Option<chorus_net::QuarantineReason> {
+    use chorus_core::crdt::InvalidEntry;
+    use chorus_net::QuarantineReason;
+    match error {
+        wire::DecodeError::Checksum => Some(QuarantineReason::BadChecksum),
+        wire::DecodeError::UnsupportedVersion(_)
+        | wire::DecodeError::Entry { source: InvalidEntry::TooLarge { .. }, .. } => None,
+        _ => Some(QuarantineReason::Undecodable),
     }
 }

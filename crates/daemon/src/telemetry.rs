@@ -8,7 +8,7 @@ use crate::clock::ClockSnapshot;
 use chorus_clock::PeerKey;
 use chorus_core::NodeStats;
 use chorus_core::wire::Message;
-use chorus_net::{MemberInfo, MemberState, TransportStats};
+use chorus_net::{MemberInfo, MemberState, QuarantineReason, TransportStats};
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -124,6 +124,26 @@ fn describe() {
         "Linearizable reads of the strong-namespace registry (asking the Raft leader about a namespace name \
          that no local registry knew)."
     );
+    describe_counter!(
+        "chorus_peer_quarantines_total",
+        "Peers disconnected and quarantined, by reason (framing, bad_checksum, undecodable, forged_dots)."
+    );
+    describe_counter!(
+        "chorus_transport_frame_errors_total",
+        "Oversized or truncated frames received (transport counter; the peer is quarantined)."
+    );
+    describe_counter!(
+        "chorus_transport_frame_deadlines_total",
+        "Frames not complete within frame_read_deadline_ms; their streams were stopped (transport counter)."
+    );
+    describe_counter!(
+        "chorus_transport_frame_budget_refusals_total",
+        "Frames that did not fit their peer's in-flight frame bytes; their streams were stopped (transport counter)."
+    );
+    describe_counter!(
+        "chorus_http_refused_total",
+        "HTTP requests refused or cut short by a server bound, by reason (overloaded, too_many_streams, timeout)."
+    );
     describe_gauge!("chorus_members", "Other members known, by SWIM state.");
     describe_gauge!("chorus_partitioned", "1 when fewer than half the known members are reachable.");
 }
@@ -227,6 +247,10 @@ pub fn decode_error(peer: &str) {
     counter!("chorus_decode_errors_total", "peer" => peer.to_string()).increment(1);
 }
 
+pub fn http_refused(reason: &'static str) {
+    counter!("chorus_http_refused_total", "reason" => reason).increment(1);
+}
+
 pub fn members(view: &[MemberInfo]) {
     let count = |s: MemberState| view.iter().filter(|m| m.state == s).count() as f64;
     gauge!("chorus_members", "state" => "alive").set(count(MemberState::Alive));
@@ -258,13 +282,13 @@ pub fn upkeep(stats: &NodeStats, transport: &TransportStats, partitioned: bool) 
         counter!("chorus_peer_bytes_sent_total", "peer" => peer.clone()).absolute(s.bytes_sent);
         counter!("chorus_peer_bytes_received_total", "peer" => peer).absolute(s.bytes_received);
     }
-    let failures = transport.handshake_failures.load(std::sync::atomic::Ordering::Relaxed);
-    counter!("chorus_transport_handshake_failures_total").absolute(failures);
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    counter!("chorus_transport_handshake_failures_total").absolute(load(&transport.handshake_failures));
+    counter!("chorus_transport_frame_errors_total").absolute(load(&transport.frame_errors));
+    counter!("chorus_transport_frame_deadlines_total").absolute(load(&transport.frame_read_deadlines));
+    counter!("chorus_transport_frame_budget_refusals_total").absolute(load(&transport.frame_budget_refusals));
+    for reason in QuarantineReason::ALL {
+        counter!("chorus_peer_quarantines_total", "reason" => reason.as_str()).absolute(transport.quarantines(reason));
+    }
     gauge!("chorus_partitioned").set(if partitioned { 1.0 } else { 0.0 });
-}
-
-/// A peer sent what no honest peer can (bad checksum, undecodable message,
-/// forged dots), by reason.
-pub fn peer_misbehaved(reason: &'static str) {
-    counter!("chorus_peer_misbehaved_total", "reason" => reason).increment(1);
 }

@@ -19,6 +19,6 @@ pub use membership::{
     MemberInfo, MemberState, Membership, MembershipConfig, MembershipError, MembershipEvent, NodeIdentity,
 };
 pub use transport::{
-    BindError, DatagramError, DialError, Incoming, PeerAddr, PeerId, RequestError, SendError, Transport,
-    TransportConfig, TransportStats,
+    BindError, DatagramError, DialError, Incoming, PeerAddr, PeerId, QUARANTINED_CLOSE_CODE, QuarantineReason,
+    RequestError, SendError, Transport, TransportConfig, TransportStats,
 };

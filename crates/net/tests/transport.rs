@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chorus_net::transport::{DialError, RequestError, SendError};
-use chorus_net::{ClusterCa, Incoming, PeerAddr, RevocationList, Transport};
+use chorus_net::{ClusterCa, Incoming, PeerAddr, QuarantineReason, RevocationList, Transport};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -286,4 +286,48 @@ async fn a_full_per_peer_queue_returns_queue_full_and_other_peers_are_unaffected
     assert!(started.elapsed() < Duration::from_millis(900));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quarantined_peer_is_disconnected_refused_with_the_quarantine_code_and_counted_by_reason() {
+    let ca = ClusterCa::generate("test").expect("ca");
+    let (a, _a_rx) = bind(&ca, "alpha");
+    let a_addr = local(&a);
+    let (endpoint, client_config) = raw_client(&creds(&ca, "beta"));
+    let first =
+        endpoint.connect_with(client_config.clone(), a_addr, "alpha").expect("connect").await.expect("handshake");
+    assert!(eventually(WAIT, || async { a.is_connected("beta") }).await, "alpha registered beta's connection");
+
+    let period = a.quarantine("beta", QuarantineReason::BadChecksum);
+    assert_eq!(period, Duration::from_secs(1));
+    assert!(a.is_quarantined("beta"));
+    // The live connection is closed, saying why.
+    let closed = tokio::time::timeout(WAIT, first.closed()).await.expect("closed");
+    assert_eq!(
+        application_close(&closed),
+        Some((chorus_net::QUARANTINED_CLOSE_CODE, "quarantined: bad_checksum".to_owned()))
+    );
+    // A new connection is refused because of the quarantine.
+    let again = endpoint.connect_with(client_config.clone(), a_addr, "alpha").expect("connect").await;
+    let refusal = match again {
+        Ok(conn) => tokio::time::timeout(WAIT, conn.closed()).await.expect("closed"),
+        Err(e) => e,
+    };
+    assert_eq!(application_close(&refusal), Some((chorus_net::QUARANTINED_CLOSE_CODE, "quarantined".to_owned())));
+
+    // Once the quarantine ends the peer is served again; a second offence
+    // doubles the period. Each reason has its own counter.
+    assert!(eventually(WAIT, || async { !a.is_quarantined("beta") }).await);
+    let back = endpoint.connect_with(client_config, a_addr, "alpha").expect("connect").await.expect("handshake");
+    assert!(eventually(WAIT, || async { a.is_connected("beta") }).await, "served again after the quarantine");
+    assert_eq!(a.quarantine("beta", QuarantineReason::Undecodable), Duration::from_secs(2));
+    let closed = tokio::time::timeout(WAIT, back.closed()).await.expect("closed");
+    assert_eq!(
+        application_close(&closed),
+        Some((chorus_net::QUARANTINED_CLOSE_CODE, "quarantined: undecodable".to_owned()))
+    );
+    let counts: Vec<u64> = QuarantineReason::ALL.iter().map(|r| a.stats().quarantines(*r)).collect();
+    assert_eq!(counts, vec![0, 1, 1, 0], "framing, bad_checksum, undecodable, forged_dots");
+    endpoint.close(0u32.into(), b"done");
+    a.shutdown().await;
 }

@@ -299,7 +299,6 @@ pub enum Action {
 
 /// What a misbehaving peer did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Misbehavior {
     /// Entries or a seen set claimed writes of ours that we never issued.
     /// Not reported by a node that started from an empty store: its peers

@@ -14,17 +14,21 @@
 //! * [`namespaces`] — the mode resolver and the namespace routes
 //!   (list, get, create).
 //! * [`status`] — `/health`, `/metrics`, `/v1/status`, `/v1/members`.
+//! * [`limits`] — the request timeout, the in-flight and open-stream
+//!   bounds: the layers [`router`] puts on request and streaming routes.
 //! * [`error`] — [`ApiError`], the mapping of core and Raft errors to codes,
 //!   and the body and query parsing helpers.
 
 pub mod error;
 pub mod eventual;
+pub mod limits;
 pub mod namespaces;
 pub mod router;
 pub mod status;
 pub mod strong;
 
 pub use error::ApiError;
+pub use limits::HttpLimits;
 pub use namespaces::{EventualNames, Mode, resolve_mode};
 pub use router::router;
 pub use status::is_partitioned;

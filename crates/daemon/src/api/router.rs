@@ -5,26 +5,41 @@
 //! namespaces with an error of their own (`wrong_type`, `no_such_namespace`).
 
 use super::error::{ApiError, method_not_allowed, not_found_route, parse_query};
+use super::limits::{HttpLimits, limit_request, limit_stream};
 use super::namespaces::{self, Mode, find_mode, resolve_mode};
 use super::strong::{ReadQuery, UnlockQuery, WatchQuery};
 use super::{ApiState, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, eventual, status, strong};
 use crate::strong::StrongService;
 use crate::telemetry;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
+use axum::{Router, middleware};
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// The router with every route of the API.
-pub fn router(state: ApiState) -> Router {
+/// The router with every route of the API, each under its bounds
+/// ([`limits`](super::limits)): request routes under the request timeout
+/// and the in-flight count, streaming routes under the open-stream count.
+pub fn router(state: ApiState, limits: HttpLimits) -> Router {
     // Base64 inflates values by 4/3 and JSON escaping can double text; the
     // extra 64 KiB covers keys, contexts and field names.
     let body_max = state.info.value_bytes_max.saturating_mul(2).saturating_add(64 << 10);
+    request_routes()
+        .layer(middleware::from_fn_with_state(limits.clone(), limit_request))
+        .merge(streaming_routes().layer(middleware::from_fn_with_state(limits, limit_stream)))
+        .fallback(not_found_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(state)
+}
+
+/// Routes whose answer is one response: they run under
+/// `http_request_timeout_ms` and count toward `http_requests_in_flight_max`.
+fn request_routes() -> Router<ApiState> {
     Router::new()
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics_text))
@@ -39,17 +54,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/ns/{ns}/cas/{*key}", post(cas))
         .route("/v1/ns/{ns}/txn", post(txn))
         .route("/v1/ns/{ns}/lock/{*name}", get(lock_get).post(lock_acquire).delete(lock_release))
-        .route("/v1/ns/{ns}/watch", get(watch))
         .route("/v1/leases", post(strong::lease_grant))
         .route("/v1/leases/{id}", get(strong::lease_get).delete(strong::lease_revoke))
         .route("/v1/leases/{id}/keepalive", post(strong::lease_keepalive))
         .route("/v1/raft", get(strong::raft_status))
         .route("/v1/raft/voters", post(strong::add_voter))
         .route("/v1/raft/voters/{name}", delete(strong::remove_voter))
-        .fallback(not_found_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_max))
-        .with_state(state)
+}
+
+/// Routes whose answer is a stream that lives as long as the client wants:
+/// exempt from the request timeout and the in-flight count, bounded by
+/// `http_streams_open_max` instead. Every streaming route belongs here and
+/// only here.
+fn streaming_routes() -> Router<ApiState> {
+    Router::new().route("/v1/ns/{ns}/watch", get(watch))
 }
 
 // ------------------------------------------------ routes of both modes

@@ -19,7 +19,7 @@ use super::{
     DATAGRAM_CHANNEL_APP, DATAGRAM_CHANNEL_MEMBERSHIP, DialError, HANDSHAKES_CONCURRENT_MAX, Incoming, Inner,
     MESSAGE_SEND_ATTEMPTS_MAX, PeerAddr, PeerId, RequestError, code, varint,
 };
-use crate::frame;
+use crate::frame::{self, FrameError};
 use crate::tls;
 
 impl Inner {
@@ -301,6 +301,20 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Counts a frame that was refused for its deadline or its budget and
+    /// stops its stream, so quinn drops whatever the peer sent of it.
+    fn refuse_frame(&self, peer: &Peer, recv: &mut quinn::RecvStream, error: &FrameError) {
+        match error {
+            FrameError::Deadline { .. } => bump(&self.stats.frame_read_deadlines),
+            FrameError::OverBudget { .. } => bump(&self.stats.frame_budget_refusals),
+            _ => return,
+        }
+        debug!(peer = %peer.name, %error, "frame refused; stopping its stream");
+        let _ = recv.stop(varint(code::FRAME_REFUSED));
+    }
+}
+
 async fn read_messages(
     inner: Arc<Inner>,
     peer: Arc<Peer>,
@@ -308,15 +322,22 @@ async fn read_messages(
     from: PeerId,
     mut recv: quinn::RecvStream,
 ) {
+    let limits = inner.frame_limits(&peer);
     loop {
-        match frame::read_frame(&mut recv, inner.config.frame_bytes_max).await {
-            Ok(Some(payload)) => {
-                inner.count_received(&peer.stats, payload.len());
-                inner.deliver(Incoming::Message { from: from.clone(), payload }).await;
+        match frame::read_frame(&mut recv, &limits).await {
+            Ok(Some(frame)) => {
+                inner.count_received(&peer.stats, frame.payload.len());
+                inner.deliver(Incoming::Message { from: from.clone(), payload: frame.payload }).await;
+                // The frame's budget is given back once it is handed on.
+                drop(frame.permit);
             }
             Ok(None) => return,
             Err(e) if e.is_protocol_violation() => {
                 inner.punish(&peer.name, &conn, &e);
+                return;
+            }
+            Err(e @ (FrameError::Deadline { .. } | FrameError::OverBudget { .. })) => {
+                inner.refuse_frame(&peer, &mut recv, &e);
                 return;
             }
             Err(e) => {
@@ -335,18 +356,29 @@ async fn answer_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let payload = match frame::read_frame(&mut recv, inner.config.frame_bytes_max).await {
-        Ok(Some(payload)) => payload,
+    let limits = inner.frame_limits(&peer);
+    // A request's frame is due at once: its deadline runs from the
+    // stream's opening, so a stream that never sends a byte is dropped too.
+    let read = tokio::time::timeout(limits.deadline, frame::read_frame(&mut recv, &limits)).await;
+    let read = read.unwrap_or(Err(FrameError::Deadline { deadline_ms: limits.deadline.as_millis() as u64 }));
+    let frame = match read {
+        Ok(Some(frame)) => frame,
         Ok(None) => return,
         Err(e) if e.is_protocol_violation() => {
             inner.punish(&peer.name, &conn, &e);
             return;
         }
+        Err(e @ (FrameError::Deadline { .. } | FrameError::OverBudget { .. })) => {
+            inner.refuse_frame(&peer, &mut recv, &e);
+            let _ = send.reset(varint(code::FRAME_REFUSED));
+            return;
+        }
         Err(_) => return,
     };
-    inner.count_received(&peer.stats, payload.len());
+    inner.count_received(&peer.stats, frame.payload.len());
     let (respond, response) = oneshot::channel();
-    inner.deliver(Incoming::Request { from, payload, respond }).await;
+    inner.deliver(Incoming::Request { from, payload: frame.payload, respond }).await;
+    drop(frame.permit);
     let timeout = Duration::from_millis(inner.config.request_timeout_ms);
     match tokio::time::timeout(timeout, response).await {
         Ok(Ok(response)) if response.len() <= inner.config.frame_bytes_max as usize => {

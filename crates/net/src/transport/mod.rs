@@ -32,14 +32,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rand::RngExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ca::{NodeCredentials, RevocationList, cert_serial_hex};
-use crate::frame::{self, FrameError};
+use crate::frame::{self, FrameError, FrameLimits};
 use crate::tls::{self, SharedRevocations};
 
 mod connection;
@@ -48,6 +48,7 @@ mod peers;
 mod stats;
 
 pub use error::{BindError, DatagramError, DialError, RequestError, SendError};
+pub use peers::QuarantineReason;
 pub use stats::{PeerStats, PeerStatsSnapshot, TransportStats};
 
 use connection::accept_loop;
@@ -56,6 +57,16 @@ use stats::{add, bump};
 
 /// Default largest frame payload (16 MiB).
 pub const FRAME_BYTES_MAX_DEFAULT: u32 = 16 * 1024 * 1024;
+/// Default budget of announced frame bytes one peer may have in flight
+/// (being read) at once, over all its streams and connections (128 MiB).
+pub const FRAME_BYTES_IN_FLIGHT_MAX_DEFAULT: u32 = 128 * 1024 * 1024;
+/// Default time a frame may take from its first header byte to its last
+/// payload byte (a 64 MiB frame at 10 MB/s takes under 7 s).
+pub const FRAME_READ_DEADLINE_MS_DEFAULT: u64 = 30_000;
+/// Bytes a peer may have sent on one connection that quinn holds unread
+/// (QUIC connection-level flow control). Without it quinn would buffer up
+/// to the per-stream window on every stream a peer opens.
+const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// Largest datagram payload accepted by `send_datagram`. QUIC datagrams must
 /// fit one packet; quinn starts at a 1200-byte MTU (the smallest datagram
 /// size QUIC requires every path to carry; see
@@ -81,7 +92,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(2);
 const DUPLICATE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// First quarantine of a misbehaving peer; doubles per offence.
 const QUARANTINE_BASE: Duration = Duration::from_secs(1);
-/// Longest quarantine.
+/// Longest quarantine. A peer that behaves for this long after its
+/// quarantine ended starts again from [`QUARANTINE_BASE`].
 const QUARANTINE_MAX: Duration = Duration::from_secs(300);
 /// How long `shutdown` waits for connections to close.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
@@ -90,17 +102,26 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 const DATAGRAM_CHANNEL_APP: u8 = 0;
 const DATAGRAM_CHANNEL_MEMBERSHIP: u8 = 1;
 
-/// QUIC application close / reset codes.
+/// QUIC application close / reset codes. A peer refused because it is
+/// quarantined sees its connection closed with [`QUARANTINED_CLOSE_CODE`].
 mod code {
     pub const SHUTDOWN: u32 = 0;
     pub const DUPLICATE: u32 = 1;
     pub const PROTOCOL_VIOLATION: u32 = 2;
-    pub const QUARANTINED: u32 = 3;
+    pub const QUARANTINED: u32 = super::QUARANTINED_CLOSE_CODE;
     pub const NAME_MISMATCH: u32 = 4;
     pub const NO_RESPONSE: u32 = 5;
     pub const REVOKED: u32 = 6;
     pub const FORGOTTEN: u32 = 7;
+    /// A stream stopped because its frame missed its deadline or did not
+    /// fit the peer's in-flight budget.
+    pub const FRAME_REFUSED: u32 = 8;
 }
+
+/// The QUIC application close code of a connection closed or refused
+/// because its peer is quarantined; the close reason starts with
+/// `quarantined`.
+pub const QUARANTINED_CLOSE_CODE: u32 = 3;
 
 fn varint(code: u32) -> quinn::VarInt {
     quinn::VarInt::from_u32(code)
@@ -136,6 +157,14 @@ pub struct TransportConfig {
     pub reconnect_backoff_max_ms: u64,
     /// Concurrent requests a peer may have open on one connection.
     pub concurrent_requests_max: u32,
+    /// Announced frame bytes one peer may have in flight (being read) at
+    /// once, over all its streams; at least `frame_bytes_max`. A frame that
+    /// does not fit gets its stream stopped at once (counted).
+    pub frame_bytes_in_flight_max: u32,
+    /// Time a frame may take from its first header byte to its last payload
+    /// byte; a request's frame counts from the stream's opening. A stalled
+    /// sender's stream is stopped (counted).
+    pub frame_read_deadline_ms: u64,
 }
 
 impl TransportConfig {
@@ -155,6 +184,8 @@ impl TransportConfig {
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 5_000,
             concurrent_requests_max: 256,
+            frame_bytes_in_flight_max: FRAME_BYTES_IN_FLIGHT_MAX_DEFAULT,
+            frame_read_deadline_ms: FRAME_READ_DEADLINE_MS_DEFAULT,
         }
     }
 
@@ -172,8 +203,11 @@ impl TransportConfig {
         if self.reconnect_backoff_min_ms == 0 || self.reconnect_backoff_min_ms > self.reconnect_backoff_max_ms {
             return invalid("reconnect backoff must satisfy 0 < min <= max");
         }
-        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 || self.frame_read_deadline_ms == 0 {
             return invalid("timeouts must be > 0");
+        }
+        if self.frame_bytes_in_flight_max < self.frame_bytes_max {
+            return invalid("frame_bytes_in_flight_max must be at least frame_bytes_max");
         }
         Ok(())
     }
@@ -232,7 +266,7 @@ struct Inner {
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     incoming: mpsc::Sender<Incoming>,
     membership: Mutex<Option<mpsc::Sender<(PeerId, Bytes)>>>,
-    quarantine: Mutex<HashMap<String, (Instant, u32)>>,
+    quarantine: Mutex<HashMap<String, peers::Quarantine>>,
     stats: Arc<TransportStats>,
     shutdown: watch::Sender<bool>,
     /// Fault injection: outgoing datagrams dropped per 1000.
@@ -248,6 +282,18 @@ pub struct Transport {
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport").field("node_name", &self.inner.config.node_name).finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    /// The bounds of reading one frame from `peer`.
+    fn frame_limits(&self, peer: &Peer) -> FrameLimits {
+        FrameLimits {
+            frame_bytes_max: self.config.frame_bytes_max,
+            deadline: Duration::from_millis(self.config.frame_read_deadline_ms),
+            budget: peer.frame_budget.clone(),
+            in_flight_max: self.config.frame_bytes_in_flight_max,
+        }
     }
 }
 
@@ -285,7 +331,8 @@ impl Transport {
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
             .max_concurrent_bidi_streams(config.concurrent_requests_max.into())
-            .max_concurrent_uni_streams(UNI_STREAMS_MAX.into());
+            .max_concurrent_uni_streams(UNI_STREAMS_MAX.into())
+            .receive_window(CONNECTION_RECEIVE_WINDOW_BYTES.into());
         let transport_config = Arc::new(transport_config);
 
         let server_tls = tls::server_config(creds, revocations.clone())?;
@@ -389,10 +436,10 @@ impl Transport {
             // reports that.
             let _ = send.finish();
             inner.count_sent(&peer.stats, len);
-            match frame::read_frame(&mut recv, max).await {
+            match frame::read_frame(&mut recv, &inner.frame_limits(&peer)).await {
                 Ok(Some(response)) => {
-                    inner.count_received(&peer.stats, response.len());
-                    Ok(response)
+                    inner.count_received(&peer.stats, response.payload.len());
+                    Ok(response.payload)
                 }
                 Ok(None) | Err(FrameError::Read(quinn::ReadError::Reset(_))) => Err(RequestError::NoResponse),
                 Err(e) => Err(RequestError::Frame(e)),
@@ -486,6 +533,22 @@ impl Transport {
     /// Whether a live connection to `name` exists right now.
     pub fn is_connected(&self, name: &str) -> bool {
         self.inner.peers.lock().unwrap_or_else(|e| e.into_inner()).get(name).is_some_and(|p| p.live().is_some())
+    }
+
+    /// Disconnects peer `name` and refuses it, on accept and on dial, for a
+    /// period that doubles with each offence, from 1 s up to 300 s; counted
+    /// per reason ([`TransportStats::quarantines`]). Returns the period.
+    /// Use it when the peer proved itself broken or hostile: framing
+    /// violations (the transport calls it itself), bad checksums,
+    /// undecodable messages, forged dots
+    /// (`docs/design/transport-and-membership.md`, "Quarantine").
+    pub fn quarantine(&self, name: &str, reason: QuarantineReason) -> Duration {
+        self.inner.quarantine(name, reason)
+    }
+
+    /// Whether peer `name` is quarantined right now.
+    pub fn is_quarantined(&self, name: &str) -> bool {
+        self.inner.quarantined(name)
     }
 
     /// Drops everything about peer `name`: its queue, connection and task.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::RngExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
 use super::connection::{peer_driver, serve_connection};
@@ -62,6 +62,71 @@ pub(super) struct Peer {
     pub(super) backoff_until: Mutex<Option<Instant>>,
     pub(super) stop: watch::Sender<bool>,
     pub(super) stats: Arc<PeerStats>,
+    /// Announced bytes of the frames being read from this peer, over all
+    /// its streams and connections, are held from here
+    /// (`frame_bytes_in_flight_max` permits).
+    pub(super) frame_budget: Arc<Semaphore>,
+}
+
+/// Why a peer is quarantined. Each reason has its own counter
+/// ([`TransportStats::quarantines`](super::TransportStats::quarantines))
+/// and metric label ([`as_str`](Self::as_str)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum QuarantineReason {
+    /// An oversized or truncated frame (found by the transport itself).
+    Framing,
+    /// A message whose checksum does not match its body.
+    BadChecksum,
+    /// A message that does not decode or breaks the protocol's limits.
+    Undecodable,
+    /// Entries or seen sets claiming writes of ours we never issued.
+    ForgedDots,
+}
+
+impl QuarantineReason {
+    /// Every reason, in counter order.
+    pub const ALL: [QuarantineReason; 4] = [
+        QuarantineReason::Framing,
+        QuarantineReason::BadChecksum,
+        QuarantineReason::Undecodable,
+        QuarantineReason::ForgedDots,
+    ];
+
+    /// The metric label: `framing`, `bad_checksum`, `undecodable`,
+    /// `forged_dots`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuarantineReason::Framing => "framing",
+            QuarantineReason::BadChecksum => "bad_checksum",
+            QuarantineReason::Undecodable => "undecodable",
+            QuarantineReason::ForgedDots => "forged_dots",
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        match self {
+            QuarantineReason::Framing => 0,
+            QuarantineReason::BadChecksum => 1,
+            QuarantineReason::Undecodable => 2,
+            QuarantineReason::ForgedDots => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for QuarantineReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A quarantined (or formerly quarantined) peer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quarantine {
+    /// Refused until this instant.
+    until: Instant,
+    /// Offences so far; the next period is `QUARANTINE_BASE * 2^offences`.
+    offences: u32,
 }
 
 impl Peer {
@@ -140,6 +205,7 @@ impl Inner {
             backoff_until: Mutex::new(None),
             stop: watch::Sender::new(false),
             stats: self.stats.peer(&addr.name),
+            frame_budget: Arc::new(Semaphore::new(self.config.frame_bytes_in_flight_max as usize)),
         });
         peers.insert(addr.name.clone(), peer.clone());
         drop(peers);
@@ -149,23 +215,51 @@ impl Inner {
 
     pub(super) fn quarantined(&self, name: &str) -> bool {
         let quarantine = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
-        quarantine.get(name).is_some_and(|(until, _)| Instant::now() < *until)
+        quarantine.get(name).is_some_and(|q| Instant::now() < q.until)
     }
 
-    /// Quarantines a misbehaving peer for a period that doubles per offence
-    /// and closes its connection (`docs/design/transport-and-membership.md`,
-    /// "3. Wire formats").
-    pub(super) fn punish(&self, name: &str, conn: &quinn::Connection, reason: &FrameError) {
-        bump(&self.stats.frame_errors);
+    /// Quarantines `name` for a period that doubles per offence (capped at
+    /// `QUARANTINE_MAX`), counts it, and closes the peer's connection
+    /// (`docs/design/transport-and-membership.md`, "Quarantine").
+    pub(super) fn quarantine(&self, name: &str, reason: QuarantineReason) -> Duration {
+        let now = Instant::now();
         let mut quarantine = self.quarantine.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = quarantine.entry(name.to_owned()).or_insert((Instant::now(), 0));
-        let period = QUARANTINE_BASE.saturating_mul(1u32 << entry.1.min(16)).min(QUARANTINE_MAX);
-        entry.0 = Instant::now() + period;
-        entry.1 = entry.1.saturating_add(1);
+        if !quarantine.contains_key(name) && quarantine.len() >= PEERS_MAX {
+            // Forget the peers whose quarantine ended first; the table
+            // stays bounded even under a crowd of misbehaving names.
+            quarantine.retain(|_, q| now < q.until);
+            if quarantine.len() >= PEERS_MAX
+                && let Some(first) = quarantine.iter().min_by_key(|(_, q)| q.until).map(|(n, _)| n.clone())
+            {
+                quarantine.remove(&first);
+            }
+        }
+        let entry = quarantine.entry(name.to_owned()).or_insert(Quarantine { until: now, offences: 0 });
+        if now > entry.until + QUARANTINE_MAX {
+            // Behaved for a whole maximum period since the last one ended.
+            entry.offences = 0;
+        }
+        let period = QUARANTINE_BASE.saturating_mul(1u32 << entry.offences.min(16)).min(QUARANTINE_MAX);
+        entry.until = entry.until.max(now + period);
+        entry.offences = entry.offences.saturating_add(1);
         drop(quarantine);
-        warn!(peer = name, error = %reason, quarantine_ms = period.as_millis() as u64,
-            "peer broke the framing protocol; closing and quarantining");
+        bump(&self.stats.quarantines[reason.index()]);
+        warn!(peer = name, %reason, quarantine_ms = period.as_millis() as u64, "peer misbehaved; disconnecting and quarantining it");
+        let peer = self.peers.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        if let Some(conn) = peer.and_then(|p| p.live()) {
+            let why = format!("quarantined: {reason}");
+            conn.close(varint(code::QUARANTINED), why.as_bytes());
+        }
+        period
+    }
+
+    /// A framing violation on `conn`: closes it as a protocol violation and
+    /// quarantines the peer.
+    pub(super) fn punish(&self, name: &str, conn: &quinn::Connection, error: &FrameError) {
+        bump(&self.stats.frame_errors);
+        debug!(peer = name, %error, "peer broke the framing protocol");
         conn.close(varint(code::PROTOCOL_VIOLATION), b"protocol violation");
+        self.quarantine(name, QuarantineReason::Framing);
     }
 
     /// Makes `conn` the peer's connection unless a better one exists, and

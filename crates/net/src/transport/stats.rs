@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Inner;
+use super::peers::QuarantineReason;
 
 /// Per-peer counters.
 #[derive(Debug, Default)]
@@ -50,6 +51,16 @@ pub struct TransportStats {
     pub handshake_failures: AtomicU64,
     /// Oversized or truncated frames received (peer closed + quarantined).
     pub frame_errors: AtomicU64,
+    /// Frames not complete within `frame_read_deadline_ms` of their first
+    /// byte (or, for a request, of its stream's opening); their streams
+    /// were stopped.
+    pub frame_read_deadlines: AtomicU64,
+    /// Frames whose announced length did not fit the peer's
+    /// `frame_bytes_in_flight_max`; their streams were stopped.
+    pub frame_budget_refusals: AtomicU64,
+    /// Quarantines imposed, by [`QuarantineReason::index`]; read with
+    /// [`TransportStats::quarantines`].
+    pub(super) quarantines: [AtomicU64; QuarantineReason::ALL.len()],
     /// Connections established, either side.
     pub connections_established: AtomicU64,
     /// Incoming events dropped because the application queue was full.
@@ -73,6 +84,11 @@ pub struct PeerStatsSnapshot {
 }
 
 impl TransportStats {
+    /// Quarantines imposed for `reason` so far.
+    pub fn quarantines(&self, reason: QuarantineReason) -> u64 {
+        self.quarantines[reason.index()].load(Ordering::Relaxed)
+    }
+
     /// The counters of peer `name`, created on first use.
     pub fn peer(&self, name: &str) -> Arc<PeerStats> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());

@@ -60,3 +60,27 @@ pub async fn next(rx: &mut mpsc::Receiver<Incoming>, deadline: Duration) -> Inco
         .expect("an incoming event before the deadline")
         .expect("incoming channel open")
 }
+
+/// A plain quinn client presenting `creds` (a valid node certificate), for
+/// tests that speak to a transport the way a hostile peer would.
+pub fn raw_client(creds: &NodeCredentials) -> (quinn::Endpoint, quinn::ClientConfig) {
+    use std::sync::{Arc, RwLock};
+    let revocations = Arc::new(RwLock::new(chorus_net::RevocationList::default()));
+    let tls = chorus_net::tls::client_config(creds, revocations, false).expect("client tls");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::client(LOCALHOST.parse().expect("addr")).expect("client endpoint");
+    (endpoint, client_config)
+}
+
+/// The application close code and reason of a closed connection, if it was
+/// closed by the application.
+pub fn application_close(error: &quinn::ConnectionError) -> Option<(u32, String)> {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => Some((
+            u32::try_from(close.error_code.into_inner()).unwrap_or(u32::MAX),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        )),
+        _ => None,
+    }
+}
