@@ -116,6 +116,9 @@ async fn put_key(
 struct DeleteQuery {
     /// Eventual namespaces: the causal context this delete replaces.
     context: Option<String>,
+    /// The write's idempotency key (strong namespaces: see
+    /// `docs/design/strong.md`, "Idempotent writes").
+    request_id: Option<String>,
 }
 
 async fn delete_key(
@@ -130,7 +133,7 @@ async fn delete_key(
         Mode::Strong(_) if q.context.is_some() => {
             Err(ApiError::bad_request("bad_request", "strong namespaces take no `context`"))
         }
-        Mode::Strong(svc) => strong::delete(&svc, &ns, &key).await,
+        Mode::Strong(svc) => strong::delete(&svc, &ns, &key, q.request_id).await,
     }
 }
 
