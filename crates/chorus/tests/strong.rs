@@ -711,3 +711,154 @@ fn missing_keys_and_bad_bodies_never_ask_the_raft_leader_but_a_namespace_created
         assert!(v["revision"].as_u64().is_some(), "a strong answer: {v}");
     }
 }
+
+/// Small snapshot limits, so a test's state is many chunks: the old layout
+/// refused any snapshot above 12 of its chunks (48 MiB of 4 MiB).
+const SMALL_SNAPSHOTS: &str = "strong_snapshot_chunk_bytes = 4096\nstrong_snapshot_every_entries = 20\n\
+     strong_snapshot_log_kept_entries = 0\nstrong_watch_history_bytes_max = 65536";
+const OLD_CAP_CHUNKS: u64 = 12;
+
+fn raft_of(c: &Cluster, i: usize) -> Option<Value> {
+    c.http.get(&url(c, i, "/v1/raft")).filter(|(s, _)| *s == 200).map(|(_, v)| v)
+}
+
+fn stale_value(c: &Cluster, i: usize, ns: &str, key: &str) -> Option<String> {
+    match c.http.get(&url(c, i, &format!("/v1/ns/{ns}/kv/{key}?stale=true")))? {
+        (200, v) => v["value"].as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+#[test]
+fn strong_snapshots_ten_times_the_old_cap_survive_restarting_every_voter_and_reach_a_new_learner() {
+    let mut c = Cluster::prepare(81, 4, &format!("{STRONG}\n{SMALL_SNAPSHOTS}"));
+    for i in 0..3 {
+        c.agents[i].start();
+    }
+    for i in 0..3 {
+        c.agents[i].wait_healthy(&c.http);
+    }
+    let leader = wait_leader(&c, &[3]);
+    eventually("the strong namespace to be created", CONVERGE, || {
+        let body = json!({ "name": "big", "mode": "strong" }).to_string();
+        let (status, v) = c.http.req("POST", &url(&c, leader, "/v1/ns"), Some(&body))?;
+        assert!(!(400..500).contains(&status), "create: {status} {v}");
+        (status == 201 || status == 200).then_some(())
+    });
+    let keys = 120;
+    let value = |k: usize| format!("{k:04}-{}", "v".repeat(4096));
+    for k in 0..keys {
+        put_ok(&c, k % 3, "big", &format!("k{k:04}"), &value(k));
+    }
+    for i in 0..3 {
+        eventually(&format!("node{} to snapshot all the keys", i + 1), CONVERGE, || {
+            let v = raft_of(&c, i)?;
+            (v["snapshot"]["chunks"].as_u64()? > OLD_CAP_CHUNKS * 8).then_some(())
+        });
+    }
+    for i in 0..3 {
+        c.agents[i].kill9();
+    }
+    for i in 0..3 {
+        c.agents[i].start();
+    }
+    for i in 0..3 {
+        c.agents[i].wait_healthy(&c.http);
+    }
+    wait_leader(&c, &[3]);
+    for i in 0..3 {
+        let (_, health) = c.http.get(&url(&c, i, "/health")).expect("health");
+        assert!(health["strong"].get("stopped").is_none(), "node{}: {health}", i + 1);
+        for k in (0..keys).step_by(7) {
+            assert_eq!(read_value(&c, i, "big", &format!("k{k:04}")), Some(Some(value(k))), "node{}", i + 1);
+        }
+    }
+    // node4 is no voter: it joins as a learner. The log behind the
+    // snapshots is purged, so only the chunked transfer can bring it up.
+    c.agents[3].start();
+    c.agents[3].wait_healthy(&c.http);
+    let snapshot = eventually("node4 to install a snapshot", CONVERGE, || {
+        let v = raft_of(&c, 3)?;
+        (v["snapshot"]["installed_total"].as_u64()? >= 1).then(|| v["snapshot"].clone())
+    });
+    println!("node4 snapshot: {snapshot}");
+    assert!(snapshot["chunks_received_total"].as_u64().unwrap() > OLD_CAP_CHUNKS * 8, "{snapshot}");
+    for k in 0..keys {
+        let key = format!("k{k:04}");
+        let got = eventually(&format!("node4 to hold {key}"), CONVERGE, || stale_value(&c, 3, "big", &key));
+        assert_eq!(got, value(k), "node4 {key}");
+    }
+}
+
+#[test]
+fn a_stopped_raft_group_makes_health_degraded_naming_it_and_writes_answer_503_stopping() {
+    let mut c = Cluster::prepare(82, 1, "strong_voters = [\"node1\"]\nstrong_snapshot_every_entries = 5");
+    c.agents[0].start_with_env(&[("CHORUS_TEST_STRONG_SNAPSHOT_FAIL", "1")]);
+    c.agents[0].wait_healthy(&c.http);
+    let (_, health) = c.http.get(&url(&c, 0, "/health")).expect("health");
+    assert!(health["strong"].get("stopped").is_none(), "{health}");
+    eventually("the strong namespace to be created", CONVERGE, || {
+        let body = json!({ "name": "doomed", "mode": "strong" }).to_string();
+        let (status, _) = c.http.req("POST", &url(&c, 0, "/v1/ns"), Some(&body))?;
+        (status == 201 || status == 200).then_some(())
+    });
+    // Each write is another log entry; the fifth triggers the failing build.
+    let mut k = 0;
+    let health = eventually("/health to report the stopped group", CONVERGE, || {
+        k += 1;
+        let _ = c.http.req("PUT", &url(&c, 0, &format!("/v1/ns/doomed/kv/k{k}")), Some(r#"{"value":"x"}"#));
+        let (_, health) = c.http.get(&url(&c, 0, "/health"))?;
+        health["strong"].get("stopped").is_some().then_some(health)
+    });
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reason = health["reasons"][0].as_str().unwrap_or_default();
+    assert!(reason.starts_with("strong_stopped"), "{health}");
+    assert!(health["strong"]["stopped"].is_string(), "{health}");
+    let (status, v) =
+        c.http.req("PUT", &url(&c, 0, "/v1/ns/doomed/kv/after"), Some(r#"{"value":"x"}"#)).expect("answer");
+    assert_eq!((status, v["error"].as_str()), (503, Some("stopping")), "{v}");
+    let (_, raft) = c.http.get(&url(&c, 0, "/v1/raft")).expect("raft");
+    assert!(raft["stopped"].is_string(), "{raft}");
+}
+
+#[test]
+fn a_strong_write_retried_with_its_request_id_after_the_leader_is_killed_applies_once() {
+    let mut c = strong_cluster(83, 3, "once");
+    let leader = wait_leader(&c, &[]);
+    let put = json!({ "value": "1", "request_id": "put-1" }).to_string();
+    let (status, first) = request(&c, "PUT", leader, "/v1/ns/once/kv/k", Some(&put)).expect("answer");
+    assert_eq!(status, 200, "{first}");
+    assert!(first.get("replayed").is_none(), "{first}");
+    let cas = json!({ "expected": "1", "value": "2", "request_id": "cas-1" });
+    let (status, cas_first) = post(&c, (leader + 1) % 3, "/v1/ns/once/cas/k", cas.clone()).expect("answer");
+    assert_eq!((status, cas_first["succeeded"].as_bool()), (200, Some(true)), "{cas_first}");
+    c.agents[leader].kill9();
+    let survivor = (leader + 1) % 3;
+    let retried = eventually("the retried put to be answered by a new leader", CONVERGE, || {
+        match c.http.req("PUT", &url(&c, survivor, "/v1/ns/once/kv/k"), Some(&put))? {
+            (200, v) => Some(v),
+            _ => None,
+        }
+    });
+    assert_eq!(retried["replayed"], true, "{retried}");
+    assert_eq!(retried["revision"], first["revision"], "{retried}");
+    // The cas retried after the put retry: still the first outcome, though
+    // the key no longer holds "1".
+    let (status, cas_again) = post(&c, survivor, "/v1/ns/once/cas/k", cas).expect("answer");
+    assert_eq!((status, cas_again["succeeded"].as_bool()), (200, Some(true)), "{cas_again}");
+    assert_eq!(cas_again["replayed"], true, "{cas_again}");
+    assert_eq!(read_value(&c, survivor, "once", "k"), Some(Some("2".into())));
+    let del = "/v1/ns/once/kv/k?request_id=del-1";
+    let (status, d1) = request(&c, "DELETE", survivor, del, None).expect("answer");
+    assert_eq!((status, d1["existed"].as_bool()), (200, Some(true)), "{d1}");
+    let (status, d2) = request(&c, "DELETE", (survivor + 1) % 3, del, None).expect("answer");
+    assert_eq!((status, d2["existed"].as_bool(), d2["replayed"].as_bool()), (200, Some(true), Some(true)), "{d2}");
+    // The same key for another write is refused and changes nothing.
+    let other = json!({ "value": "3", "request_id": "put-1" }).to_string();
+    let (status, v) = request(&c, "PUT", survivor, "/v1/ns/once/kv/k", Some(&other)).expect("answer");
+    assert_eq!((status, v["error"].as_str()), (409, Some("request_id_reused")), "{v}");
+    assert_eq!(read_value(&c, survivor, "once", "k"), Some(None));
+    let long = json!({ "value": "3", "request_id": "x".repeat(129) }).to_string();
+    let (status, v) = request(&c, "PUT", survivor, "/v1/ns/once/kv/k", Some(&long)).expect("answer");
+    assert_eq!((status, v["error"].as_str()), (400, Some("bad_request_id")), "{v}");
+}

@@ -104,6 +104,26 @@ pub struct Config {
     /// Answers of streaming routes (watch) open at once; one more is
     /// answered 503 `too_many_streams`.
     pub http_streams_open_max: usize,
+    /// How long a write's idempotency key (`request_id`) is remembered: a
+    /// retry with the same key within it returns the first outcome and
+    /// applies nothing. Strong namespaces stamp it into the Raft log
+    /// (`docs/design/strong.md`, "Idempotent writes").
+    pub idempotency_window_ms: u64,
+    /// Bytes of one strong snapshot chunk: the unit a snapshot is written
+    /// to the store in, read back in and sent to a follower in
+    /// (`docs/design/strong.md`, "Snapshot format").
+    pub strong_snapshot_chunk_bytes: usize,
+    /// Build a strong snapshot (and purge the Raft log) every this many
+    /// applied entries.
+    pub strong_snapshot_every_entries: u64,
+    /// Raft log entries kept behind a snapshot, so a follower that lags by
+    /// fewer catches up from the log rather than by snapshot.
+    pub strong_snapshot_log_kept_entries: u64,
+    /// Watch events of strong namespaces this node keeps (a watcher asking
+    /// for older ones is told `compacted`).
+    pub strong_watch_history_events_max: usize,
+    /// Bytes of keys and values in that watch history, at most.
+    pub strong_watch_history_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -141,6 +161,12 @@ impl Default for Config {
             http_header_timeout_ms: 10_000,
             http_requests_in_flight_max: 1_024,
             http_streams_open_max: 1_000,
+            idempotency_window_ms: chorus_strong::node::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            strong_snapshot_chunk_bytes: chorus_strong::node::SNAPSHOT_CHUNK_BYTES_DEFAULT,
+            strong_snapshot_every_entries: 100_000,
+            strong_snapshot_log_kept_entries: 5_000,
+            strong_watch_history_events_max: chorus_strong::kv::WATCH_HISTORY_MAX,
+            strong_watch_history_bytes_max: chorus_strong::kv::WATCH_HISTORY_BYTES_DEFAULT,
         }
     }
 }
@@ -278,6 +304,25 @@ impl Config {
         if !(1..=HTTP_CONCURRENCY_MAX).contains(&self.http_streams_open_max) {
             return invalid("http_streams_open_max", format!("must be in 1..={HTTP_CONCURRENCY_MAX}"));
         }
+        if !(1..=chorus_strong::kv::IDEMPOTENCY_WINDOW_MS_MAX).contains(&self.idempotency_window_ms) {
+            return invalid(
+                "idempotency_window_ms",
+                format!("must be in 1..={}", chorus_strong::kv::IDEMPOTENCY_WINDOW_MS_MAX),
+            );
+        }
+        let chunk = chorus_strong::node::SNAPSHOT_CHUNK_BYTES_MIN..=chorus_strong::node::SNAPSHOT_CHUNK_BYTES_MAX;
+        if !chunk.contains(&self.strong_snapshot_chunk_bytes) {
+            return invalid("strong_snapshot_chunk_bytes", format!("must be in {}..={}", chunk.start(), chunk.end()));
+        }
+        if self.strong_snapshot_every_entries == 0 {
+            return invalid("strong_snapshot_every_entries", "must be > 0".into());
+        }
+        if self.strong_watch_history_events_max == 0 {
+            return invalid("strong_watch_history_events_max", "must be > 0".into());
+        }
+        if self.strong_watch_history_bytes_max == 0 {
+            return invalid("strong_watch_history_bytes_max", "must be > 0".into());
+        }
         if self.advertise_addr.is_none() && self.peer_addr.ip().is_unspecified() {
             return invalid("advertise_addr", "required when peer_addr is a wildcard address".into());
         }
@@ -307,6 +352,14 @@ impl Config {
         c.election_timeout_max_ms = self.raft_election_timeout_max_ms;
         c.pre_vote = self.raft_pre_vote;
         c.request_timeout_ms = self.request_timeout_ms;
+        c.idempotency_window_ms = self.idempotency_window_ms;
+        c.snapshot_chunk_bytes = self.strong_snapshot_chunk_bytes;
+        c.snapshot_every_entries = self.strong_snapshot_every_entries;
+        c.log_kept_behind_snapshot = self.strong_snapshot_log_kept_entries;
+        c.watch_history = chorus_strong::kv::HistoryLimits {
+            events_max: self.strong_watch_history_events_max,
+            bytes_max: self.strong_watch_history_bytes_max,
+        };
         c
     }
 
@@ -320,6 +373,7 @@ impl Config {
             offset_max_us: self.max_offset_ms.saturating_mul(1000),
             namespace_confirm_wait_us: self.namespace_confirm_timeout_ms.saturating_mul(1000),
             value_bytes_max: self.max_value_bytes,
+            idempotency_window_us: self.idempotency_window_ms.saturating_mul(1000),
             ..chorus_core::NodeConfig::default()
         }
     }

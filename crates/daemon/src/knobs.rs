@@ -19,6 +19,16 @@ pub const ACK_BEFORE_FSYNC_ENV: &str = "CHORUS_TEST_ACK_BEFORE_FSYNC";
 /// timestamps, the HLC's physical time and the generation all move.
 pub const CLOCK_OFFSET_ENV: &str = "CHORUS_TEST_CLOCK_OFFSET_MS";
 
+/// `CHORUS_TEST_STRONG_SNAPSHOT_FAIL=1` makes every strong snapshot build
+/// fail, which stops the node's Raft group (openraft treats a failed build
+/// as fatal): how a stopped group is reported can then be tested.
+pub const STRONG_SNAPSHOT_FAIL_ENV: &str = "CHORUS_TEST_STRONG_SNAPSHOT_FAIL";
+
+/// Whether the snapshot-failure knob is set.
+pub fn strong_snapshot_fail_from_env() -> bool {
+    std::env::var(STRONG_SNAPSHOT_FAIL_ENV).is_ok_and(|v| v == "1")
+}
+
 /// How long the ack-before-fsync knob holds commits back.
 pub const DEFERRED_COMMIT_MAX: Duration = Duration::from_secs(2);
 

@@ -62,13 +62,18 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Strong namespaces use the daemon's corrected clock for lease deadlines.
+/// Strong namespaces use the daemon's corrected clock for lease deadlines,
+/// and stamp none while the clock service finds it unsafe.
 struct CorrectedClock(Arc<ClockHandle>);
 
 impl WallClock for CorrectedClock {
     fn now_ms(&self) -> u64 {
         use crate::clock::Clock;
         self.0.now_us() / 1000
+    }
+
+    fn is_safe(&self) -> bool {
+        self.0.is_safe()
     }
 }
 
@@ -77,7 +82,6 @@ pub struct StrongService {
     pub node: StrongNode,
     own_name: String,
     seed_voters: Vec<String>,
-    clock: Arc<ClockHandle>,
     /// Names known to be strong (never shrinks: namespaces are not deleted).
     known: RwLock<HashSet<String>>,
     /// Learner additions in flight (leader only).
@@ -97,22 +101,23 @@ impl StrongService {
             return Ok(None);
         }
         let mut sconfig = config.strong_config();
-        sconfig.clock = Arc::new(CorrectedClock(clock.clone()));
+        sconfig.clock = Arc::new(CorrectedClock(clock));
+        #[cfg(feature = "test-knobs")]
+        if crate::knobs::strong_snapshot_fail_from_env() {
+            tracing::warn!(
+                "{} is set: every strong snapshot build fails and stops the Raft group (a test knob)",
+                crate::knobs::STRONG_SNAPSHOT_FAIL_ENV
+            );
+            sconfig.fail_snapshot_builds = true;
+        }
         let node = StrongNode::start(sconfig, storage, transport).await?;
         Ok(Some(Arc::new(StrongService {
             node,
             own_name: config.name.clone(),
             seed_voters: config.strong_voters.clone(),
-            clock,
             known: RwLock::new(HashSet::new()),
             adding: Mutex::new(BTreeSet::new()),
         })))
-    }
-
-    /// Milliseconds of the corrected clock (lease grants carry it).
-    pub fn now_ms(&self) -> u64 {
-        use crate::clock::Clock;
-        self.clock.now_us() / 1000
     }
 
     /// Whether `ns` is a strong namespace, from this node's replica (a

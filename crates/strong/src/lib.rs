@@ -24,4 +24,5 @@ pub use network::{STRONG_RPC_TAG, is_strong_request};
 pub use node::{
     Query, QueryResponse, QueryResult, QuorumStatus, StrongConfig, StrongNode, StrongStatus, SystemClock, WallClock,
 };
+pub use store::{SnapshotData, SnapshotStatus};
 pub use types::{PeerNode, StrongTypes};

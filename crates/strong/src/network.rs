@@ -8,6 +8,8 @@
 //! (see [`is_strong_request`]).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +23,22 @@ use serde::{Deserialize, Serialize};
 use crate::error::StrongError;
 use crate::kv::{KvCommand, KvResponse};
 use crate::node::{Query, QueryResponse};
+use crate::store::SnapshotStore;
 use crate::types::{PeerNode, Snapshot, SnapshotMeta, StrongTypes, Vote};
+
+/// Most bytes of entries in one AppendEntries request (by
+/// [`crate::kv::KvCommand::payload_bytes`]): openraft bounds a request by
+/// entry count only, and 300 entries of 1 MiB values would exceed the
+/// transport's 16 MiB frame on every retry, so a lagging follower would
+/// never catch up. A longer request is cut and answered as a partial
+/// success; openraft sends the rest next. At least one entry always goes
+/// (a command is at most `TXN_BYTES_MAX`, half a frame).
+pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Extra deadline of the request that installs a received snapshot, per
+/// byte of it: the receiver decodes the whole stream before answering. At
+/// 16 MiB a second, a slow disk's pace, with the chunk deadline on top.
+const INSTALL_BYTES_PER_SECOND_MIN: u64 = 16 * 1024 * 1024;
 
 /// First byte of every strong-namespace request payload.
 pub const STRONG_RPC_TAG: u8 = 0xA5;
@@ -38,7 +55,10 @@ pub(crate) enum RpcRequest {
     Append(AppendEntriesRequest<StrongTypes>),
     Vote(VoteRequest<StrongTypes>),
     PreVote(VoteRequest<StrongTypes>),
-    Snapshot {
+    /// The whole snapshot in one message, as builds before the chunked
+    /// transfer sent it. Kept in its place so the variants after it keep
+    /// their encoding; refused by the receiver.
+    LegacySnapshot {
         vote: Vote,
         meta: SnapshotMeta,
         data: Vec<u8>,
@@ -58,6 +78,22 @@ pub(crate) enum RpcRequest {
     RemoveVoter {
         id: u64,
     },
+    /// Chunk `index` of snapshot transfer `transfer` (chunks come in order,
+    /// one request each; a new transfer starts at index 0).
+    SnapshotChunk {
+        transfer: u64,
+        index: u32,
+        data: Vec<u8>,
+    },
+    /// Every chunk of `transfer` was sent: install it (openraft's
+    /// `install_full_snapshot` with the leader's `vote`).
+    SnapshotInstall {
+        vote: Vote,
+        transfer: u64,
+        meta: SnapshotMeta,
+        chunks: u32,
+        bytes: u64,
+    },
 }
 
 /// The answer to an [`RpcRequest`].
@@ -74,6 +110,9 @@ pub(crate) enum RpcResponse {
     Membership(Result<(), StrongError>),
     /// The receiver could not handle the request (shutting down, malformed).
     Refused(String),
+    /// A snapshot chunk was stored, or why not (the sender then restarts
+    /// the transfer).
+    SnapshotChunk(Result<(), String>),
 }
 
 pub(crate) fn encode_request(request: &RpcRequest) -> Result<Bytes, postcard::Error> {
@@ -140,13 +179,20 @@ impl CallError {
 pub struct NetworkFactory {
     pub(crate) transport: Transport,
     pub(crate) id: u64,
+    pub(crate) snapshots: Arc<SnapshotStore>,
 }
 
 impl RaftNetworkFactory<StrongTypes> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &PeerNode) -> Self::Network {
-        PeerClient { transport: self.transport.clone(), id: self.id, target, node: node.clone() }
+        PeerClient {
+            transport: self.transport.clone(),
+            id: self.id,
+            target,
+            node: node.clone(),
+            snapshots: Arc::clone(&self.snapshots),
+        }
     }
 }
 
@@ -156,7 +202,12 @@ pub struct PeerClient {
     id: u64,
     target: u64,
     node: PeerNode,
+    snapshots: Arc<SnapshotStore>,
 }
+
+/// Transfers started by this process, so a follower can tell a new one
+/// from the one it is receiving.
+static TRANSFERS_STARTED: AtomicU64 = AtomicU64::new(0);
 
 impl PeerClient {
     /// Maps transport failures so that openraft backs off dead peers:
@@ -184,7 +235,15 @@ impl PeerClient {
         action: RPCTypes,
         option: &RPCOption,
     ) -> Result<RpcResponse, RPCError<StrongTypes>> {
-        let timeout = option.hard_ttl();
+        self.rpc_within(request, action, option.hard_ttl()).await
+    }
+
+    async fn rpc_within(
+        &self,
+        request: RpcRequest,
+        action: RPCTypes,
+        timeout: Duration,
+    ) -> Result<RpcResponse, RPCError<StrongTypes>> {
         match call(&self.transport, &self.node, &request, timeout).await {
             Ok(RpcResponse::Refused(reason)) => Err(RPCError::Unreachable(Unreachable::from_string(reason))),
             Ok(response) => Ok(response),
@@ -193,19 +252,95 @@ impl PeerClient {
     }
 }
 
+/// How many leading `entries` fit in `bytes_max` (at least one, if any).
+fn entries_within(entries: &[crate::types::Entry], bytes_max: usize) -> usize {
+    let mut total = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        let bytes = match &entry.payload {
+            openraft::EntryPayload::Normal(command) => command.payload_bytes(),
+            _ => 1024,
+        };
+        total = total.saturating_add(bytes);
+        if total > bytes_max && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 fn unexpected(response: &RpcResponse) -> RPCError<StrongTypes> {
     RPCError::Network(NetworkError::from_string(format!("unexpected response {response:?}")))
 }
 
+fn streaming_error(error: RPCError<StrongTypes>) -> StreamingError<StrongTypes> {
+    match error {
+        RPCError::Timeout(e) => StreamingError::Timeout(e),
+        RPCError::Unreachable(e) => StreamingError::Unreachable(e),
+        e => StreamingError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl PeerClient {
+    /// Sends the snapshot's chunks in order, one request each (read from
+    /// the store one at a time), then asks the follower to install them.
+    /// Any failure ends this transfer; openraft starts a new one.
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse<StrongTypes>, StreamingError<StrongTypes>> {
+        let data = &snapshot.snapshot;
+        let started = TRANSFERS_STARTED.fetch_add(1, Ordering::Relaxed);
+        let transfer = self.id.rotate_left(32) ^ data.id.rotate_left(16) ^ started;
+        for index in 0..data.chunks {
+            let chunk = self
+                .snapshots
+                .read_part(data, index)
+                .await
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            let request = RpcRequest::SnapshotChunk { transfer, index, data: chunk };
+            match self.rpc_within(request, RPCTypes::InstallSnapshot, timeout).await.map_err(streaming_error)? {
+                RpcResponse::SnapshotChunk(Ok(())) => {}
+                RpcResponse::SnapshotChunk(Err(reason)) => {
+                    return Err(StreamingError::Network(NetworkError::from_string(format!(
+                        "chunk {index} refused: {reason}"
+                    ))));
+                }
+                other => {
+                    return Err(StreamingError::Network(NetworkError::from_string(format!("unexpected {other:?}"))));
+                }
+            }
+        }
+        let install_timeout = timeout + Duration::from_secs(data.bytes / INSTALL_BYTES_PER_SECOND_MIN);
+        let request =
+            RpcRequest::SnapshotInstall { vote, transfer, meta: snapshot.meta, chunks: data.chunks, bytes: data.bytes };
+        match self.rpc_within(request, RPCTypes::InstallSnapshot, install_timeout).await.map_err(streaming_error)? {
+            RpcResponse::Snapshot(response) => {
+                self.snapshots.count_sent();
+                Ok(response)
+            }
+            other => Err(StreamingError::Network(NetworkError::from_string(format!("unexpected response {other:?}")))),
+        }
+    }
+}
+
 impl RaftNetworkV2<StrongTypes> for PeerClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = crate::store::SnapshotData;
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<StrongTypes>,
+        mut rpc: AppendEntriesRequest<StrongTypes>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<StrongTypes>, RPCError<StrongTypes>> {
+        let kept = entries_within(&rpc.entries, APPEND_BYTES_MAX);
+        let cut = kept < rpc.entries.len();
+        rpc.entries.truncate(kept);
+        let last_sent = rpc.entries.last().map(|entry| entry.log_id);
         match self.rpc(RpcRequest::Append(rpc), RPCTypes::AppendEntries, &option).await? {
+            RpcResponse::Append(AppendEntriesResponse::Success) if cut => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
             RpcResponse::Append(response) => Ok(response),
             other => Err(unexpected(&other)),
         }
@@ -240,17 +375,13 @@ impl RaftNetworkV2<StrongTypes> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<StrongTypes>, StreamingError<StrongTypes>> {
-        let request = RpcRequest::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot };
-        let send = self.rpc(request, RPCTypes::InstallSnapshot, &option);
+        // Each chunk has the per-request deadline; the transfer as a whole
+        // has none (its length follows the snapshot's size) but ends when
+        // openraft cancels it.
+        let send = self.send_snapshot(vote, snapshot, option.hard_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            response = send => match response {
-                Ok(RpcResponse::Snapshot(response)) => Ok(response),
-                Ok(other) => Err(StreamingError::Network(NetworkError::from_string(format!("unexpected response {other:?}")))),
-                Err(RPCError::Timeout(e)) => Err(StreamingError::Timeout(e)),
-                Err(RPCError::Unreachable(e)) => Err(StreamingError::Unreachable(e)),
-                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
-            },
+            response = send => response,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Keyspaces (see `docs/design/strong.md`):
 //! - `raft.log`: big-endian `u64` log index → postcard(`Entry`);
 //! - `raft.meta`: `vote`, `committed`, `purged` → postcard of the log id / vote;
-//! - `raft.sm`: the last snapshot: `meta` → postcard(`SnapshotMeta`), `chunk/<u32 BE>` → bytes.
+//! - `raft.sm`: the last snapshot: `snapshot` → postcard of its metadata
+//!   and chunk count, `part/<id u64 BE><index u32 BE>` → one chunk of its
+//!   record stream (`kv::snapshot`).
 //!
 //! Durability follows openraft's contract (`RaftLogStorage::append`): the
 //! flush callback fires only after the batch holding the entries has been
@@ -13,11 +15,19 @@
 //! up to the persisted `committed` id. Logs are purged only after a snapshot
 //! covering them is on disk (openraft purges after `build_snapshot`
 //! returns, and `build_snapshot` persists before returning).
+//!
+//! A snapshot is never one buffer (`docs/design/strong.md`, "Snapshot
+//! format"): it is built from a copy of the state machine taken between two
+//! applies, written one chunk per commit, made current by one small batch
+//! that also deletes the previous snapshot's chunks, read back chunk by
+//! chunk, and sent to a follower chunk by chunk (`network`). What openraft
+//! holds as the snapshot's data is a handle, [`SnapshotData`].
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chorus_storage::{KeyRange, Storage, WriteBatch};
@@ -26,7 +36,8 @@ use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, Raf
 use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::kv::{KvResponse, KvStateMachine};
+use crate::kv::snapshot::{self, SnapshotDecoder};
+use crate::kv::{HistoryLimits, KvResponse, KvStateMachine};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, StrongTypes, Vote};
 
 /// Every space of this store starts with this (the daemon skips them when it
@@ -38,18 +49,18 @@ pub const LOG_SPACE: &str = "raft.log";
 pub const META_SPACE: &str = "raft.meta";
 /// Keyspace of the last snapshot.
 pub const SM_SPACE: &str = "raft.sm";
-/// Snapshot bytes per stored value. Below the storage layer's value limit.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-/// Largest snapshot, in bytes. A snapshot is committed in one batch, whose
-/// payload the storage layer bounds at 64 MiB; it also travels as one
-/// transport frame (16 MiB by default, see `TransportConfig::frame_bytes_max`).
-pub const SNAPSHOT_BYTES_MAX: usize = 48 * 1024 * 1024;
 
 const VOTE_KEY: &[u8] = b"vote";
 const COMMITTED_KEY: &[u8] = b"committed";
 const PURGED_KEY: &[u8] = b"purged";
-const SNAPSHOT_META_KEY: &[u8] = b"meta";
-const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
+/// Which snapshot is current (a [`StoredSnapshot`]).
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// Chunks of snapshots: `part/<id u64 BE><index u32 BE>`.
+const SNAPSHOT_PART_PREFIX: &[u8] = b"part/";
+/// The metadata of a snapshot of the layout written before the record stream.
+const LEGACY_META_KEY: &[u8] = b"meta";
+/// The chunks (`chunk/<u32 BE>`) of a snapshot of that layout.
+const LEGACY_CHUNK_PREFIX: &[u8] = b"chunk/";
 
 fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     postcard::to_stdvec(value).map_err(io::Error::other)
@@ -257,6 +268,244 @@ impl RaftLogStorage<StrongTypes> for LogStore {
     }
 }
 
+/// Statistics of one node's snapshots, for `/v1/raft` and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SnapshotStatus {
+    /// Log index the current snapshot covers, if there is one.
+    pub last_index: Option<u64>,
+    /// Bytes of the current snapshot's record stream.
+    pub bytes: u64,
+    /// Chunks it is stored in.
+    pub chunks: u32,
+    /// Snapshots this node built since it started.
+    pub built_total: u64,
+    /// Snapshots received from a leader and installed since it started.
+    pub installed_total: u64,
+    /// Snapshots this node sent to a follower, completely, since it started.
+    pub sent_total: u64,
+    /// Snapshot chunks received from a leader since it started.
+    pub chunks_received_total: u64,
+}
+
+/// A handle to a snapshot's chunks in the store: what openraft carries
+/// around as the snapshot's data. The bytes stay on disk; whoever needs
+/// them reads them chunk by chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SnapshotData {
+    /// Which chunks (`part/<id>/…` in `raft.sm`).
+    pub id: u64,
+    /// How many chunks.
+    pub chunks: u32,
+    /// Bytes of the record stream.
+    pub bytes: u64,
+}
+
+/// The record under [`SNAPSHOT_KEY`]: which stored snapshot is current.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    format: u32,
+    meta: SnapshotMeta,
+    data: SnapshotData,
+}
+
+fn part_key(id: u64, index: u32) -> Vec<u8> {
+    let mut key = SNAPSHOT_PART_PREFIX.to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn parts_of(id: u64) -> KeyRange {
+    let mut prefix = SNAPSHOT_PART_PREFIX.to_vec();
+    prefix.extend_from_slice(&id.to_be_bytes());
+    KeyRange::prefix(prefix)
+}
+
+/// Deletes every stored chunk except those of snapshot `keep`.
+fn parts_except(batch: &mut WriteBatch, keep: u64) {
+    let all = KeyRange::prefix(SNAPSHOT_PART_PREFIX);
+    batch.delete_range(SM_SPACE, KeyRange { start: all.start.clone(), end: Bound::Excluded(part_key(keep, 0)) });
+    if let Some(next) = keep.checked_add(1) {
+        batch.delete_range(SM_SPACE, KeyRange { start: Bound::Included(part_key(next, 0)), end: all.end });
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    built: AtomicU64,
+    installed: AtomicU64,
+    sent: AtomicU64,
+    chunks_received: AtomicU64,
+}
+
+/// Snapshots in the store: writing a state machine's record stream as
+/// chunks, reading chunks back, and switching which snapshot is current
+/// (`docs/design/strong.md`, "Snapshot format"). Shared by the state
+/// machine, the Raft network (which sends chunks) and the receiver of
+/// chunks from a leader.
+pub struct SnapshotStore {
+    storage: Arc<dyn Storage>,
+    chunk_bytes: usize,
+    limits: HistoryLimits,
+    /// Ids for new snapshots (built or received); above every stored one.
+    next_id: AtomicU64,
+    /// A received snapshot already decoded (and so checked) by the
+    /// receiver before openraft installs it; `install_snapshot` takes it
+    /// instead of decoding the chunks a second time.
+    prepared: Mutex<Option<(u64, KvStateMachine)>>,
+    counters: Counters,
+    #[cfg(feature = "test-knobs")]
+    fail_builds: bool,
+}
+
+impl SnapshotStore {
+    fn new(storage: Arc<dyn Storage>, chunk_bytes: usize, limits: HistoryLimits) -> Self {
+        Self {
+            storage,
+            chunk_bytes,
+            limits,
+            next_id: AtomicU64::new(1),
+            prepared: Mutex::new(None),
+            counters: Counters::default(),
+            #[cfg(feature = "test-knobs")]
+            fail_builds: false,
+        }
+    }
+
+    /// A fresh id for a snapshot about to be written.
+    pub(crate) fn allocate_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Bytes of one chunk.
+    pub fn chunk_bytes(&self) -> usize {
+        self.chunk_bytes
+    }
+
+    /// Writes `sm`'s record stream as snapshot `id`, one chunk per commit:
+    /// at most one chunk and one record are in memory at a time.
+    async fn write(&self, id: u64, sm: &KvStateMachine) -> io::Result<SnapshotData> {
+        let mut chunk: Vec<u8> = Vec::with_capacity(self.chunk_bytes);
+        let mut chunks = 0u32;
+        let mut bytes = 0u64;
+        for record in snapshot::encode(sm) {
+            let mut rest = record.as_slice();
+            while !rest.is_empty() {
+                let room = self.chunk_bytes - chunk.len();
+                let (now, later) = rest.split_at(room.min(rest.len()));
+                chunk.extend_from_slice(now);
+                rest = later;
+                if chunk.len() == self.chunk_bytes {
+                    self.write_part(id, chunks, std::mem::replace(&mut chunk, Vec::with_capacity(self.chunk_bytes)))
+                        .await?;
+                    chunks = chunks.checked_add(1).ok_or_else(|| io::Error::other("snapshot of 2^32 chunks"))?;
+                    bytes += self.chunk_bytes as u64;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            bytes += chunk.len() as u64;
+            self.write_part(id, chunks, chunk).await?;
+            chunks += 1;
+        }
+        Ok(SnapshotData { id, chunks, bytes })
+    }
+
+    /// Stores chunk `index` of snapshot `id`.
+    pub(crate) async fn write_part(&self, id: u64, index: u32, chunk: Vec<u8>) -> io::Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(SM_SPACE, part_key(id, index), chunk);
+        commit(&self.storage, batch).await
+    }
+
+    /// Chunk `index` of `data`. Fails if the snapshot was replaced meanwhile
+    /// (its chunks are deleted then).
+    pub(crate) async fn read_part(&self, data: &SnapshotData, index: u32) -> io::Result<Vec<u8>> {
+        let storage = Arc::clone(&self.storage);
+        let id = data.id;
+        let part = blocking(move || storage.get(SM_SPACE, &part_key(id, index)).map_err(io::Error::other)).await?;
+        part.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("chunk {index} of snapshot {id} is gone (replaced?)"))
+        })
+    }
+
+    /// Deletes every chunk of snapshot `id`.
+    pub(crate) async fn delete_parts(&self, id: u64) -> io::Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete_range(SM_SPACE, parts_of(id));
+        commit(&self.storage, batch).await
+    }
+
+    /// Reads `data` chunk by chunk into a state machine, checking every record.
+    pub(crate) async fn decode(&self, data: &SnapshotData) -> io::Result<KvStateMachine> {
+        let mut decoder = SnapshotDecoder::new(self.limits);
+        let mut read = 0u64;
+        for index in 0..data.chunks {
+            let chunk = self.read_part(data, index).await?;
+            read += chunk.len() as u64;
+            decoder.push(&chunk).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        if read != data.bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot {} has {read} bytes, {} expected", data.id, data.bytes),
+            ));
+        }
+        decoder.finish().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Decodes a received snapshot ahead of its install, so that a
+    /// damaged transfer is refused to the sender instead of failing inside
+    /// openraft (where a failed install stops the group).
+    pub(crate) async fn prepare(&self, data: &SnapshotData) -> io::Result<()> {
+        let sm = self.decode(data).await?;
+        *lock(&self.prepared) = Some((data.id, sm));
+        Ok(())
+    }
+
+    /// Drops a prepared state that was not installed.
+    pub(crate) fn discard_prepared(&self, id: u64) {
+        let mut prepared = lock(&self.prepared);
+        if prepared.as_ref().is_some_and(|(prepared_id, _)| *prepared_id == id) {
+            *prepared = None;
+        }
+    }
+
+    fn take_prepared(&self, id: u64) -> Option<KvStateMachine> {
+        let mut prepared = lock(&self.prepared);
+        match prepared.take() {
+            Some((prepared_id, sm)) if prepared_id == id => Some(sm),
+            other => {
+                *prepared = other;
+                None
+            }
+        }
+    }
+
+    /// Makes `data` the current snapshot and deletes every other chunk, in
+    /// one batch: a crash leaves either the old snapshot or the new one.
+    async fn switch(&self, meta: &SnapshotMeta, data: &SnapshotData) -> io::Result<()> {
+        let stored = StoredSnapshot { format: snapshot::SNAPSHOT_FORMAT, meta: meta.clone(), data: data.clone() };
+        let mut batch = WriteBatch::new();
+        batch.put(SM_SPACE, SNAPSHOT_KEY, encode(&stored)?);
+        parts_except(&mut batch, data.id);
+        // Keys of the layout written before the record stream, if any.
+        batch.delete(SM_SPACE, LEGACY_META_KEY);
+        batch.delete_range(SM_SPACE, KeyRange::prefix(LEGACY_CHUNK_PREFIX));
+        commit(&self.storage, batch).await
+    }
+
+    /// Counts a snapshot sent to a follower completely.
+    pub(crate) fn count_sent(&self) {
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a chunk received from a leader.
+    pub(crate) fn count_received_chunk(&self) {
+        self.counters.chunks_received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The in-memory state shared by the Raft state-machine worker and the
 /// node's read path.
 pub struct SmShared {
@@ -266,29 +515,100 @@ pub struct SmShared {
     pub last_applied: Option<LogId>,
     /// The membership as of `last_applied`.
     pub last_membership: StoredMembership,
-    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    snapshot: Option<(SnapshotMeta, SnapshotData)>,
 }
 
 /// The state machine ([`RaftStateMachine`]) and its snapshots.
 #[derive(Clone)]
 pub struct SmStore {
     shared: Arc<RwLock<SmShared>>,
-    storage: Arc<dyn Storage>,
+    snapshots: Arc<SnapshotStore>,
+}
+
+/// Settings of the state machine's store.
+#[derive(Clone, Copy, Debug)]
+pub struct SmSettings {
+    /// Bytes of one snapshot chunk.
+    pub chunk_bytes: usize,
+    /// Watch history kept by this replica.
+    pub history: HistoryLimits,
+    /// Test knob: every snapshot build fails.
+    #[cfg(feature = "test-knobs")]
+    pub fail_builds: bool,
 }
 
 impl SmStore {
-    /// Loads the last snapshot from `storage`, or starts empty.
-    pub async fn open(storage: Arc<dyn Storage>) -> io::Result<Self> {
+    /// Loads the last snapshot from `storage` (chunk by chunk), or starts
+    /// empty. Chunks of any other snapshot (one being written or received
+    /// when the node stopped) are deleted. A snapshot of the layout written
+    /// before the record stream is read once and rewritten as chunks.
+    pub async fn open(storage: Arc<dyn Storage>, settings: SmSettings) -> io::Result<Self> {
+        #[allow(unused_mut)]
+        let mut snapshots = SnapshotStore::new(Arc::clone(&storage), settings.chunk_bytes, settings.history);
+        #[cfg(feature = "test-knobs")]
+        {
+            snapshots.fail_builds = settings.fail_builds;
+        }
+        let snapshots = Arc::new(snapshots);
         let reader = Arc::clone(&storage);
-        let stored = blocking(move || {
-            let Some(meta) = reader.get(SM_SPACE, SNAPSHOT_META_KEY).map_err(io::Error::other)? else {
+        let stored = blocking(move || reader.get(SM_SPACE, SNAPSHOT_KEY).map_err(io::Error::other)).await?;
+        let shared = match stored {
+            Some(bytes) => {
+                let stored: StoredSnapshot = decode(&bytes)?;
+                if stored.format != snapshot::SNAPSHOT_FORMAT {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("snapshot format {}; this build reads {}", stored.format, snapshot::SNAPSHOT_FORMAT),
+                    ));
+                }
+                let kv = snapshots.decode(&stored.data).await?;
+                snapshots.next_id.store(stored.data.id.saturating_add(1), Ordering::Relaxed);
+                let mut batch = WriteBatch::new();
+                parts_except(&mut batch, stored.data.id);
+                commit(&storage, batch).await?;
+                SmShared {
+                    kv,
+                    last_applied: stored.meta.last_log_id,
+                    last_membership: stored.meta.last_membership.clone(),
+                    snapshot: Some((stored.meta, stored.data)),
+                }
+            }
+            None => match Self::open_legacy(&storage, &snapshots, settings.history).await? {
+                Some(shared) => shared,
+                None => {
+                    let mut batch = WriteBatch::new();
+                    batch.delete_range(SM_SPACE, KeyRange::prefix(SNAPSHOT_PART_PREFIX));
+                    commit(&storage, batch).await?;
+                    SmShared {
+                        kv: KvStateMachine::with_history_limits(settings.history),
+                        last_applied: None,
+                        last_membership: StoredMembership::default(),
+                        snapshot: None,
+                    }
+                }
+            },
+        };
+        Ok(Self { shared: Arc::new(RwLock::new(shared)), snapshots })
+    }
+
+    /// A snapshot of the layout written before the record stream: one
+    /// postcard value of the whole machine in `chunk/<u32>` values (at most
+    /// 48 MiB, that layout's limit). Rewritten as chunks at once.
+    async fn open_legacy(
+        storage: &Arc<dyn Storage>,
+        snapshots: &SnapshotStore,
+        limits: HistoryLimits,
+    ) -> io::Result<Option<SmShared>> {
+        let reader = Arc::clone(storage);
+        let legacy = blocking(move || {
+            let Some(meta) = reader.get(SM_SPACE, LEGACY_META_KEY).map_err(io::Error::other)? else {
                 return Ok(None);
             };
             let meta: SnapshotMeta = decode(&meta)?;
             let mut data: Vec<u8> = Vec::new();
             reader
                 .for_each(SM_SPACE, &mut |key, value| {
-                    if key.starts_with(SNAPSHOT_CHUNK_PREFIX) {
+                    if key.starts_with(LEGACY_CHUNK_PREFIX) {
                         data.extend_from_slice(value);
                     }
                     std::ops::ControlFlow::Continue(())
@@ -297,26 +617,48 @@ impl SmStore {
             Ok::<_, io::Error>(Some((meta, data)))
         })
         .await?;
-        let shared = match stored {
-            Some((meta, data)) => SmShared {
-                kv: decode(&data)?,
-                last_applied: meta.last_log_id,
-                last_membership: meta.last_membership.clone(),
-                snapshot: Some((meta, Arc::new(data))),
-            },
-            None => SmShared {
-                kv: KvStateMachine::new(),
-                last_applied: None,
-                last_membership: StoredMembership::default(),
-                snapshot: None,
-            },
-        };
-        Ok(Self { shared: Arc::new(RwLock::new(shared)), storage })
+        let Some((meta, data)) = legacy else { return Ok(None) };
+        let kv = snapshot::decode_legacy(&data, limits).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        drop(data);
+        let written = snapshots.write(snapshots.allocate_id(), &kv).await?;
+        snapshots.switch(&meta, &written).await?;
+        tracing::info!(bytes = written.bytes, chunks = written.chunks, "snapshot rewritten in the chunked layout");
+        Ok(Some(SmShared {
+            kv,
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+            snapshot: Some((meta, written)),
+        }))
     }
 
     /// The shared state, for reads.
     pub fn shared(&self) -> Arc<RwLock<SmShared>> {
         Arc::clone(&self.shared)
+    }
+
+    /// The snapshot store, for the network and the receiver of chunks.
+    pub fn snapshots(&self) -> Arc<SnapshotStore> {
+        Arc::clone(&self.snapshots)
+    }
+
+    /// The current snapshot and the counters.
+    pub fn snapshot_status(&self) -> SnapshotStatus {
+        let current = self.read().snapshot.clone();
+        let counters = &self.snapshots.counters;
+        SnapshotStatus {
+            last_index: current.as_ref().and_then(|(meta, _)| meta.last_log_id.map(|id| id.index)),
+            bytes: current.as_ref().map_or(0, |(_, data)| data.bytes),
+            chunks: current.as_ref().map_or(0, |(_, data)| data.chunks),
+            built_total: counters.built.load(Ordering::Relaxed),
+            installed_total: counters.installed.load(Ordering::Relaxed),
+            sent_total: counters.sent.load(Ordering::Relaxed),
+            chunks_received_total: counters.chunks_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The id of the current snapshot's chunks, if there is one.
+    pub(crate) fn current_snapshot_id(&self) -> Option<u64> {
+        self.read().snapshot.as_ref().map(|(_, data)| data.id)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, SmShared> {
@@ -327,44 +669,63 @@ impl SmStore {
         self.shared.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        if data.len() > SNAPSHOT_BYTES_MAX {
-            return Err(io::Error::other(format!(
-                "snapshot of {} bytes exceeds the maximum of {SNAPSHOT_BYTES_MAX}",
-                data.len()
-            )));
+    /// Makes a built or installed snapshot current, unless a newer one
+    /// became current meanwhile (a build and an install may overlap); then
+    /// `data`'s chunks are deleted and the current snapshot stays.
+    async fn make_current(&self, meta: &SnapshotMeta, data: &SnapshotData) -> io::Result<Snapshot> {
+        let newer = self.read().snapshot.clone().filter(|(current, _)| current.last_log_id > meta.last_log_id);
+        if let Some((current_meta, current_data)) = newer {
+            self.snapshots.delete_parts(data.id).await?;
+            return Ok(Snapshot { meta: current_meta, snapshot: current_data });
         }
-        let mut batch = WriteBatch::new();
-        batch.delete_range(SM_SPACE, KeyRange::prefix(SNAPSHOT_CHUNK_PREFIX));
-        for (i, chunk) in data.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
-            let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
-            key.extend_from_slice(&(i as u32).to_be_bytes());
-            batch.put(SM_SPACE, key, chunk);
-        }
-        batch.put(SM_SPACE, SNAPSHOT_META_KEY, encode(meta)?);
-        commit(&self.storage, batch).await
+        self.snapshots.switch(meta, data).await?;
+        self.write().snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot { meta: meta.clone(), snapshot: data.clone() })
     }
 }
 
-impl RaftSnapshotBuilder<StrongTypes> for SmStore {
-    type SnapshotData = Vec<u8>;
+/// Builds a snapshot from a copy of the state machine taken between two
+/// applies (a consistent view), while applies go on.
+pub struct SnapshotBuilder {
+    store: SmStore,
+    meta: SnapshotMeta,
+    view: KvStateMachine,
+}
+
+impl RaftSnapshotBuilder<StrongTypes> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, data) = {
-            let shared = self.read();
-            let meta =
-                SnapshotMeta { last_log_id: shared.last_applied, last_membership: shared.last_membership.clone() };
-            (meta, encode(&shared.kv)?)
+        #[cfg(feature = "test-knobs")]
+        if self.store.snapshots.fail_builds {
+            return Err(io::Error::other("snapshot build failed: injected by a test knob"));
+        }
+        let snapshots = &self.store.snapshots;
+        let id = snapshots.allocate_id();
+        let data = match snapshots.write(id, &self.view).await {
+            Ok(data) => data,
+            Err(e) => {
+                // Leave no half-written chunks behind; the node keeps its
+                // previous snapshot and the log it covers.
+                let _ = snapshots.delete_parts(id).await;
+                return Err(e);
+            }
         };
-        self.persist_snapshot(&meta, &data).await?;
-        self.write().snapshot = Some((meta.clone(), Arc::new(data.clone())));
-        Ok(Snapshot { meta, snapshot: data })
+        let snapshot = self.store.make_current(&self.meta, &data).await?;
+        snapshots.counters.built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            last_index = ?self.meta.last_log_id.map(|id| id.index),
+            bytes = data.bytes,
+            chunks = data.chunks,
+            "strong snapshot built"
+        );
+        Ok(snapshot)
     }
 }
 
 impl RaftStateMachine<StrongTypes> for SmStore {
-    type SnapshotData = Vec<u8>;
-    type SnapshotBuilder = SmStore;
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let shared = self.read();
@@ -396,27 +757,41 @@ impl RaftStateMachine<StrongTypes> for SmStore {
         Ok(())
     }
 
+    /// Called by openraft's state-machine worker between applies, so the
+    /// copy taken here is consistent. Values are shared buffers, so the copy
+    /// costs the keys and counters, not the values (see `kv`).
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
+        let shared = self.read();
+        let meta = SnapshotMeta { last_log_id: shared.last_applied, last_membership: shared.last_membership.clone() };
+        SnapshotBuilder { store: self.clone(), meta, view: shared.kv.clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let kv: KvStateMachine = decode(&snapshot)?;
-        self.persist_snapshot(meta, &snapshot).await?;
-        let mut shared = self.write();
-        shared.kv = kv;
-        shared.last_applied = meta.last_log_id;
-        shared.last_membership = meta.last_membership.clone();
-        shared.snapshot = Some((meta.clone(), Arc::new(snapshot)));
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+        let kv = match self.snapshots.take_prepared(snapshot.id) {
+            Some(kv) => kv,
+            None => self.snapshots.decode(&snapshot).await?,
+        };
+        self.snapshots.switch(meta, &snapshot).await?;
+        {
+            let mut shared = self.write();
+            shared.kv = kv;
+            shared.last_applied = meta.last_log_id;
+            shared.last_membership = meta.last_membership.clone();
+            shared.snapshot = Some((meta.clone(), snapshot.clone()));
+        }
+        self.snapshots.counters.installed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            last_index = ?meta.last_log_id.map(|id| id.index),
+            bytes = snapshot.bytes,
+            chunks = snapshot.chunks,
+            "strong snapshot installed"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         let shared = self.read();
-        Ok(shared
-            .snapshot
-            .as_ref()
-            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: data.as_ref().clone() }))
+        Ok(shared.snapshot.as_ref().map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: data.clone() }))
     }
 }
 

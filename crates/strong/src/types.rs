@@ -49,5 +49,6 @@ pub type Entry = <StrongTypes as openraft::RaftTypeConfig>::Entry;
 pub type StoredMembership = openraft::StoredMembership<CommittedLeaderId, u64, PeerNode>;
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::SnapshotMeta<CommittedLeaderId, u64, PeerNode>;
-/// A snapshot with its bytes.
-pub type Snapshot = openraft::Snapshot<CommittedLeaderId, u64, PeerNode, Vec<u8>>;
+/// A snapshot with a handle to its chunks in the store
+/// ([`crate::store::SnapshotData`]); the bytes stay on disk.
+pub type Snapshot = openraft::Snapshot<CommittedLeaderId, u64, PeerNode, crate::store::SnapshotData>;

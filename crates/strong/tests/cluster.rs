@@ -293,3 +293,34 @@ async fn the_minority_side_refuses_writes_with_no_quorum_quickly() {
     assert!(matches!(node.read(b"k", true).await, Err(StrongError::NoQuorum { .. })));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_with_its_request_id_after_a_leader_change_applies_once() {
+    let mut cluster = Cluster::start(3, default_tune).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let keyed = |value: &str| KvCommand::Idempotent {
+        request_id: b"req-1".to_vec(),
+        at_ms: 0,
+        window_ms: 1,
+        command: Box::new(KvCommand::Put { key: b"k".to_vec(), value: value.into(), lease: None }),
+    };
+    let first = cluster.node(leader).write(keyed("v")).await.expect("first write");
+    let KvResponse::Put { revision, .. } = first else { panic!("put answer expected, got {first:?}") };
+    // The answer is lost and the leader dies; the client retries elsewhere.
+    cluster.stop(leader).await;
+    let node = cluster.node(survivor).clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let retried = loop {
+        assert!(Instant::now() < deadline, "no leader took the retry");
+        if let Ok(answer) = node.write(keyed("v")).await {
+            break answer;
+        }
+    };
+    assert_eq!(retried, KvResponse::Replayed { first: Box::new(first), values_elided: false });
+    let kv = node.read(b"k", true).await.expect("read").expect("the key exists");
+    assert_eq!((kv.version, kv.mod_revision), (1, revision), "the retry wrote the key a second time");
+    // The same request_id for a different write is refused.
+    assert_eq!(node.write(keyed("other")).await, Err(StrongError::Rejected(KvError::RequestIdReused)));
+    cluster.shutdown().await;
+}

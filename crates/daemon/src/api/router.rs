@@ -134,7 +134,9 @@ async fn put_key(
 struct DeleteQuery {
     /// Eventual namespaces: the causal context this delete replaces.
     context: Option<String>,
-    /// Idempotency key: a retry with it returns the first outcome.
+    /// The write's idempotency key: a retry with it returns the first
+    /// outcome (`docs/design/http-api.md`, "Conventions";
+    /// `docs/design/strong.md`, "Idempotent writes").
     request_id: Option<String>,
 }
 
@@ -150,7 +152,7 @@ async fn delete_key(
         Mode::Strong(_) if q.context.is_some() => {
             Err(ApiError::bad_request("bad_request", "strong namespaces take no `context`"))
         }
-        Mode::Strong(svc) => strong::delete(&svc, &ns, &key).await,
+        Mode::Strong(svc) => strong::delete(&svc, &ns, &key, q.request_id).await,
     }
 }
 

@@ -36,6 +36,9 @@ pub(crate) struct HealthStrong {
     has_quorum: bool,
     voters: Vec<String>,
     reachable_voters: Vec<String>,
+    /// Why the Raft group stopped on this node; absent while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -51,7 +54,10 @@ pub(crate) struct HealthClock {
 /// Health from the clock service and the membership view:
 /// `clock_unsafe` when the local clock is further than `max_offset_ms`
 /// from cluster time (writes are refused; the reason names the offset),
-/// else `no_quorum` when this node cannot reach a majority of the strong
+/// else `degraded` with the first reason `strong_stopped` when this node's
+/// Raft group of strong namespaces stopped (a fatal storage error, a
+/// shutdown: every strong request fails until the node restarts), else
+/// `no_quorum` when this node cannot reach a majority of the strong
 /// namespaces' voters (its strong writes fail), else `partitioned` when
 /// this node reaches fewer than half of the known members (itself
 /// included), `degraded` when any member is suspect or down
@@ -66,8 +72,10 @@ fn health_of(s: &ApiState) -> HealthBody {
             has_quorum: status.quorum.has_quorum,
             voters: svc.names_of(&status.quorum.voters),
             reachable_voters: svc.names_of(&status.quorum.reachable_voters),
+            stopped: status.stopped,
         }
     });
+    let stopped = strong.as_ref().and_then(|st| st.stopped.clone());
     // A group not yet initialised has no voters: nothing to lose yet.
     let no_quorum = strong.as_ref().filter(|st| !st.voters.is_empty() && !st.has_quorum);
     let others = membership.members();
@@ -84,6 +92,16 @@ fn health_of(s: &ApiState) -> HealthBody {
         reasons.insert(0, format!("clock_unsafe: {}", clock_status.reason));
         score = 0.0;
         "clock_unsafe"
+    } else if let Some(why) = stopped {
+        reasons.insert(
+            0,
+            format!(
+                "strong_stopped: the Raft group of strong namespaces stopped on this node ({why}); \
+                 every strong request fails until the node restarts"
+            ),
+        );
+        score = 0.0;
+        "degraded"
     } else if let Some(st) = no_quorum {
         reasons.insert(
             0,

@@ -8,6 +8,11 @@
 //! Error model, as for the rest of the API: `{"error": code, "message": ..}`
 //! plus, for `no_quorum`, the reachable and configured voters by name.
 //! `timeout` (504) is the one answer whose outcome is unknown.
+//!
+//! Writes (put, delete, cas, txn, lease grant) take an optional idempotency
+//! key `request_id`; a retry with the same key within
+//! `idempotency_window_ms` answers the first outcome with `"replayed":
+//! true` and applies nothing (`docs/design/strong.md`, "Idempotent writes").
 
 use super::error::{ApiError, parse_body, parse_query, strong_error, text_or_base64};
 use super::{ApiState, bytes_fields};
@@ -20,7 +25,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chorus_strong::kv::{
-    Compare, CompareOp, CompareTarget, KeyValue, KvCommand, KvResponse, LockMode, TxnOp, TxnOpResult, WatchEventKind,
+    Compare, CompareOp, CompareTarget, KeyValue, KvCommand, KvError, KvResponse, LockMode, TxnOp, TxnOpResult,
+    WatchEventKind,
 };
 use chorus_strong::{Query as StrongQuery, QueryResult, StrongError};
 use serde::Deserialize;
@@ -71,8 +77,55 @@ fn unexpected(svc: &StrongService, answer: impl std::fmt::Debug) -> ApiError {
     strong_error(svc, StrongError::Protocol(format!("unexpected answer {answer:?}")))
 }
 
-async fn write(svc: &StrongService, op: &'static str, command: KvCommand) -> Result<KvResponse, ApiError> {
+/// The answer of a strong write: the state machine's response, and
+/// whether it is a replay of a first outcome (an idempotency key seen before).
+struct Written {
+    response: KvResponse,
+    replayed: bool,
+    values_elided: bool,
+}
+
+impl Written {
+    /// Adds `replayed` (and `values_elided` when the remembered answer lost
+    /// its values) to a JSON answer of a replayed write.
+    fn mark(&self, mut body: Value) -> Value {
+        if self.replayed
+            && let Value::Object(o) = &mut body
+        {
+            o.insert("replayed".into(), true.into());
+            if self.values_elided {
+                o.insert("values_elided".into(), true.into());
+            }
+        }
+        body
+    }
+}
+
+/// The idempotency key of a write body: 1 to 128 bytes, or 400 `bad_request_id`.
+fn request_id_of(request_id: Option<String>) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(id) = request_id else { return Ok(None) };
+    let max = chorus_strong::kv::IDEMPOTENCY_KEY_BYTES_MAX;
+    if id.is_empty() || id.len() > max {
+        return Err(ApiError::bad_request(
+            "bad_request_id",
+            format!("request_id has {} bytes; it must have 1 to {max}", id.len()),
+        ));
+    }
+    Ok(Some(id.into_bytes()))
+}
+
+async fn write(
+    svc: &StrongService,
+    op: &'static str,
+    command: KvCommand,
+    request_id: Option<Vec<u8>>,
+) -> Result<Written, ApiError> {
     let started = Instant::now();
+    let command = match request_id {
+        // The leader stamps `at_ms` and `window_ms` when it proposes.
+        Some(request_id) => KvCommand::Idempotent { request_id, at_ms: 0, window_ms: 1, command: Box::new(command) },
+        None => command,
+    };
     let result = svc.node.write(command).await;
     let outcome = match &result {
         Ok(_) => "ok",
@@ -80,7 +133,26 @@ async fn write(svc: &StrongService, op: &'static str, command: KvCommand) -> Res
         Err(_) => "unavailable",
     };
     telemetry::write_answered(op, outcome, started.elapsed().as_secs_f64());
-    result.map_err(|e| strong_error(svc, e))
+    match result {
+        Ok(KvResponse::Replayed { first, values_elided }) => {
+            Ok(Written { response: *first, replayed: true, values_elided })
+        }
+        Ok(response) => Ok(Written { response, replayed: false, values_elided: false }),
+        Err(StrongError::Rejected(KvError::ClockUnsafe)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "clock_unsafe",
+            "refused: the Raft leader's clock is unsafe, so it stamps no lease time; nothing changed",
+        )),
+        Err(StrongError::Rejected(KvError::RequestIdReused)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_id_reused",
+            "request_id was already used for a different write within idempotency_window_ms; nothing changed",
+        )),
+        Err(StrongError::Rejected(e @ KvError::BadRequestId(_))) => {
+            Err(ApiError::bad_request("bad_request_id", e.to_string()))
+        }
+        Err(e) => Err(strong_error(svc, e)),
+    }
 }
 
 async fn query(svc: &StrongService, q: StrongQuery, stale: bool) -> Result<(u64, QueryResult), ApiError> {
@@ -125,6 +197,7 @@ struct PutRequest {
     value: Option<String>,
     value_base64: Option<String>,
     lease: Option<u64>,
+    request_id: Option<String>,
 }
 
 /// PUT /v1/ns/{ns}/kv/{key} on a strong namespace.
@@ -136,21 +209,32 @@ pub(crate) async fn put(
 ) -> Result<Response, ApiError> {
     let req: PutRequest = parse_body(body)?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
+    let request_id = request_id_of(req.request_id)?;
     let command = KvCommand::Put { key: data_key(ns, key.as_bytes()), value, lease: req.lease };
-    match write(svc, "strong_put", command).await? {
-        KvResponse::Put { revision, prev } => Ok(Json(json!({
+    let written = write(svc, "strong_put", command, request_id).await?;
+    match &written.response {
+        KvResponse::Put { revision, prev } => Ok(Json(written.mark(json!({
             "namespace": ns, "key": key, "revision": revision, "prev": opt_kv_json(ns, prev.as_ref()),
-        }))
+        })))
         .into_response()),
         other => Err(unexpected(svc, other)),
     }
 }
 
-/// DELETE /v1/ns/{ns}/kv/{key} on a strong namespace.
-pub(crate) async fn delete(svc: &StrongService, ns: &str, key: &str) -> Result<Response, ApiError> {
-    match write(svc, "strong_delete", KvCommand::Delete { key: data_key(ns, key.as_bytes()) }).await? {
+/// DELETE /v1/ns/{ns}/kv/{key}?request_id= on a strong namespace.
+pub(crate) async fn delete(
+    svc: &StrongService,
+    ns: &str,
+    key: &str,
+    request_id: Option<String>,
+) -> Result<Response, ApiError> {
+    let request_id = request_id_of(request_id)?;
+    let command = KvCommand::Delete { key: data_key(ns, key.as_bytes()) };
+    let written = write(svc, "strong_delete", command, request_id).await?;
+    match &written.response {
         KvResponse::Delete { revision, existed } => {
-            Ok(Json(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })).into_response())
+            Ok(Json(written.mark(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })))
+                .into_response())
         }
         other => Err(unexpected(svc, other)),
     }
@@ -196,6 +280,7 @@ struct CasRequest {
     expected_base64: Option<String>,
     value: Option<String>,
     value_base64: Option<String>,
+    request_id: Option<String>,
 }
 
 /// POST /v1/ns/{ns}/cas/{key}: set `value` if the key holds `expected`
@@ -213,12 +298,14 @@ pub(crate) async fn cas(
         (t, b) => Some(text_or_base64(t, b, "expected")?),
     };
     let value = text_or_base64(req.value, req.value_base64, "value")?;
+    let request_id = request_id_of(req.request_id)?;
     let command = KvCommand::CompareAndSwap { key: data_key(&ns, key.as_bytes()), expected, value };
-    match write(svc, "strong_cas", command).await? {
-        KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(Json(json!({
+    let written = write(svc, "strong_cas", command, request_id).await?;
+    match &written.response {
+        KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(Json(written.mark(json!({
             "namespace": ns, "key": key, "succeeded": succeeded, "revision": revision,
             "current": opt_kv_json(&ns, current.as_ref()),
-        }))
+        })))
         .into_response()),
         other => Err(unexpected(svc, other)),
     }
@@ -235,6 +322,7 @@ struct TxnRequest {
     success: Vec<TxnOpBody>,
     #[serde(default)]
     failure: Vec<TxnOpBody>,
+    request_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -334,11 +422,16 @@ pub(crate) async fn txn(
     let compares = req.compare.into_iter().map(|c| compare_of(&ns, c)).collect::<Result<Vec<_>, _>>()?;
     let success = req.success.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
     let failure = req.failure.into_iter().map(|o| txn_op_of(&ns, o)).collect::<Result<Vec<_>, _>>()?;
-    match write(svc, "strong_txn", KvCommand::Txn { compares, success, failure }).await? {
+    let request_id = request_id_of(req.request_id)?;
+    let written = write(svc, "strong_txn", KvCommand::Txn { compares, success, failure }, request_id).await?;
+    match &written.response {
         KvResponse::Txn { succeeded, revision, results } => {
             let results: Vec<Value> = results.iter().map(|r| txn_result_json(&ns, r)).collect();
-            Ok(Json(json!({ "namespace": ns, "succeeded": succeeded, "revision": revision, "results": results }))
-                .into_response())
+            Ok(Json(
+                written
+                    .mark(json!({ "namespace": ns, "succeeded": succeeded, "revision": revision, "results": results })),
+            )
+            .into_response())
         }
         other => Err(unexpected(svc, other)),
     }
@@ -350,6 +443,7 @@ pub(crate) async fn txn(
 #[serde(deny_unknown_fields)]
 struct LeaseGrantRequest {
     ttl_ms: u64,
+    request_id: Option<String>,
 }
 
 fn lease_json(lease: u64, ttl_ms: u64, deadline_ms: u64) -> Value {
@@ -363,21 +457,27 @@ pub(crate) async fn lease_grant(
 ) -> Result<Response, ApiError> {
     let svc = service(&s)?;
     let req: LeaseGrantRequest = parse_body(body)?;
-    let command = KvCommand::LeaseGrant { ttl_ms: req.ttl_ms, now_ms: svc.now_ms() };
-    match write(svc, "lease_grant", command).await? {
+    let request_id = request_id_of(req.request_id)?;
+    // Lease time is stamped by the Raft leader as it proposes, never here
+    // (`docs/design/strong.md`, "Lease time").
+    let command = KvCommand::LeaseGrant { ttl_ms: req.ttl_ms, now_ms: 0 };
+    let written = write(svc, "lease_grant", command, request_id).await?;
+    match &written.response {
         KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
-            Ok((StatusCode::CREATED, Json(lease_json(lease, ttl_ms, deadline_ms))).into_response())
+            Ok((StatusCode::CREATED, Json(written.mark(lease_json(*lease, *ttl_ms, *deadline_ms)))).into_response())
         }
         other => Err(unexpected(svc, other)),
     }
 }
 
-/// POST /v1/leases/{id}/keepalive: push the lease's deadline a TTL ahead.
+/// POST /v1/leases/{id}/keepalive: push the lease's deadline a TTL ahead
+/// of the leader's clock. Idempotent by nature (a retry extends it again).
 pub(crate) async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
-    match write(svc, "lease_keepalive", KvCommand::LeaseKeepAlive { lease: id, now_ms: svc.now_ms() }).await? {
+    let written = write(svc, "lease_keepalive", KvCommand::LeaseKeepAlive { lease: id, now_ms: 0 }, None).await?;
+    match &written.response {
         KvResponse::Lease { lease, ttl_ms, deadline_ms } => {
-            Ok(Json(lease_json(lease, ttl_ms, deadline_ms)).into_response())
+            Ok(Json(lease_json(*lease, *ttl_ms, *deadline_ms)).into_response())
         }
         other => Err(unexpected(svc, other)),
     }
@@ -386,7 +486,8 @@ pub(crate) async fn lease_keepalive(State(s): State<ApiState>, Path(id): Path<u6
 /// DELETE /v1/leases/{id}: revoke; its keys are deleted, its locks released.
 pub(crate) async fn lease_revoke(State(s): State<ApiState>, Path(id): Path<u64>) -> Result<Response, ApiError> {
     let svc = service(&s)?;
-    match write(svc, "lease_revoke", KvCommand::LeaseRevoke { lease: id }).await? {
+    let written = write(svc, "lease_revoke", KvCommand::LeaseRevoke { lease: id }, None).await?;
+    match &written.response {
         KvResponse::LeaseRevoked { revision, keys_deleted } => {
             Ok(Json(json!({ "lease": id, "revision": revision, "keys_deleted": keys_deleted })).into_response())
         }
@@ -465,7 +566,7 @@ pub(crate) async fn lock_acquire(
     let deadline = Instant::now() + Duration::from_millis(req.wait_ms);
     loop {
         let command = KvCommand::LockAcquire { name: lock_name.clone(), lease: req.lease, mode };
-        let holders = match write(svc, "lock_acquire", command).await? {
+        let holders = match write(svc, "lock_acquire", command, None).await?.response {
             KvResponse::LockGranted { fencing_token } => {
                 return Ok(Json(json!({
                     "namespace": ns, "lock": name, "lease": req.lease, "mode": mode_str(mode),
@@ -518,7 +619,7 @@ pub(crate) async fn lock_release(
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     let command = KvCommand::LockRelease { name: data_key(&ns, name.as_bytes()), lease: q.lease };
-    match write(svc, "lock_release", command).await? {
+    match write(svc, "lock_release", command, None).await?.response {
         KvResponse::LockReleased { was_held } => {
             Ok(Json(json!({ "namespace": ns, "lock": name, "lease": q.lease, "was_held": was_held })).into_response())
         }
@@ -649,6 +750,7 @@ pub(crate) async fn watch(
 
 fn raft_json(svc: &StrongService) -> Value {
     let status = svc.node.status();
+    let snapshot = svc.node.snapshot_status();
     let reachable = &status.quorum.reachable_voters;
     let peers = |m: &std::collections::BTreeMap<u64, chorus_strong::PeerNode>| -> Vec<Value> {
         m.iter()
@@ -672,6 +774,16 @@ fn raft_json(svc: &StrongService) -> Value {
             "has_quorum": status.quorum.has_quorum,
             "voters": svc.names_of(&status.quorum.voters),
             "reachable_voters": svc.names_of(&status.quorum.reachable_voters),
+        },
+        "stopped": status.stopped,
+        "snapshot": {
+            "last_index": snapshot.last_index,
+            "bytes": snapshot.bytes,
+            "chunks": snapshot.chunks,
+            "built_total": snapshot.built_total,
+            "installed_total": snapshot.installed_total,
+            "sent_total": snapshot.sent_total,
+            "chunks_received_total": snapshot.chunks_received_total,
         },
     })
 }

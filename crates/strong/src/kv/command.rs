@@ -11,7 +11,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{KEY_BYTES_MAX, LEASE_TTL_MS_MAX, TXN_COMPARES_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX};
+use super::{
+    IDEMPOTENCY_KEY_BYTES_MAX, IDEMPOTENCY_WINDOW_MS_MAX, KEY_BYTES_MAX, LEASE_TTL_MS_MAX, TXN_BYTES_MAX,
+    TXN_COMPARES_MAX, TXN_OPS_MAX, VALUE_BYTES_MAX,
+};
 
 /// A lease identifier, assigned by the state machine (1, 2, 3, ...).
 pub type LeaseId = u64;
@@ -215,6 +218,23 @@ pub enum KvCommand {
         /// Holder's lease.
         lease: LeaseId,
     },
+    /// `command` under the client's idempotency key `request_id`: the first
+    /// time it applies and its outcome is remembered until `at_ms +
+    /// window_ms`; a retry with the same key inside that window applies
+    /// nothing and answers [`KvResponse::Replayed`] with the first outcome
+    /// (`docs/design/strong.md`, "Idempotent writes"). The table lives in
+    /// the state machine, so the retry may reach another leader.
+    Idempotent {
+        /// The client's key, 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] bytes.
+        request_id: Vec<u8>,
+        /// The leader's time when it proposed the command; 0 when its clock
+        /// was not safe, in which case the state machine's own clock is used.
+        at_ms: u64,
+        /// How long the key is remembered: the leader's `idempotency_window_ms`.
+        window_ms: u64,
+        /// The write itself (not another `Idempotent`, nor a leader's sweep).
+        command: Box<KvCommand>,
+    },
 }
 
 fn show(bytes: &[u8]) -> String {
@@ -243,6 +263,9 @@ impl fmt::Display for KvCommand {
                 write!(f, "lock_acquire({}, lease {lease}, {mode:?})", show(name))
             }
             KvCommand::LockRelease { name, lease } => write!(f, "lock_release({}, lease {lease})", show(name)),
+            KvCommand::Idempotent { request_id, command, .. } => {
+                write!(f, "idempotent({}, {command})", show(request_id))
+            }
         }
     }
 }
@@ -322,6 +345,16 @@ pub enum KvResponse {
     },
     /// An entry without a command (leader blank entry, membership change).
     Empty,
+    /// A retried [`KvCommand::Idempotent`]: nothing was applied now; `first`
+    /// is the answer the command got when it applied.
+    Replayed {
+        /// The first answer.
+        first: Box<KvResponse>,
+        /// Whether the values inside `first` were dropped when it was
+        /// remembered (it was larger than
+        /// [`super::IDEMPOTENT_RESPONSE_BYTES_MAX`]); revisions and flags are kept.
+        values_elided: bool,
+    },
 }
 
 /// Why a command was refused. Refused commands change nothing (except
@@ -365,6 +398,18 @@ pub enum KvError {
         /// Oldest revision still in the history.
         oldest: u64,
     },
+    /// The idempotency key is empty or longer than [`IDEMPOTENCY_KEY_BYTES_MAX`],
+    /// or the command under it cannot carry one.
+    #[error("bad request_id: {0}")]
+    BadRequestId(String),
+    /// The idempotency key was used for a different command within its
+    /// window. Nothing changed.
+    #[error("request_id was already used for a different command within the idempotency window")]
+    RequestIdReused,
+    /// The leader's clock is not safe (further than `max_offset_ms` from
+    /// cluster time), so it stamps no lease time. Nothing changed.
+    #[error("the leader's clock is unsafe; lease time is not stamped")]
+    ClockUnsafe,
 }
 
 /// A change event, in revision order.
@@ -441,6 +486,9 @@ impl KvCommand {
                 if compares.len() > TXN_COMPARES_MAX || success.len() > TXN_OPS_MAX || failure.len() > TXN_OPS_MAX {
                     return Err(KvError::TxnTooLarge);
                 }
+                if self.payload_bytes() > TXN_BYTES_MAX {
+                    return Err(KvError::TxnTooLarge);
+                }
                 for compare in compares {
                     check_key(&compare.key)?;
                     if let CompareTarget::Value(Some(value)) = &compare.target {
@@ -469,6 +517,124 @@ impl KvCommand {
             | KvCommand::LeaseRevoke { .. }
             | KvCommand::ExpireLeases { .. }
             | KvCommand::RefreshLeases { .. } => Ok(()),
+            KvCommand::Idempotent { request_id, window_ms, command, .. } => {
+                if request_id.is_empty() || request_id.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+                    return Err(KvError::BadRequestId(format!(
+                        "{} bytes; it must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX}",
+                        request_id.len()
+                    )));
+                }
+                if *window_ms == 0 || *window_ms > IDEMPOTENCY_WINDOW_MS_MAX {
+                    return Err(KvError::BadRequestId(format!(
+                        "window of {window_ms} ms; it must be 1 to {IDEMPOTENCY_WINDOW_MS_MAX}"
+                    )));
+                }
+                if matches!(
+                    **command,
+                    KvCommand::Idempotent { .. } | KvCommand::ExpireLeases { .. } | KvCommand::RefreshLeases { .. }
+                ) {
+                    return Err(KvError::BadRequestId(format!("{command} cannot carry a request_id")));
+                }
+                command.validate()
+            }
         }
+    }
+
+    /// Bytes of keys and values the command carries, plus a fixed overhead
+    /// per item: an upper estimate of its encoded size, which bounds Raft
+    /// appends in bytes (`network`).
+    pub fn payload_bytes(&self) -> usize {
+        const ITEM_OVERHEAD_BYTES: usize = 32;
+        match self {
+            KvCommand::Put { key, value, .. } => key.len() + value.len() + ITEM_OVERHEAD_BYTES,
+            KvCommand::CompareAndSwap { key, expected, value } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + value.len() + ITEM_OVERHEAD_BYTES
+            }
+            KvCommand::Delete { key } => key.len() + ITEM_OVERHEAD_BYTES,
+            KvCommand::Txn { compares, success, failure } => {
+                let compares: usize = compares
+                    .iter()
+                    .map(|c| {
+                        let value = match &c.target {
+                            CompareTarget::Value(Some(value)) => value.len(),
+                            _ => 0,
+                        };
+                        c.key.len() + value + ITEM_OVERHEAD_BYTES
+                    })
+                    .sum();
+                let ops: usize = success
+                    .iter()
+                    .chain(failure)
+                    .map(|op| match op {
+                        TxnOp::Put { key, value, .. } => key.len() + value.len() + ITEM_OVERHEAD_BYTES,
+                        TxnOp::Delete { key } | TxnOp::Get { key } => key.len() + ITEM_OVERHEAD_BYTES,
+                    })
+                    .sum();
+                compares + ops + ITEM_OVERHEAD_BYTES
+            }
+            KvCommand::LockAcquire { name, .. } | KvCommand::LockRelease { name, .. } => {
+                name.len() + ITEM_OVERHEAD_BYTES
+            }
+            KvCommand::Idempotent { request_id, command, .. } => {
+                request_id.len() + command.payload_bytes() + ITEM_OVERHEAD_BYTES
+            }
+            KvCommand::LeaseGrant { .. }
+            | KvCommand::LeaseKeepAlive { .. }
+            | KvCommand::LeaseRevoke { .. }
+            | KvCommand::ExpireLeases { .. }
+            | KvCommand::RefreshLeases { .. } => ITEM_OVERHEAD_BYTES,
+        }
+    }
+
+    /// Whether the command carries lease time (`now_ms`) that the leader
+    /// stamps when it proposes it.
+    pub fn carries_lease_time(&self) -> bool {
+        match self {
+            KvCommand::LeaseGrant { .. }
+            | KvCommand::LeaseKeepAlive { .. }
+            | KvCommand::ExpireLeases { .. }
+            | KvCommand::RefreshLeases { .. } => true,
+            KvCommand::Idempotent { command, .. } => command.carries_lease_time(),
+            _ => false,
+        }
+    }
+
+    /// Stamps the leader's time into the command: `now_ms` of lease
+    /// commands, `at_ms` and `window_ms` of an idempotent one. Time is
+    /// stamped only here, on the leader as it proposes, never by the node
+    /// that took the client's call (`docs/design/strong.md`, "Lease time").
+    /// `now_ms == None`: the leader's clock is unsafe; an idempotent write
+    /// then carries 0 (the state machine uses its own clock), and lease
+    /// time cannot be stamped at all.
+    pub fn stamp(&mut self, now_ms: Option<u64>, window_ms: u64) -> Result<(), KvError> {
+        match self {
+            KvCommand::LeaseGrant { now_ms: t, .. }
+            | KvCommand::LeaseKeepAlive { now_ms: t, .. }
+            | KvCommand::ExpireLeases { now_ms: t }
+            | KvCommand::RefreshLeases { now_ms: t } => {
+                *t = now_ms.ok_or(KvError::ClockUnsafe)?;
+                Ok(())
+            }
+            KvCommand::Idempotent { at_ms, window_ms: w, command, .. } => {
+                *at_ms = now_ms.unwrap_or(0);
+                *w = window_ms;
+                command.stamp(now_ms, window_ms)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The command with every stamped time cleared: what identifies it for
+    /// idempotency, since a retry is stamped again with a later time.
+    pub(crate) fn unstamped(&self) -> KvCommand {
+        let mut command = self.clone();
+        match &mut command {
+            KvCommand::LeaseGrant { now_ms, .. }
+            | KvCommand::LeaseKeepAlive { now_ms, .. }
+            | KvCommand::ExpireLeases { now_ms }
+            | KvCommand::RefreshLeases { now_ms } => *now_ms = 0,
+            _ => {}
+        }
+        command
     }
 }

@@ -151,8 +151,27 @@ impl StrongNode {
         }
     }
 
-    /// Proposes `command` on this node, which must be the leader.
-    pub(super) async fn write_local(&self, command: KvCommand, deadline: Instant) -> Result<KvResponse, StrongError> {
+    /// Proposes `command` on this node, which must be the leader. Time is
+    /// stamped here and nowhere else: lease time and idempotency windows
+    /// come from the leader's clock as it proposes, whichever node took the
+    /// client's call, and a leader whose clock is unsafe stamps no lease
+    /// time (`docs/design/strong.md`, "Lease time").
+    pub(super) async fn write_local(
+        &self,
+        mut command: KvCommand,
+        deadline: Instant,
+    ) -> Result<KvResponse, StrongError> {
+        let clock = &self.inner.config.clock;
+        let now_ms = clock.is_safe().then(|| clock.now_ms());
+        command.stamp(now_ms, self.inner.config.idempotency_window_ms)?;
+        // A group already stopped proposes nothing: `Shutdown` (503
+        // `stopping`) then means "not applied", and the client may send the
+        // write elsewhere. A group that stops while the write is in flight
+        // may have appended and replicated it, so that case is `Timeout`
+        // (`docs/design/strong.md`, "Client semantics (`node`)").
+        if let Some(why) = self.stopped() {
+            return Err(StrongError::Shutdown(why));
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, self.inner.raft.client_write(command)).await {
             Err(_) => Err(StrongError::Timeout),
@@ -160,7 +179,7 @@ impl StrongNode {
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Err(forward_error(forward)),
             Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => Err(StrongError::Timeout),
             Ok(Err(RaftError::APIError(e))) => Err(StrongError::Protocol(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(StrongError::Shutdown(e.to_string())),
+            Ok(Err(RaftError::Fatal(_))) => Err(StrongError::Timeout),
         }
     }
 
@@ -185,7 +204,7 @@ impl StrongNode {
         let shared = self.inner.sm.read().unwrap_or_else(PoisonError::into_inner);
         let kv = &shared.kv;
         let result = match query {
-            Query::Get { key } => QueryResult::Get(kv.get(key).cloned()),
+            Query::Get { key } => QueryResult::Get(kv.get(key)),
             Query::Range { start, end, limit } => QueryResult::Range(kv.range(start, end.as_deref(), *limit)),
             Query::Events { from_revision, limit } => match kv.events_since(*from_revision, *limit) {
                 Ok(events) => QueryResult::Events(events),

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::StartError;
 use crate::network::NetworkFactory;
-use crate::store::{LogStore, SmShared, SmStore};
+use crate::store::{LogStore, SmSettings, SmShared, SmStore, SnapshotStatus, SnapshotStore};
 use crate::types::{PeerNode, StrongTypes};
 
 mod client;
@@ -45,7 +45,10 @@ mod routing;
 mod serve;
 
 pub use client::{Query, QueryResponse, QueryResult};
-pub use config::{StrongConfig, SystemClock, WallClock};
+pub use config::{
+    IDEMPOTENCY_WINDOW_MS_DEFAULT, SNAPSHOT_CHUNK_BYTES_DEFAULT, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_CHUNK_BYTES_MIN,
+    StrongConfig, SystemClock, WallClock,
+};
 pub use quorum::{QuorumStatus, StrongStatus};
 
 use leases::lease_loop;
@@ -64,6 +67,11 @@ struct Inner {
     config: StrongConfig,
     raft: Raft<StrongTypes, SmStore>,
     sm: Arc<RwLock<SmShared>>,
+    sm_store: SmStore,
+    snapshots: Arc<SnapshotStore>,
+    /// The snapshot transfer this node is receiving from a leader, if any
+    /// (one at a time; `serve`).
+    receiving: tokio::sync::Mutex<Option<serve::Receiving>>,
     transport: Transport,
     /// Last successful probe answer per voter.
     reach: Mutex<BTreeMap<u64, Instant>>,
@@ -98,9 +106,18 @@ impl StrongNode {
     ) -> Result<StrongNode, StartError> {
         let raft_config = Arc::new(config.raft_config()?);
         let log = LogStore::open(Arc::clone(&storage)).await?;
-        let sm = SmStore::open(storage).await?;
+        let settings = SmSettings {
+            chunk_bytes: config.snapshot_chunk_bytes,
+            history: config.watch_history,
+            #[cfg(feature = "test-knobs")]
+            fail_builds: config.fail_snapshot_builds,
+        };
+        let sm = SmStore::open(storage, settings).await?;
         let shared = sm.shared();
-        let network = NetworkFactory { transport: transport.clone(), id: config.node_id };
+        let sm_store = sm.clone();
+        let snapshots = sm.snapshots();
+        let network =
+            NetworkFactory { transport: transport.clone(), id: config.node_id, snapshots: Arc::clone(&snapshots) };
         let raft = Raft::new(config.node_id, raft_config, network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -110,6 +127,9 @@ impl StrongNode {
                 config,
                 raft,
                 sm: shared,
+                sm_store,
+                snapshots,
+                receiving: tokio::sync::Mutex::new(None),
                 transport,
                 reach: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
@@ -136,6 +156,18 @@ impl StrongNode {
             .or_else(|| self.inner.transport.local_addr().ok())
             .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         PeerNode { name: self.inner.transport.node_name().to_owned(), addr }
+    }
+
+    /// This node's current snapshot and snapshot counters.
+    pub fn snapshot_status(&self) -> SnapshotStatus {
+        self.inner.sm_store.snapshot_status()
+    }
+
+    /// Why the Raft group stopped on this node (a fatal storage error, a
+    /// shutdown), or `None` while it runs. A stopped group serves no strong
+    /// request until the node restarts.
+    pub fn stopped(&self) -> Option<String> {
+        self.metrics().running_state.err().map(|fatal| fatal.to_string())
     }
 
     /// The openraft handle, for metrics and advanced use.

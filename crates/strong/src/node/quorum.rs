@@ -45,6 +45,8 @@ pub struct StrongStatus {
     pub learners: BTreeMap<u64, PeerNode>,
     /// Reachability.
     pub quorum: QuorumStatus,
+    /// Why the Raft group stopped on this node, or `None` while it runs.
+    pub stopped: Option<String>,
 }
 
 impl StrongNode {
@@ -69,6 +71,7 @@ impl StrongNode {
             voters: membership.voter_ids().filter_map(node).collect(),
             learners: membership.learner_ids().filter_map(node).collect(),
             quorum: self.quorum_status_from(&metrics),
+            stopped: metrics.running_state.as_ref().err().map(|fatal| fatal.to_string()),
         }
     }
 

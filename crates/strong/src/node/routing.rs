@@ -129,7 +129,16 @@ impl StrongNode {
                     }
                 }
                 Err(CallError::Transport(chorus_net::RequestError::Timeout)) => return Err(StrongError::Timeout),
-                Err(e) => return Err(StrongError::Protocol(e.to_string())),
+                // Sent, but no usable answer came back: a read is simply
+                // lost, a write may have been applied, so it is `Timeout`
+                // (the one "may have applied" answer), never a 5xx that a
+                // client would take as "not applied" and send again.
+                Err(e) => {
+                    return Err(match request {
+                        RpcRequest::Read(_) => StrongError::Protocol(e.to_string()),
+                        _ => StrongError::Timeout,
+                    });
+                }
             }
         }
     }

@@ -23,6 +23,7 @@ pub struct Member {
 }
 
 pub struct Cluster {
+    pub ca: ClusterCa,
     pub dir: tempfile::TempDir,
     pub creds: BTreeMap<u64, NodeCredentials>,
     pub addrs: BTreeMap<u64, SocketAddr>,
@@ -52,6 +53,7 @@ impl Cluster {
         let ca = ClusterCa::generate("strong-test").expect("test CA");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cluster = Cluster {
+            ca,
             dir,
             creds: BTreeMap::new(),
             addrs: BTreeMap::new(),
@@ -60,12 +62,7 @@ impl Cluster {
             tune,
         };
         for id in 1..=n {
-            let creds = ca.issue_node(&name(id), &[LOCALHOST]).expect("node cert");
-            let storage: Arc<dyn Storage> =
-                Arc::new(RedbStorage::open(cluster.dir.path().join(format!("{id}.redb"))).expect("redb"));
-            cluster.creds.insert(id, creds);
-            cluster.storages.insert(id, storage);
-            cluster.launch(id, SocketAddr::new(LOCALHOST, 0)).await;
+            cluster.add_process(id).await;
         }
         let voters: BTreeMap<u64, PeerNode> = cluster.members.iter().map(|(id, m)| (*id, m.node.peer_node())).collect();
         cluster.members[&1].node.initialize(voters).await.expect("initialize");
@@ -73,8 +70,28 @@ impl Cluster {
         cluster
     }
 
+    /// Starts node `id` with fresh storage, in no Raft group yet (the
+    /// leader adds it as a learner or voter).
+    pub async fn add_process(&mut self, id: u64) {
+        let creds = self.ca.issue_node(&name(id), &[LOCALHOST]).expect("node cert");
+        let storage: Arc<dyn Storage> =
+            Arc::new(RedbStorage::open(self.dir.path().join(format!("{id}.redb"))).expect("redb"));
+        self.creds.insert(id, creds);
+        self.storages.insert(id, storage);
+        self.launch(id, SocketAddr::new(LOCALHOST, 0)).await;
+    }
+
     async fn launch(&mut self, id: u64, addr: SocketAddr) {
-        let (transport, incoming) = Transport::bind(transport_config(&name(id), addr), &self.creds[&id]).expect("bind");
+        // A stopped node's socket may be released a moment after its
+        // shutdown returns (its tasks end on their own): retry the bind.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (transport, incoming) = loop {
+            match Transport::bind(transport_config(&name(id), addr), &self.creds[&id]) {
+                Ok(bound) => break bound,
+                Err(e) => assert!(Instant::now() < deadline, "bind {addr}: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         self.addrs.insert(id, transport.local_addr().expect("local addr"));
         let mut config = StrongConfig::new(id);
         (self.tune)(&mut config);
