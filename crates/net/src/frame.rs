@@ -56,14 +56,39 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, frame_bytes_max: u32) -> R
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Read(e)),
     }
-    let len = u32::from_be_bytes(head);
-    if len > frame_bytes_max {
-        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(frame_bytes_max) });
-    }
-    let mut payload = vec![0u8; len as usize];
+    let len = payload_len(head, frame_bytes_max)?;
+    let mut payload = vec![0u8; len];
     match recv.read_exact(&mut payload).await {
         Ok(()) => Ok(Some(Bytes::from(payload))),
         Err(quinn::ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
         Err(quinn::ReadExactError::ReadError(e)) => Err(FrameError::Read(e)),
     }
+}
+
+/// The payload length a frame header announces, refused when it is above
+/// `frame_bytes_max`. [`read_frame`] and [`split_frame`] both decide here, so
+/// the fuzzed rule is the one a peer's bytes meet.
+pub fn payload_len(head: [u8; FRAME_HEADER_BYTES], frame_bytes_max: u32) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(head);
+    if len > frame_bytes_max {
+        return Err(FrameError::TooLarge { len: u64::from(len), max: u64::from(frame_bytes_max) });
+    }
+    Ok(len as usize)
+}
+
+/// What [`read_frame`] returns on a stream whose whole content is `bytes`,
+/// without the stream: `Ok(None)` for no bytes, else the first frame's
+/// payload and the bytes it took (header included), or the same error.
+/// It exists so the framing rules can be fuzzed without QUIC
+/// (`docs/design/fault-injection.md`, "Fuzzing").
+pub fn split_frame(bytes: &[u8], frame_bytes_max: u32) -> Result<Option<(&[u8], usize)>, FrameError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let Some((head, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Err(FrameError::Truncated);
+    };
+    let len = payload_len(*head, frame_bytes_max)?;
+    let payload = rest.get(..len).ok_or(FrameError::Truncated)?;
+    Ok(Some((payload, FRAME_HEADER_BYTES + len)))
 }

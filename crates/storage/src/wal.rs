@@ -435,10 +435,10 @@ mod tests {
                 state as u8
             }));
             for input in [&bytes[..], &bytes[WAL_MAGIC.len()..]] {
-                if let Ok(replay) = decode_log(input) {
-                    if input.starts_with(&WAL_MAGIC[..]) {
-                        assert_eq!(&encode_log(&replay.batches)[..], &input[..replay.valid_bytes]);
-                    }
+                if let Ok(replay) = decode_log(input)
+                    && input.starts_with(&WAL_MAGIC[..])
+                {
+                    assert_eq!(&encode_log(&replay.batches)[..], &input[..replay.valid_bytes]);
                 }
             }
         }

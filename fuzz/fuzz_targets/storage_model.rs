@@ -2,9 +2,8 @@
 //! store, each compared read by read with a `BTreeMap` model (after redb's
 //! own `fuzz_redb` target).
 //!
-//! ```text
-//! cd crates/storage/fuzz && cargo +nightly fuzz run storage_model
-//! ```
+//! Run: `cargo +nightly fuzz run storage_model` from the repository root
+//! (`docs/design/fault-injection.md`, "Fuzzing").
 
 #![no_main]
 
