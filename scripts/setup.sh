@@ -5,6 +5,7 @@
 # - iproute2 and nftables for the fault-injection tests (crates/faults):
 #   network namespaces, veth links, tc, nft. Installed only when missing,
 #   and only as root (without root the fault tests fall back to loopback).
+# - strace for the fsync-before-acknowledgement test (crates/chorus/tests/fsync_order.rs).
 # - etcd-server for `chorus bench strong --vs-etcd` (scripts/install-etcd.sh).
 # - the nightly toolchain (minimal profile) when missing: the fuzz targets
 #   (fuzz/, docs/design/fault-injection.md, "Fuzzing") need it, and CI
@@ -32,6 +33,8 @@ fi
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# strace: the test that checks every acknowledgement leaves after its fsync.
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if ((${#missing[@]})); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive

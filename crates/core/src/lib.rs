@@ -31,8 +31,8 @@ pub use hlc::{Hlc, HlcError, Timestamp};
 #[cfg(feature = "test-knobs")]
 pub use node::InjectedBug;
 pub use node::{
-    Action, Halted, LocalWrite, Member, MemberState, NamespaceCreated, Node, NodeConfig, NodeStats, PersistId,
-    ReadResult, RequestId, WriteError, WriteReceipt, tiers_may_talk,
+    Action, Halted, LocalWrite, Member, MemberState, Misbehavior, NamespaceCreated, Node, NodeConfig, NodeStats,
+    PersistId, ReadResult, RequestId, WriteError, WriteReceipt, tiers_may_talk,
 };
 pub use persist::{PersistBatch, RecoveryImage, StoreOp};
 pub use rng::Rng;

@@ -456,3 +456,48 @@ fn a_flipped_bit_in_the_hlc_or_a_namespace_record_refuses_recovery_naming_the_re
         }
     }
 }
+
+#[test]
+fn a_peer_claiming_our_unissued_dots_is_reported_once_unless_we_started_empty() {
+    use chorus_core::wire::{NamespaceDelta, SyncPush, WireSeen};
+    use chorus_core::{Misbehavior, persist::RecoveryImage};
+    let forged = Message::SyncPush(SyncPush {
+        deltas: vec![
+            NamespaceDelta {
+                namespace: NS.into(),
+                value_type: ValueType::Lww,
+                entries: vec![],
+                complete: true,
+                seen: WireSeen { contiguous: vec![(id(1), 1_000)], exceptions: vec![] },
+            };
+            3
+        ],
+    });
+    let reports = |node: &mut Node| -> Vec<Action> {
+        node.handle_message(T0, id(2), forged.clone());
+        complete_all(node).into_iter().filter(|a| matches!(a, Action::PeerMisbehaved { .. })).collect()
+    };
+    // A node that started empty may be a wiped node whose peers honestly
+    // remember its old writes: counted, not reported.
+    let mut fresh = node();
+    assert!(reports(&mut fresh).is_empty());
+    assert!(fresh.stats().rejected_forged >= 1);
+    // A node that recovered a store holding its writes: reported, once per message.
+    let mut image = RecoveryImage::new();
+    let mut writer = Node::new(id(1), NodeConfig::default(), 1);
+    writer.create_namespace(NS, ValueType::Lww).unwrap();
+    writer.handle_local_writes(T0, vec![(RequestId(1), put("a"))]);
+    for a in complete_all(&mut writer) {
+        if let Action::Persist { batch, .. } = a {
+            for op in batch.ops {
+                if let Some(v) = op.value {
+                    image.entry(op.space).or_default().insert(op.key, v);
+                }
+            }
+        }
+    }
+    let mut recovered = Node::recover(id(1), NodeConfig::default(), 1, &image).unwrap();
+    recovered.set_members(T0, &members(&[(1, 0), (2, 0)]));
+    complete_all(&mut recovered);
+    assert_eq!(reports(&mut recovered), vec![Action::PeerMisbehaved { peer: id(2), reason: Misbehavior::ForgedDots }]);
+}

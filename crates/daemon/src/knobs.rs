@@ -66,6 +66,11 @@ impl DriverKnobs {
         None
     }
 
+    /// Whether batches are held back (the node task must wake to release them).
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Wake the node task in time to release held batches.
     pub fn earlier_wake(&self, timer: Option<tokio::time::Instant>) -> Option<tokio::time::Instant> {
         let release =

@@ -300,14 +300,22 @@ impl Driver {
                 let wait_us = due_us.saturating_sub(self.clock.now_us());
                 tokio::time::Instant::now() + Duration::from_micros(wait_us)
             });
+            // The timer also wakes a full pipeline when the ack-before-fsync
+            // knob holds every batch in flight: only its release drains it.
+            #[allow(unused_mut)]
+            let mut timer_armed = accepting;
             #[cfg(feature = "test-knobs")]
             let timer = self.knobs.earlier_wake(timer);
+            #[cfg(feature = "test-knobs")]
+            {
+                timer_armed |= self.knobs.holding();
+            }
             let wake = tokio::select! {
                 r = head_done(&mut exec.in_flight) => Wake::Done(r),
                 c = commands.recv(), if accepting => c.map_or(Wake::Stop, Wake::Command),
                 m = incoming.recv(), if accepting => m.map_or(Wake::Stop, Wake::Incoming),
                 r = members.changed(), if accepting => if r.is_ok() { Wake::Members } else { Wake::Stop },
-                _ = sleep_until_opt(timer), if accepting => Wake::Timer,
+                _ = sleep_until_opt(timer), if timer_armed => Wake::Timer,
                 _ = shutdown.changed() => Wake::Stop,
             };
             let mut turn = Turn::default();
@@ -330,6 +338,10 @@ impl Driver {
                 Wake::Command(c) => self.take_command(c, &mut exec, &mut turn),
                 Wake::Incoming(m) => self.take_incoming(m, &mut exec.peers),
                 Wake::Members => members_changed = true,
+                Wake::Timer if !accepting => {
+                    self.execute(&mut exec).await?;
+                    continue;
+                }
                 Wake::Timer => {}
             }
             for _ in 0..INCOMING_PER_TURN_MAX {
@@ -430,6 +442,7 @@ impl Driver {
                     tracing::error!(error = %h, "the node halted");
                     return Err(h.into());
                 }
+                Action::PeerMisbehaved { peer, reason } => self.misbehaved(&exec.peers, peer, reason.as_str()),
             }
         }
         if let Some(last) = group.take() {
@@ -460,6 +473,14 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// A peer sent what no honest peer can: disconnect and quarantine it
+    /// (docs/design/transport-and-membership.md, "Quarantine").
+    fn misbehaved(&self, peers: &HashMap<NodeId, PeerAddr>, peer: NodeId, reason: &'static str) {
+        let name = peers.get(&peer).map_or_else(|| peer.to_string(), |p| p.name.clone());
+        tracing::warn!(peer = %name, reason, "peer misbehaved; quarantining it");
+        telemetry::peer_misbehaved(reason);
     }
 
     fn take_command(&mut self, command: NodeCommand, exec: &mut Exec, turn: &mut Turn) {
@@ -509,6 +530,11 @@ impl Driver {
             Err(e) => {
                 tracing::warn!(peer = %from.name, error = %e, "undecodable message from peer");
                 telemetry::decode_error(&from.name);
+                let reason = match e {
+                    wire::DecodeError::Checksum => "bad_checksum",
+                    _ => "undecodable",
+                };
+                telemetry::peer_misbehaved(reason);
                 return;
             }
         };

@@ -262,3 +262,9 @@ pub fn upkeep(stats: &NodeStats, transport: &TransportStats, partitioned: bool) 
     counter!("chorus_transport_handshake_failures_total").absolute(failures);
     gauge!("chorus_partitioned").set(if partitioned { 1.0 } else { 0.0 });
 }
+
+/// A peer sent what no honest peer can (bad checksum, undecodable message,
+/// forged dots), by reason.
+pub fn peer_misbehaved(reason: &'static str) {
+    counter!("chorus_peer_misbehaved_total", "reason" => reason).increment(1);
+}

@@ -63,6 +63,15 @@ fn ten_seeded_fault_schedules_on_five_nodes_converge_lose_no_write_and_stay_line
         failures.len()
     );
     assert!(failures.is_empty(), "checker violations:\n{}", failures.join("\n"));
+    // Under CI every run must have used network namespaces (the partition,
+    // loss and duplication faults exist only there).
+    if common::namespaces_required() {
+        assert_eq!(namespaces_runs, RUNS as usize, "runs in network namespaces; CI runs as root with scripts/setup.sh");
+    } else if namespaces_runs < RUNS as usize {
+        eprintln!(
+            "only {namespaces_runs} of {RUNS} runs had network namespaces: network faults were not injected in the others"
+        );
+    }
     // The checks must have had something to check.
     assert!(ok > 100, "only {ok} acknowledged ops");
     assert!(faults >= RUNS as usize, "only {faults} faults injected");

@@ -37,8 +37,10 @@ fn write(cluster: &Cluster, node: usize, value: &str, t0: Instant) -> Record {
 fn a_stale_read_from_a_cut_off_learner_is_not_linearizable_and_the_majority_read_is() {
     let bin = common::chorus_bin();
     let net = build_net(4, true, 5_050_505);
-    if !net.is_namespaces() {
-        eprintln!("skipping: network namespaces are not available here (needs root); CI runs this test as root");
+    if !common::namespaces_or_skip(
+        net.is_namespaces(),
+        "a_stale_read_from_a_cut_off_learner_is_not_linearizable_and_the_majority_read_is",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

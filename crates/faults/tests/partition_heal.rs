@@ -30,8 +30,10 @@ fn put(cluster: &Cluster, node: usize, key: &str, value: &str) {
 fn a_partitioned_three_node_cluster_converges_through_anti_entropy_after_heal() {
     let bin = common::chorus_bin();
     let net = build_net(3, true, 4_040_404);
-    if !net.is_namespaces() {
-        eprintln!("skipping: network namespaces are not available here (needs root); CI runs this test as root");
+    if !common::namespaces_or_skip(
+        net.is_namespaces(),
+        "a_partitioned_three_node_cluster_converges_through_anti_entropy_after_heal",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

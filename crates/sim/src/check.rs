@@ -20,6 +20,8 @@ pub const DOT_REUSED: &str = "dot_reused";
 pub const RECOVERY: &str = "recovery";
 pub const DECODE: &str = "decode";
 pub const VALID_WRITE_REFUSED: &str = "valid_write_refused";
+/// A node reported an honest peer as misbehaving (all simulated nodes are honest).
+pub const FALSE_ALARM: &str = "false_alarm";
 
 /// What an acknowledged client write did.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -292,6 +292,28 @@ pub enum Action {
     ReadReady { request: RequestId, result: Result<(), Halted> },
     /// The node halted; the driver stops it. Comes after every outcome.
     Halted(Halted),
+    /// A peer sent what no honest peer can (the driver disconnects and
+    /// quarantines it). At most one per message.
+    PeerMisbehaved { peer: NodeId, reason: Misbehavior },
+}
+
+/// What a misbehaving peer did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Misbehavior {
+    /// Entries or a seen set claimed writes of ours that we never issued.
+    /// Not reported by a node that started from an empty store: its peers
+    /// may honestly know of writes it made before its disk was wiped.
+    ForgedDots,
+}
+
+impl Misbehavior {
+    /// A short name for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Misbehavior::ForgedDots => "forged_dots",
+        }
+    }
 }
 
 /// Counters the driver exports as metrics.
@@ -364,6 +386,10 @@ pub struct Node {
     /// Remembered idempotency keys, and their insertion order for expiry.
     idempotency: BTreeMap<Vec<u8>, persist::IdempotencyRecord>,
     idempotency_order: VecDeque<(u64, Vec<u8>)>,
+    /// Started from an empty store (see [`Misbehavior::ForgedDots`]).
+    started_empty: bool,
+    /// The peer of the message being handled already reported.
+    misbehavior_reported: bool,
     stats: NodeStats,
 }
 
@@ -399,6 +425,8 @@ impl Node {
             announced: VecDeque::new(),
             idempotency: BTreeMap::new(),
             idempotency_order: VecDeque::new(),
+            started_empty: true,
+            misbehavior_reported: false,
             stats: NodeStats::default(),
         }
     }
@@ -513,6 +541,7 @@ impl Node {
         if self.out.halted.is_some() || !self.peer_allowed(from) {
             return;
         }
+        self.misbehavior_reported = false;
         match message {
             Message::Push(p) => self.on_push(now_us, from, p),
             Message::SyncRequest(r) => self.on_sync_request(now_us, from, r),
@@ -562,6 +591,15 @@ impl Node {
                 self.next_anti_entropy_us = Some(now_us);
             }
             self.start_sync(now_us, peer);
+        }
+    }
+
+    /// A peer claimed writes of ours that we never issued.
+    fn forged(&mut self, from: NodeId) {
+        self.stats.rejected_forged += 1;
+        if !self.started_empty && !self.misbehavior_reported {
+            self.misbehavior_reported = true;
+            self.out.hold(Action::PeerMisbehaved { peer: from, reason: Misbehavior::ForgedDots });
         }
     }
 

@@ -63,10 +63,10 @@ impl Node {
     /// of ours that we never issued (a forged or corrupt state would poison
     /// our dot counter), and its timestamps must pass our clock check (they
     /// are then folded into the HLC). A refused entry is dropped whole.
-    pub(super) fn admit(&mut self, now_us: u64, namespace: &str, entry: &Entry) -> bool {
+    pub(super) fn admit(&mut self, now_us: u64, from: NodeId, namespace: &str, entry: &Entry) -> bool {
         let own = self.namespaces.get(namespace).map(|ns| ns.own_counter(self.id)).unwrap_or(0);
         if entry.clock().get(self.id) > own {
-            self.stats.rejected_forged += 1;
+            self.forged(from);
             return false;
         }
         let ts = entry.timestamp_max();
@@ -96,7 +96,7 @@ impl Node {
                 self.stats.push_duplicates += 1;
                 continue;
             }
-            if !self.admit(now_us, &item.namespace, &item.entry) {
+            if !self.admit(now_us, from, &item.namespace, &item.entry) {
                 continue;
             }
             let Some(ns) = self.namespaces.get_mut(&item.namespace) else { continue };

@@ -7,6 +7,8 @@ impl Node {
     /// Rebuild a node from everything its store holds.
     pub fn recover(id: NodeId, config: NodeConfig, seed: u64, image: &RecoveryImage) -> Result<Self, RecoverError> {
         let mut node = Node::new(id, config, seed);
+        // A store that ever held a write of ours holds the HLC record.
+        node.started_empty = image.get(persist::META_SPACE).is_none_or(|m| !m.contains_key(persist::HLC_KEY));
         let corrupt = |space: &str, key: &[u8], reason: String| RecoverError::Corrupt {
             space: space.to_string(),
             key: key.to_vec(),

@@ -233,7 +233,7 @@ impl Node {
         let mut seen = delta.seen.to_seen();
         let own = self.namespaces.get(&delta.namespace).map(|ns| ns.own_counter(self.id)).unwrap_or(0);
         if seen.contiguous().get(self.id) > own || seen.exceptions(self.id).any(|c| c > own) {
-            self.stats.rejected_forged += 1;
+            self.forged(from);
             seen.clamp_origin(self.id, own);
         }
         // Namespaces propagate through anti-entropy even before their first
@@ -245,7 +245,7 @@ impl Node {
         let mut seen_changed = false;
         for (key, entry) in &delta.entries {
             self.stats.sync_entries_received += 1;
-            if !self.admit(now_us, &delta.namespace, entry) {
+            if !self.admit(now_us, from, &delta.namespace, entry) {
                 all_admitted = false;
                 continue;
             }

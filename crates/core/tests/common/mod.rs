@@ -52,7 +52,10 @@ impl Driven {
                 Action::WriteDone { request, result } => {
                     self.outcomes.insert(request, result);
                 }
-                Action::NamespaceDone { .. } | Action::ReadReady { .. } | Action::Halted(_) => {}
+                Action::NamespaceDone { .. }
+                | Action::ReadReady { .. }
+                | Action::Halted(_)
+                | Action::PeerMisbehaved { .. } => {}
             }
         }
     }

@@ -15,3 +15,25 @@ pub fn chorus_bin() -> PathBuf {
         None => chorus_testkit::knobs_binary().to_path_buf(),
     }
 }
+
+/// Whether this run must have network namespaces: when `CI` is set the
+/// tests that need them fail without them (CI runs as root), instead of
+/// passing by skipping.
+pub fn namespaces_required() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// A test that needs network namespaces calls this with the built network:
+/// `true` means go on. Without namespaces it fails under `CI`, and outside CI
+/// it says why it skips.
+pub fn namespaces_or_skip(has_namespaces: bool, test: &str) -> bool {
+    if has_namespaces {
+        return true;
+    }
+    assert!(
+        !namespaces_required(),
+        "{test}: network namespaces are not available (needs root, iproute2 and nftables: scripts/setup.sh), and CI is set"
+    );
+    eprintln!("{test}: SKIPPED: network namespaces are not available here (needs root); CI fails instead of skipping");
+    false
+}

@@ -31,6 +31,11 @@ impl World {
                 }
                 Action::WriteDone { request, result } => self.write_done(i, request, result),
                 Action::NamespaceDone { .. } | Action::ReadReady { .. } => {}
+                Action::PeerMisbehaved { peer, reason } => {
+                    // Every simulated node is honest: a report is a false alarm.
+                    let detail = format!("node {i} reported honest node {peer} for {}", reason.as_str());
+                    self.violation(check::FALSE_ALARM, detail);
+                }
                 Action::Halted(h) => {
                     // A real driver stops the process; a supervisor restarts it.
                     let _ = h;
