@@ -223,6 +223,24 @@ pub async fn read_frame(recv: &mut quinn::RecvStream, limits: &FrameLimits) -> R
     }
 }
 
+/// What [`read_frame`] returns on a stream whose whole content is `bytes`,
+/// without the stream, for frames within the peer's budget and deadline:
+/// `Ok(None)` for no bytes, else the first frame's payload and the bytes it
+/// took (header included), or the same error. It exists so the framing
+/// rules can be fuzzed without QUIC (`docs/design/fault-injection.md`,
+/// "Fuzzing"); both decide the header with [`parse_header`].
+pub fn split_frame(bytes: &[u8], frame_bytes_max: u32) -> Result<Option<(&[u8], usize)>, FrameError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let Some((head, rest)) = bytes.split_first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Err(FrameError::Truncated);
+    };
+    let len = parse_header(*head, frame_bytes_max)? as usize;
+    let payload = rest.get(..len).ok_or(FrameError::Truncated)?;
+    Ok(Some((payload, FRAME_HEADER_BYTES + len)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

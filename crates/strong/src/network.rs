@@ -48,10 +48,12 @@ pub fn is_strong_request(payload: &[u8]) -> bool {
     payload.first() == Some(&STRONG_RPC_TAG)
 }
 
-/// A request between strong-namespace nodes.
+/// A request between strong-namespace nodes. Public only for the fuzz
+/// targets ([`fuzz_api`]).
+#[doc(hidden)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
-pub(crate) enum RpcRequest {
+pub enum RpcRequest {
     Append(AppendEntriesRequest<StrongTypes>),
     Vote(VoteRequest<StrongTypes>),
     PreVote(VoteRequest<StrongTypes>),
@@ -96,10 +98,12 @@ pub(crate) enum RpcRequest {
     },
 }
 
-/// The answer to an [`RpcRequest`].
+/// The answer to an [`RpcRequest`]. Public only for the fuzz targets
+/// ([`fuzz_api`]).
+#[doc(hidden)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(bound = "")]
-pub(crate) enum RpcResponse {
+pub enum RpcResponse {
     Append(AppendEntriesResponse<StrongTypes>),
     Vote(VoteResponse<StrongTypes>),
     Snapshot(SnapshotResponse<StrongTypes>),
@@ -115,24 +119,51 @@ pub(crate) enum RpcResponse {
     SnapshotChunk(Result<(), String>),
 }
 
-pub(crate) fn encode_request(request: &RpcRequest) -> Result<Bytes, postcard::Error> {
+#[doc(hidden)]
+pub fn encode_request(request: &RpcRequest) -> Result<Bytes, postcard::Error> {
     let mut payload = vec![STRONG_RPC_TAG];
     postcard::to_io(request, &mut payload).map_err(|_| postcard::Error::SerializeBufferFull)?;
     Ok(Bytes::from(payload))
 }
 
-pub(crate) fn decode_request(payload: &[u8]) -> Option<RpcRequest> {
+#[doc(hidden)]
+pub fn decode_request(payload: &[u8]) -> Option<RpcRequest> {
     let body = payload.strip_prefix(&[STRONG_RPC_TAG])?;
     postcard::from_bytes(body).ok()
 }
 
-pub(crate) fn encode_response(response: &RpcResponse) -> Bytes {
+#[doc(hidden)]
+pub fn encode_response(response: &RpcResponse) -> Bytes {
     match postcard::to_stdvec(response) {
         Ok(bytes) => Bytes::from(bytes),
         Err(e) => {
             let fallback = RpcResponse::Refused(format!("response encoding failed: {e}"));
             Bytes::from(postcard::to_stdvec(&fallback).unwrap_or_default())
         }
+    }
+}
+
+/// What a node decodes from the answer to one of its requests.
+#[doc(hidden)]
+pub fn decode_response(bytes: &[u8]) -> Result<RpcResponse, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// The strong codecs as the fuzz targets (`fuzz/`, see
+/// `docs/design/fault-injection.md`, "Fuzzing") need them: the exact decoders
+/// a peer's bytes reach, and the encoders for their round trips. Not an
+/// interface: it follows the RPC types, which are private to the nodes of
+/// one version.
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use super::{RpcRequest, RpcResponse, decode_request, decode_response, encode_request, encode_response};
+
+    pub use crate::kv::snapshot::SnapshotDecoder;
+
+    /// The state a snapshot's bytes (its chunks concatenated) load, decoded
+    /// as a snapshot install decodes them, with the default history limits.
+    pub fn decode_snapshot(data: &[u8]) -> Result<crate::kv::KvStateMachine, crate::kv::snapshot::SnapshotError> {
+        crate::kv::snapshot::decode(data, crate::kv::HistoryLimits::default())
     }
 }
 
@@ -146,7 +177,7 @@ pub(crate) async fn call(
     let payload = encode_request(request).map_err(|e| CallError::Protocol(e.to_string()))?;
     let peer_addr = PeerAddr { name: peer.name.clone(), addr: peer.addr };
     let bytes = transport.request(&peer_addr, payload, timeout).await.map_err(CallError::Transport)?;
-    postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(e.to_string()))
+    decode_response(&bytes).map_err(|e| CallError::Protocol(e.to_string()))
 }
 
 /// Why [`call`] failed.
