@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=10000000
-seconds=1200
+seconds=3600
 targets=()
 while (($#)); do
     case $1 in

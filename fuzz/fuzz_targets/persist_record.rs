@@ -15,20 +15,9 @@
 use chorus_core::persist::{self, fuzz_api};
 use libfuzzer_sys::fuzz_target;
 
-/// Checksum bytes of a sealed record (`persist.rs`).
-const CHECK_BYTES: usize = 8;
-
-fn seal(raw: &[u8]) -> Vec<u8> {
-    let Some((&version, body)) = raw.split_first() else { return Vec::new() };
-    let mut out = vec![version];
-    out.extend_from_slice(&blake3::hash(body).as_bytes()[..CHECK_BYTES]);
-    out.extend_from_slice(body);
-    out
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
-    let record = if mode & 4 != 0 { seal(rest) } else { rest.to_vec() };
+    let record = if mode & 4 != 0 { fuzz_api::seal(rest) } else { rest.to_vec() };
     match mode & 3 {
         0 => {
             if let Ok(decoded) = persist::decode_entry(&record) {

@@ -16,14 +16,12 @@
 
 #![no_main]
 
-use chorus_core::persist::{self, RecoveryImage};
+use chorus_core::persist::{self, RecoveryImage, fuzz_api};
 use chorus_core::{Action, LocalWrite, Node, NodeConfig, NodeId, Op, RequestId, ValueType};
 use libfuzzer_sys::fuzz_target;
 
 /// Records one input makes at most: keeps images small and runs fast.
 const RECORDS_MAX: usize = 32;
-/// Checksum bytes of a sealed record (`persist.rs`).
-const CHECK_BYTES: usize = 8;
 /// Steps of the driver loop at most: one write needs a handful of actions.
 const ACTIONS_MAX: usize = 64;
 const ME: NodeId = NodeId(1);
@@ -31,14 +29,6 @@ const NAMESPACES: [&str; 2] = ["a", "b"];
 
 fn take(bytes: &[u8], len: usize) -> (&[u8], &[u8]) {
     bytes.split_at(len.min(bytes.len()))
-}
-
-fn seal(raw: &[u8]) -> Vec<u8> {
-    let Some((&version, body)) = raw.split_first() else { return Vec::new() };
-    let mut out = vec![version];
-    out.extend_from_slice(&blake3::hash(body).as_bytes()[..CHECK_BYTES]);
-    out.extend_from_slice(body);
-    out
 }
 
 fn image_from(mut data: &[u8]) -> RecoveryImage {
@@ -64,7 +54,7 @@ fn image_from(mut data: &[u8]) -> RecoveryImage {
             _ => ("daemon".to_owned(), key.to_vec()),
         };
         let key = if tag & 0x10 != 0 { canonical_key } else { key.to_vec() };
-        let value = if tag & 8 != 0 { seal(value) } else { value.to_vec() };
+        let value = if tag & 8 != 0 { fuzz_api::seal(value) } else { value.to_vec() };
         image.entry(space).or_default().insert(key, value);
     }
     image

@@ -862,3 +862,66 @@ fn a_strong_write_retried_with_its_request_id_after_the_leader_is_killed_applies
     let (status, v) = request(&c, "PUT", survivor, "/v1/ns/once/kv/k", Some(&long)).expect("answer");
     assert_eq!((status, v["error"].as_str()), (400, Some("bad_request_id")), "{v}");
 }
+
+/// Lease time comes from the leader's clock only (docs/design/strong.md,
+/// "Lease time"). node4, a learner whose clock runs 3 s ahead (unsafe: past
+/// `max_offset_ms`), takes half of a client's keep-alives. Before, the node
+/// that took a call stamped it with its own time and expiry followed the
+/// largest time ever seen, so node4's first stamp expired every lease at
+/// once; now node4 forwards without stamping (or refuses with 503
+/// `clock_unsafe`) and the lease lives as long as it is kept alive.
+#[test]
+fn a_lease_kept_alive_through_a_node_with_a_fast_clock_never_expires_early() {
+    const TTL_MS: u64 = 2_000;
+    const KEEPALIVES: usize = 16;
+    let mut c = Cluster::prepare(84, 4, &format!("{STRONG}\nclock_probe_interval_ms = 200"));
+    // node4 first: with no peer up its clock is unchecked and it starts.
+    c.agents[3].start_with_env(&[("CHORUS_TEST_CLOCK_OFFSET_MS", "3000")]);
+    c.agents[3].wait_healthy(&c.http);
+    for i in 0..3 {
+        c.agents[i].start();
+    }
+    for i in 0..3 {
+        c.agents[i].wait_healthy(&c.http);
+    }
+    c.wait_all_alive();
+    let leader = wait_leader(&c, &[]);
+    eventually("the strong namespace to be created", CONVERGE, || {
+        let body = json!({ "name": "skewed", "mode": "strong" }).to_string();
+        let (status, _) = c.http.req("POST", &c.agents[leader].url("/v1/ns"), Some(&body))?;
+        (status == 201 || status == 200).then_some(())
+    });
+    eventually("node4 to see its clock measured off", CONVERGE, || {
+        c.http.get(&c.agents[3].url("/health")).filter(|(_, h)| h["status"] == "clock_unsafe")
+    });
+    let lease = grant(&c, 0, TTL_MS);
+    put_ok_with_lease(&c, "skewed", "session", lease);
+    let mut through_node4 = Vec::new();
+    for k in 0..KEEPALIVES {
+        // Every other keep-alive goes through the fast node; a pause of a
+        // quarter TTL between them leaves the lease three quarters of its
+        // TTL of slack, far more than a loaded machine's latency.
+        let i = if k % 2 == 0 { 3 } else { 0 };
+        let (status, v) = post(&c, i, &format!("/v1/leases/{lease}/keepalive"), json!({})).expect("node answers");
+        if i == 3 {
+            through_node4.push(status);
+            assert!(
+                status == 200 || (status == 503 && v["error"] == "clock_unsafe"),
+                "keep-alive via node4: {status} {v}"
+            );
+        } else {
+            assert_eq!(status, 200, "keep-alive {k} via node1: the lease expired early: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(TTL_MS / 4));
+    }
+    let (status, v) = c.http.get(&url(&c, 1, "/v1/ns/skewed/kv/session")).unwrap();
+    assert_eq!(status, 200, "the key bound to the kept-alive lease vanished: {v}");
+    println!("keep-alives through node4 answered {through_node4:?}");
+}
+
+/// A put of `key` bound to `lease`, through node1.
+fn put_ok_with_lease(c: &Cluster, ns: &str, key: &str, lease: u64) {
+    let body = json!({ "value": "here", "lease": lease }).to_string();
+    let (status, v) = c.http.req("PUT", &url(c, 0, &format!("/v1/ns/{ns}/kv/{key}")), Some(&body)).unwrap();
+    assert_eq!(status, 200, "{v}");
+}
