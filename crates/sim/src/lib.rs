@@ -22,11 +22,12 @@ pub use world::run;
 
 /// The test-only bugs by their command-line names (`chorus sim --inject-bug`).
 #[cfg(feature = "test-knobs")]
-pub const BUGS: [(&str, chorus_core::InjectedBug); 4] = [
+pub const BUGS: [(&str, chorus_core::InjectedBug); 5] = [
     ("skip-merge-on-push", chorus_core::InjectedBug::SkipMergeOnPush),
     ("release-sends-before-durable", chorus_core::InjectedBug::ReleaseSendsBeforeDurable),
     ("release-receipts-before-durable", chorus_core::InjectedBug::ReleaseReceiptsBeforeDurable),
     ("forget-own-dots-on-recovery", chorus_core::InjectedBug::ForgetOwnDotsOnRecovery),
+    ("accuse-honest-peers", chorus_core::InjectedBug::AccuseHonestPeers),
 ];
 
 /// The command-line name of a test-only bug.

@@ -60,6 +60,11 @@ fn a_node_that_forgets_its_own_dots_on_recovery_is_caught_by_dot_reused() {
 }
 
 #[test]
+fn a_node_that_accuses_honest_peers_of_forging_dots_is_caught_by_false_alarm() {
+    caught_by("accuse-honest-peers", "false_alarm", 1..=3, &[]);
+}
+
+#[test]
 fn without_a_bug_the_same_runs_report_no_violation() {
     // The control: the knobs binary with no bug injected passes every
     // checker on the same seeds (so the checkers above fired on the bug).

@@ -141,6 +141,9 @@ pub enum InjectedBug {
     /// At recovery, restore our own dot counter from the namespace record
     /// alone, ignoring the entries' clocks: dots get reused.
     ForgetOwnDotsOnRecovery,
+    /// Report every peer that pushes us an entry as forging our dots (a
+    /// detector that accuses honest peers).
+    AccuseHonestPeers,
 }
 
 /// Whether the test-only bug `$bug` is switched on: always `false` in

@@ -64,6 +64,10 @@ impl Node {
     /// our dot counter), and its timestamps must pass our clock check (they
     /// are then folded into the HLC). A refused entry is dropped whole.
     pub(super) fn admit(&mut self, now_us: u64, from: NodeId, namespace: &str, entry: &Entry) -> bool {
+        if injected!(self.config, AccuseHonestPeers) && !self.misbehavior_reported {
+            self.misbehavior_reported = true;
+            self.out.hold(Action::PeerMisbehaved { peer: from, reason: Misbehavior::ForgedDots });
+        }
         let own = self.namespaces.get(namespace).map(|ns| ns.own_counter(self.id)).unwrap_or(0);
         if entry.clock().get(self.id) > own {
             self.forged(from);
