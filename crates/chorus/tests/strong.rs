@@ -864,19 +864,23 @@ fn a_strong_write_retried_with_its_request_id_after_the_leader_is_killed_applies
 }
 
 /// Lease time comes from the leader's clock only (docs/design/strong.md,
-/// "Lease time"). node4, a learner whose clock runs 3 s ahead (unsafe: past
-/// `max_offset_ms`), takes half of a client's keep-alives. Before, the node
-/// that took a call stamped it with its own time and expiry followed the
-/// largest time ever seen, so node4's first stamp expired every lease at
-/// once; now node4 forwards without stamping (or refuses with 503
-/// `clock_unsafe`) and the lease lives as long as it is kept alive.
+/// "Lease time"). node4, a learner whose clock runs 10 s ahead (unsafe: past
+/// `max_offset_ms`), serves a second client; the first client keeps its
+/// lease alive through node1 only. Before, the node that took a call
+/// stamped it with its own time and the state machine's clock is the
+/// largest time seen: node4's first stamp moved that clock 10 s ahead, and
+/// the next expiry sweep (due for an abandoned lease) ended every lease
+/// whose deadline was set before, the first client's too, while it was
+/// being kept alive. Now node4 forwards without stamping (or refuses with
+/// 503 `clock_unsafe`) and the lease lives as long as it is kept alive.
 #[test]
 fn a_lease_kept_alive_through_a_node_with_a_fast_clock_never_expires_early() {
-    const TTL_MS: u64 = 2_000;
-    const KEEPALIVES: usize = 16;
+    const TTL_MS: u64 = 4_000;
+    const ABANDONED_TTL_MS: u64 = 1_000;
+    const KEEPALIVES: usize = 12;
     let mut c = Cluster::prepare(84, 4, &format!("{STRONG}\nclock_probe_interval_ms = 200"));
     // node4 first: with no peer up its clock is unchecked and it starts.
-    c.agents[3].start_with_env(&[("CHORUS_TEST_CLOCK_OFFSET_MS", "3000")]);
+    c.agents[3].start_with_env(&[("CHORUS_TEST_CLOCK_OFFSET_MS", "10000")]);
     c.agents[3].wait_healthy(&c.http);
     for i in 0..3 {
         c.agents[i].start();
@@ -894,29 +898,41 @@ fn a_lease_kept_alive_through_a_node_with_a_fast_clock_never_expires_early() {
     eventually("node4 to see its clock measured off", CONVERGE, || {
         c.http.get(&c.agents[3].url("/health")).filter(|(_, h)| h["status"] == "clock_unsafe")
     });
+    let keep_alive =
+        |i: usize, lease: u64| post(&c, i, &format!("/v1/leases/{lease}/keepalive"), json!({})).expect("node answers");
+    // The first client's lease, bound to a key, and a lease another client
+    // abandons: its expiry makes the leader sweep about a second from now.
     let lease = grant(&c, 0, TTL_MS);
     put_ok_with_lease(&c, "skewed", "session", lease);
+    let abandoned = grant(&c, 0, ABANDONED_TTL_MS);
+    let (status, v) = keep_alive(0, lease);
+    assert_eq!(status, 200, "keep-alive via node1: {v}");
+    // The second client, through the fast node.
+    let (status, v) = post(&c, 3, "/v1/leases", json!({ "ttl_ms": TTL_MS })).expect("node4 answers");
+    assert!(status == 201 || (status == 503 && v["error"] == "clock_unsafe"), "grant via node4: {status} {v}");
+    let second = v["lease"].as_u64();
+    // Past the abandoned lease's expiry and the sweep that ends it, well
+    // inside the first lease's TTL.
+    std::thread::sleep(Duration::from_millis(ABANDONED_TTL_MS + 1_000));
+    let (status, v) = keep_alive(0, abandoned);
+    assert_eq!((status, v["error"].as_str()), (404, Some("lease_not_found")), "the abandoned lease: {v}");
     let mut through_node4 = Vec::new();
     for k in 0..KEEPALIVES {
-        // Every other keep-alive goes through the fast node; a pause of a
-        // quarter TTL between them leaves the lease three quarters of its
-        // TTL of slack, far more than a loaded machine's latency.
-        let i = if k % 2 == 0 { 3 } else { 0 };
-        let (status, v) = post(&c, i, &format!("/v1/leases/{lease}/keepalive"), json!({})).expect("node answers");
-        if i == 3 {
-            through_node4.push(status);
+        let (status, v) = keep_alive(0, lease);
+        assert_eq!(status, 200, "keep-alive {k} via node1: the lease expired early: {v}");
+        if let Some(second) = second {
+            let (status, v) = keep_alive(3, second);
             assert!(
                 status == 200 || (status == 503 && v["error"] == "clock_unsafe"),
                 "keep-alive via node4: {status} {v}"
             );
-        } else {
-            assert_eq!(status, 200, "keep-alive {k} via node1: the lease expired early: {v}");
+            through_node4.push(status);
         }
-        std::thread::sleep(Duration::from_millis(TTL_MS / 4));
+        std::thread::sleep(Duration::from_millis(TTL_MS / 8));
     }
     let (status, v) = c.http.get(&url(&c, 1, "/v1/ns/skewed/kv/session")).unwrap();
     assert_eq!(status, 200, "the key bound to the kept-alive lease vanished: {v}");
-    println!("keep-alives through node4 answered {through_node4:?}");
+    println!("grant via node4: {second:?}; keep-alives through node4 answered {through_node4:?}");
 }
 
 /// A put of `key` bound to `lease`, through node1.
