@@ -404,16 +404,22 @@ impl Driver {
         // bounds; it is handed over before any later Persist, and nothing
         // handed out below depends on it (the core released it).
         let mut group: Option<(Vec<PersistId>, WriteBatch)> = None;
+        // Operations persisted in this call, and how many times a batch was
+        // closed because the next Persist would have crossed the bounds:
+        // a large turn is split, never refused (issue 13, defect 1).
+        let (mut turn_ops, mut splits) = (0usize, 0usize);
         while let Some(action) = self.node.poll_action() {
             match action {
                 Action::Persist { id, batch } => {
                     let batch = store_batch(batch);
-                    if let Some((ids, open)) = group.as_mut()
-                        && fits(open, &batch)
-                    {
-                        open.append(batch);
-                        ids.push(id);
-                        continue;
+                    turn_ops += batch.len();
+                    if let Some((ids, open)) = group.as_mut() {
+                        if fits(open, &batch) {
+                            open.append(batch);
+                            ids.push(id);
+                            continue;
+                        }
+                        splits += 1;
                     }
                     if let Some(full) = group.replace((vec![id], batch)) {
                         self.submit(exec, full).await;
@@ -447,6 +453,13 @@ impl Driver {
         }
         if let Some(last) = group.take() {
             self.submit(exec, last).await;
+        }
+        if splits > 0 {
+            tracing::info!(
+                "persist turn of {turn_ops} ops split at the store's bounds ({} ops or {} bytes per batch) {splits} time(s)",
+                chorus_storage::BATCH_OPS_MAX,
+                chorus_storage::BATCH_BYTES_MAX
+            );
         }
         #[cfg(feature = "test-knobs")]
         if let Some(due) = self.knobs.release_due() {

@@ -331,3 +331,48 @@ async fn a_quarantined_peer_is_disconnected_refused_with_the_quarantine_code_and
     endpoint.close(0u32.into(), b"done");
     a.shutdown().await;
 }
+
+/// A request abandoned by its timeout while its frame is still being
+/// written is the sender's own decision, not a broken frame: the stream is
+/// reset, and the receiver neither counts a framing error nor quarantines
+/// the sender (docs/design/transport-and-membership.md, "Quarantine").
+/// Before, quinn finished the dropped stream, the receiver read a frame cut
+/// short (`Truncated`) and quarantined an honest peer; found by a strong
+/// snapshot soak where openraft's 50 ms AppendEntries timeout cut 1 MB
+/// appends.
+#[tokio::test]
+async fn a_request_abandoned_mid_frame_by_its_timeout_does_not_get_the_sender_quarantined() {
+    const ABANDONED: u64 = 8;
+    let ca = ClusterCa::generate("test").expect("ca");
+    let (a, _a_rx) = bind(&ca, "alpha");
+    let (b, mut b_rx) = bind(&ca, "beta");
+    let b_addr = addr_of(&b);
+    let answers = tokio::spawn(async move {
+        while let Some(incoming) = b_rx.recv().await {
+            if let Incoming::Request { respond, .. } = incoming {
+                let _ = respond.send(Bytes::from_static(b"ok"));
+            }
+        }
+    });
+    // Connected first, so the timeouts below cut the write, not the dial.
+    let first = a.request(&b_addr, &b"hello"[..], WAIT).await;
+    assert_eq!(first.expect("first request").as_ref(), b"ok");
+    let large = Bytes::from(vec![7u8; chorus_net::transport::FRAME_BYTES_MAX_DEFAULT as usize]);
+    let mut timed_out = 0;
+    for k in 0..ABANDONED {
+        let cut = Duration::from_millis(1 + 3 * k);
+        if let Err(RequestError::Timeout) = a.request(&b_addr, large.clone(), cut).await {
+            timed_out += 1;
+        }
+    }
+    assert!(timed_out > 0, "no 16 MiB request was cut by a timeout of 1 to 22 ms");
+    let after = a.request(&b_addr, &b"still friends"[..], WAIT).await;
+    assert!(matches!(&after, Ok(answer) if answer.as_ref() == b"ok"), "after the abandoned requests: {after:?}");
+    let framing = b.stats().quarantines(QuarantineReason::Framing);
+    let frame_errors = b.stats().frame_errors.load(Ordering::Relaxed);
+    assert_eq!((framing, frame_errors), (0, 0), "beta punished alpha for {timed_out} abandoned requests");
+    assert!(!b.is_quarantined("alpha"));
+    answers.abort();
+    a.shutdown().await;
+    b.shutdown().await;
+}

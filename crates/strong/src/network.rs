@@ -40,6 +40,15 @@ pub const APPEND_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// 16 MiB a second, a slow disk's pace, with the chunk deadline on top.
 const INSTALL_BYTES_PER_SECOND_MIN: u64 = 16 * 1024 * 1024;
 
+/// Extra deadline of an AppendEntries request, per byte of its entries.
+/// openraft gives every append one heartbeat interval (50 ms by default),
+/// which a request of several MiB (a lagging follower or a new learner
+/// catching up on 1 MiB values) cannot meet on a busy disk: the request
+/// timed out and was sent again, the same size, forever. At 16 MiB a
+/// second, an 8 MiB append ([`APPEND_BYTES_MAX`]) gets 500 ms more;
+/// heartbeats (no entries) keep the interval.
+const APPEND_BYTES_PER_SECOND_MIN: u64 = 16 * 1024 * 1024;
+
 /// First byte of every strong-namespace request payload.
 pub const STRONG_RPC_TAG: u8 = 0xA5;
 
@@ -283,15 +292,19 @@ impl PeerClient {
     }
 }
 
+/// An entry's size as [`APPEND_BYTES_MAX`] counts it.
+fn entry_bytes(entry: &crate::types::Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(command) => command.payload_bytes(),
+        _ => 1024,
+    }
+}
+
 /// How many leading `entries` fit in `bytes_max` (at least one, if any).
 fn entries_within(entries: &[crate::types::Entry], bytes_max: usize) -> usize {
     let mut total = 0usize;
     for (i, entry) in entries.iter().enumerate() {
-        let bytes = match &entry.payload {
-            openraft::EntryPayload::Normal(command) => command.payload_bytes(),
-            _ => 1024,
-        };
-        total = total.saturating_add(bytes);
+        total = total.saturating_add(entry_bytes(entry));
         if total > bytes_max && i > 0 {
             return i;
         }
@@ -368,7 +381,9 @@ impl RaftNetworkV2<StrongTypes> for PeerClient {
         let cut = kept < rpc.entries.len();
         rpc.entries.truncate(kept);
         let last_sent = rpc.entries.last().map(|entry| entry.log_id);
-        match self.rpc(RpcRequest::Append(rpc), RPCTypes::AppendEntries, &option).await? {
+        let bytes: u64 = rpc.entries.iter().map(|entry| entry_bytes(entry) as u64).sum();
+        let timeout = option.hard_ttl() + Duration::from_millis(bytes * 1000 / APPEND_BYTES_PER_SECOND_MIN);
+        match self.rpc_within(RpcRequest::Append(rpc), RPCTypes::AppendEntries, timeout).await? {
             RpcResponse::Append(AppendEntriesResponse::Success) if cut => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
             }

@@ -116,6 +116,44 @@ mod code {
     /// A stream stopped because its frame missed its deadline or did not
     /// fit the peer's in-flight budget.
     pub const FRAME_REFUSED: u32 = 8;
+    /// A request stream reset by its sender because the request was
+    /// abandoned (its timeout) before its frame was written whole.
+    pub const CANCELLED: u32 = 9;
+}
+
+/// A request's send stream that is **reset**, not finished, when dropped
+/// before [`RequestStream::finish`]. quinn finishes a dropped stream, so a
+/// request abandoned by its timeout in the middle of writing its frame
+/// would end the stream inside the frame: to the peer that is a frame cut
+/// short (`FrameError::Truncated`), a framing violation it quarantines us
+/// for (`docs/design/transport-and-membership.md`, "Quarantine"). A reset
+/// stream is an ordinary read error there.
+struct RequestStream(Option<quinn::SendStream>);
+
+impl RequestStream {
+    async fn write_frame(&mut self, payload: Bytes) -> Result<(), RequestError> {
+        if let Some(send) = self.0.as_mut() {
+            send.write_all_chunks(&mut [frame::header(payload.len()), payload]).await?;
+        }
+        Ok(())
+    }
+
+    /// The frame is whole: end the stream normally.
+    fn finish(mut self) {
+        if let Some(mut send) = self.0.take() {
+            // The stream may already be reset by the peer; the response
+            // read reports that.
+            let _ = send.finish();
+        }
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.0.take() {
+            let _ = send.reset(varint(code::CANCELLED));
+        }
+    }
 }
 
 /// The QUIC application close code of a connection closed or refused
@@ -429,12 +467,11 @@ impl Transport {
         let inner = self.inner.clone();
         let exchange = async move {
             let conn = inner.connection_for(&peer).await?;
-            let (mut send, mut recv) = conn.open_bi().await?;
+            let (send, mut recv) = conn.open_bi().await?;
             let len = payload.len();
-            send.write_all_chunks(&mut [frame::header(len), payload]).await?;
-            // The stream may already be reset by the peer; the read below
-            // reports that.
-            let _ = send.finish();
+            let mut send = RequestStream(Some(send));
+            send.write_frame(payload).await?;
+            send.finish();
             inner.count_sent(&peer.stats, len);
             match frame::read_frame(&mut recv, &inner.frame_limits(&peer)).await {
                 Ok(Some(response)) => {
