@@ -232,6 +232,7 @@ impl RaftNetworkFactory<StrongTypes> for NetworkFactory {
             target,
             node: node.clone(),
             snapshots: Arc::clone(&self.snapshots),
+            append_bytes_max: APPEND_BYTES_MAX,
         }
     }
 }
@@ -243,6 +244,9 @@ pub struct PeerClient {
     target: u64,
     node: PeerNode,
     snapshots: Arc<SnapshotStore>,
+    /// Entry bytes of the next append to this peer at most; adapts to the
+    /// peer's pace ([`next_append_bytes_max`]).
+    append_bytes_max: usize,
 }
 
 /// Transfers started by this process, so a follower can tell a new one
@@ -290,6 +294,19 @@ impl PeerClient {
             Err(e) => Err(self.rpc_error(e, action, timeout)),
         }
     }
+}
+
+/// The smallest per-peer append bound: after repeated timeouts an append
+/// still carries this much (and always at least one entry).
+const APPEND_BYTES_MIN: usize = 256 * 1024;
+
+/// A peer's append bound after an append with entries: halved after a
+/// failure (a follower slower than [`APPEND_BYTES_PER_SECOND_MIN`] would
+/// otherwise time out on every same-sized retry), doubled back after a
+/// success, within [`APPEND_BYTES_MIN`]..=[`APPEND_BYTES_MAX`].
+fn next_append_bytes_max(current: usize, succeeded: bool) -> usize {
+    let next = if succeeded { current.saturating_mul(2) } else { current / 2 };
+    next.clamp(APPEND_BYTES_MIN, APPEND_BYTES_MAX)
 }
 
 /// An entry's size as [`APPEND_BYTES_MAX`] counts it.
@@ -377,13 +394,17 @@ impl RaftNetworkV2<StrongTypes> for PeerClient {
         mut rpc: AppendEntriesRequest<StrongTypes>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<StrongTypes>, RPCError<StrongTypes>> {
-        let kept = entries_within(&rpc.entries, APPEND_BYTES_MAX);
+        let kept = entries_within(&rpc.entries, self.append_bytes_max);
         let cut = kept < rpc.entries.len();
         rpc.entries.truncate(kept);
         let last_sent = rpc.entries.last().map(|entry| entry.log_id);
         let bytes: u64 = rpc.entries.iter().map(|entry| entry_bytes(entry) as u64).sum();
         let timeout = option.hard_ttl() + Duration::from_millis(bytes * 1000 / APPEND_BYTES_PER_SECOND_MIN);
-        match self.rpc_within(RpcRequest::Append(rpc), RPCTypes::AppendEntries, timeout).await? {
+        let answer = self.rpc_within(RpcRequest::Append(rpc), RPCTypes::AppendEntries, timeout).await;
+        if bytes > 0 {
+            self.append_bytes_max = next_append_bytes_max(self.append_bytes_max, answer.is_ok());
+        }
+        match answer? {
             RpcResponse::Append(AppendEntriesResponse::Success) if cut => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
             }
@@ -429,5 +450,27 @@ impl RaftNetworkV2<StrongTypes> for PeerClient {
             closed = cancel => Err(StreamingError::Closed(closed)),
             response = send => response,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_append_bound_halves_after_failures_down_to_its_floor_and_grows_back_after_successes() {
+        let mut cap = APPEND_BYTES_MAX;
+        let mut seen = vec![cap];
+        for _ in 0..8 {
+            cap = next_append_bytes_max(cap, false);
+            seen.push(cap);
+        }
+        let mib = 1024 * 1024;
+        assert_eq!(&seen[..7], &[8 * mib, 4 * mib, 2 * mib, mib, mib / 2, mib / 4, mib / 4]);
+        assert_eq!(cap, APPEND_BYTES_MIN);
+        for _ in 0..10 {
+            cap = next_append_bytes_max(cap, true);
+        }
+        assert_eq!(cap, APPEND_BYTES_MAX);
     }
 }

@@ -373,7 +373,12 @@ async fn answer_request(
             let _ = send.reset(varint(code::FRAME_REFUSED));
             return;
         }
-        Err(_) => return,
+        Err(e) => {
+            // A reset (code 9: the sender abandoned the request) or a lost
+            // connection: nothing to answer, nobody to punish.
+            debug!(peer = %peer.name, error = %e, "request stream ended before its frame was whole");
+            return;
+        }
     };
     inner.count_received(&peer.stats, frame.payload.len());
     let (respond, response) = oneshot::channel();
