@@ -21,6 +21,7 @@ pub mod node;
 pub mod persist;
 pub mod rng;
 pub mod types;
+pub mod watch;
 pub mod wire;
 
 pub use causal::{Dot, SeenSet, VersionVector};

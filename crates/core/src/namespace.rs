@@ -5,6 +5,7 @@
 use crate::causal::{Dot, SeenSet, VersionVector};
 use crate::crdt::{Entry, JoinError, ValueType};
 use crate::types::{Key, NodeId};
+use crate::watch::{ChangeBatch, Feed};
 use chorus_reconcile::{ItemIndex, RangeFingerprint};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -36,6 +37,12 @@ pub struct Namespace {
     tombstones: BTreeSet<Key>,
     recon: ItemIndex,
     pub(crate) gc: GcEpoch,
+    /// Pointwise maximum of the `min` vectors under which whole tombstones
+    /// were collected: a watch position below it may have missed a delete
+    /// (`docs/design/watch.md`, "Reset").
+    collected_floor: VersionVector,
+    /// The change recorder, while the node's feed is on.
+    feed: Option<Feed>,
 }
 
 /// Causal-stability bookkeeping for tombstone collection.
@@ -104,7 +111,43 @@ impl Namespace {
             tombstones: BTreeSet::new(),
             recon: ItemIndex::with_bucket_bits(RECONCILE_BUCKET_BITS_INITIAL),
             gc: GcEpoch::default(),
+            collected_floor: VersionVector::new(),
+            feed: None,
         }
+    }
+
+    /// Start recording changes (see [`crate::watch`]).
+    pub(crate) fn enable_feed(&mut self) {
+        if self.feed.is_none() {
+            self.feed = Some(Feed::new(self.seen.contiguous()));
+        }
+    }
+
+    /// The changes recorded since the last call.
+    pub(crate) fn take_feed(&mut self) -> Option<ChangeBatch> {
+        let prefix = self.seen.contiguous().clone();
+        self.feed.as_mut()?.take(&self.name, &prefix)
+    }
+
+    /// See the field: positions below it cannot be resumed here.
+    pub fn collected_floor(&self) -> &VersionVector {
+        &self.collected_floor
+    }
+
+    pub(crate) fn raise_collected_floor(&mut self, floor: &VersionVector) {
+        self.collected_floor.merge(floor);
+    }
+
+    /// The index entries above `prefix`, per origin: the keys whose clock
+    /// reaches above it (a key may appear under several origins).
+    pub(crate) fn index_above<'a>(
+        &'a self,
+        prefix: &'a VersionVector,
+    ) -> impl Iterator<Item = (NodeId, impl Iterator<Item = &'a Key> + 'a)> + 'a {
+        self.index.iter().filter_map(move |(&origin, per)| {
+            let from = prefix.get(origin).checked_add(1)?;
+            Some((origin, per.range(from..).map(|(_, k)| k)))
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -207,6 +250,9 @@ impl Namespace {
             // so this cannot fail for a key that passed validation.
             let _ = self.recon.insert(key.clone(), entry.digest());
         }
+        if let Some(feed) = self.feed.as_mut() {
+            feed.record(key.clone(), old_clock.unwrap_or_default(), entry.clone(), self.seen.contiguous());
+        }
         self.entries.insert(key, entry);
     }
 
@@ -299,6 +345,7 @@ impl Namespace {
             return Vec::new();
         }
         let min = min.clone();
+        let mut floor_raised = false;
         let mut out = Vec::new();
         let mut examined = 0usize;
         let candidates: Vec<Key> = self.tombstones.iter().cloned().collect();
@@ -320,6 +367,10 @@ impl Namespace {
                 }
                 self.tombstones.remove(&k);
                 self.recon.remove(&k);
+                if !floor_raised {
+                    self.collected_floor.merge(&min);
+                    floor_raised = true;
+                }
                 out.push((k, None));
             } else {
                 let mut pruned = entry.clone();

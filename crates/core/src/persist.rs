@@ -25,6 +25,10 @@ pub const META_SPACE: &str = "meta";
 pub const NAMESPACES_SPACE: &str = "namespaces";
 pub const HLC_KEY: &[u8] = b"hlc";
 /// Space of remembered idempotency keys (`request_id` → outcome).
+/// Prefix of the META keys holding each namespace's collected floor
+/// (`gc_floor.{namespace}`: the version vector under which whole
+/// tombstones were collected; `docs/design/watch.md`, "Reset").
+pub const GC_FLOOR_PREFIX: &str = "gc_floor.";
 pub const IDEMPOTENCY_SPACE: &str = "idem";
 
 pub fn entries_space(namespace: &str) -> String {
@@ -177,6 +181,19 @@ pub(crate) fn encode_idempotency_record(record: &IdempotencyRecord) -> Vec<u8> {
 
 /// Decode a remembered idempotency key, checking its checksum.
 pub fn decode_idempotency_record(bytes: &[u8]) -> Result<IdempotencyRecord, String> {
+    match bytes.first() {
+        Some(&RECORD_VERSION_CHECKED) => postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string()),
+        Some(v) => Err(format!("unknown record version {v}")),
+        None => Err("empty record".into()),
+    }
+}
+
+pub(crate) fn encode_gc_floor(floor: &crate::causal::VersionVector) -> Vec<u8> {
+    sealed(RECORD_VERSION_CHECKED, floor)
+}
+
+/// Decode a namespace's collected floor, checking its checksum.
+pub fn decode_gc_floor(bytes: &[u8]) -> Result<crate::causal::VersionVector, String> {
     match bytes.first() {
         Some(&RECORD_VERSION_CHECKED) => postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string()),
         Some(v) => Err(format!("unknown record version {v}")),

@@ -104,6 +104,11 @@ pub struct Config {
     /// Answers of streaming routes (watch) open at once; one more is
     /// answered 503 `too_many_streams`.
     pub http_streams_open_max: usize,
+    /// How long a request carrying a session (`Chorus-Session`), or a watch
+    /// resumed from a token, waits for this node to catch up with it before
+    /// answering 503 `session_behind` / `watch_behind` (never older data;
+    /// `docs/design/watch.md`).
+    pub session_wait_ms: u64,
     /// How long a write's idempotency key (`request_id`) is remembered: a
     /// retry with the same key within it returns the first outcome and
     /// applies nothing. Strong namespaces stamp it into the Raft log
@@ -158,6 +163,7 @@ impl Default for Config {
             namespace_confirm_timeout_ms: 3_000,
             worker_threads: 0,
             http_request_timeout_ms: 75_000,
+            session_wait_ms: 2_000,
             http_header_timeout_ms: 10_000,
             http_requests_in_flight_max: 1_024,
             http_streams_open_max: 1_000,
@@ -248,6 +254,12 @@ impl Config {
         }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms", "must be > 0".into());
+        }
+        if self.session_wait_ms >= self.http_request_timeout_ms {
+            return invalid(
+                "session_wait_ms",
+                format!("must be below http_request_timeout_ms ({})", self.http_request_timeout_ms),
+            );
         }
         if self.command_queue_max == 0 {
             return invalid("command_queue_max", "must be > 0".into());

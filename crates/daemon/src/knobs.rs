@@ -24,6 +24,24 @@ pub const CLOCK_OFFSET_ENV: &str = "CHORUS_TEST_CLOCK_OFFSET_MS";
 /// as fatal): how a stopped group is reported can then be tested.
 pub const STRONG_SNAPSHOT_FAIL_ENV: &str = "CHORUS_TEST_STRONG_SNAPSHOT_FAIL";
 
+/// `CHORUS_TEST_WATCH_DROP_EVENT=N` makes the node silently skip the N-th
+/// data event it sends on watch streams (counted over all streams, from 1),
+/// while the stream's position moves on as if it had been sent: the gap
+/// the watch checkers must catch (`docs/design/watch.md`, "Testing").
+pub const WATCH_DROP_EVENT_ENV: &str = "CHORUS_TEST_WATCH_DROP_EVENT";
+
+/// The event the drop knob names, if set.
+pub fn watch_drop_event_from_env() -> Option<u64> {
+    static N: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var(WATCH_DROP_EVENT_ENV).ok().and_then(|v| v.parse().ok()))
+}
+
+/// Count one data event; returns its number (from 1).
+pub fn watch_event_counted() -> u64 {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
 /// Whether the snapshot-failure knob is set.
 pub fn strong_snapshot_fail_from_env() -> bool {
     std::env::var(STRONG_SNAPSHOT_FAIL_ENV).is_ok_and(|v| v == "1")

@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod strong;
 pub mod telemetry;
 pub mod token;
+pub mod watch_hub;
 
 pub use clock::{Clock, ClockHandle, SystemClock};
 pub use config::{Config, ConfigError};
@@ -193,6 +194,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         node_config.injected_bug = Some(chorus_core::InjectedBug::ReleaseReceiptsBeforeDurable);
     }
     let mut node = Node::recover(id, node_config, seed, &image).context("recovering the node from its store")?;
+    node.enable_change_feed();
+    let watch_hub = watch_hub::WatchHub::new();
     drop(image);
     // Corrected time never goes below what the HLC already issued, even if
     // the OS clock stepped back while the node was down.
@@ -267,6 +270,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         tier: config.tier,
         value_bytes_max: config.max_value_bytes as usize,
         group_writes_max: config.group_commit_writes_max,
+        watch_hub: watch_hub.clone(),
         #[cfg(feature = "test-knobs")]
         knobs,
     };
@@ -303,6 +307,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         metrics: metrics.clone(),
         strong: strong.clone(),
         eventual_names: api::EventualNames::default(),
+        watch_hub,
+        session_wait: Duration::from_millis(config.session_wait_ms),
     };
     let app = api::router(state, api::HttpLimits::from_config(&config));
     let header_timeout = Duration::from_millis(config.http_header_timeout_ms);

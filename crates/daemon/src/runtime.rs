@@ -134,6 +134,26 @@ impl NodeHandle {
         self.call(deadline, |reply| NodeCommand::CreateNamespace { name, value_type, reply }).await
     }
 
+    /// Like [`NodeHandle::inspect`], and `on_release` runs on the node task
+    /// when the core releases the read, in order with every other action:
+    /// a watch stream subscribes there, so it gets exactly the change
+    /// batches after the state `f` saw.
+    pub async fn inspect_then<R: Send + 'static, S: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> R + Send + 'static,
+        on_release: impl FnOnce(R) -> S + Send + 'static,
+    ) -> Result<S, CallError> {
+        self.call(self.deadline, |reply: oneshot::Sender<S>| {
+            NodeCommand::Inspect(Box::new(move |node: &Node| {
+                let answer = f(node);
+                Box::new(move || {
+                    let _ = reply.send(on_release(answer));
+                })
+            }))
+        })
+        .await
+    }
+
     /// Read from the node: `f` runs on the node task against its current
     /// state; the answer is returned once that state is durable.
     pub async fn inspect<R: Send + 'static>(
@@ -163,6 +183,8 @@ pub struct Driver {
     pub tier: u8,
     pub value_bytes_max: usize,
     pub group_writes_max: usize,
+    /// Where the core's durable change batches go (watch streams).
+    pub watch_hub: Arc<crate::watch_hub::WatchHub>,
     /// Test-only fault knobs (feature `test-knobs`).
     #[cfg(feature = "test-knobs")]
     pub knobs: crate::knobs::DriverKnobs,
@@ -449,6 +471,7 @@ impl Driver {
                     return Err(h.into());
                 }
                 Action::PeerMisbehaved { peer, reason } => self.misbehaved(&exec.peers, peer, reason),
+                Action::Changes(batch) => self.watch_hub.dispatch(batch),
             }
         }
         if let Some(last) = group.take() {

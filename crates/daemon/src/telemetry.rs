@@ -47,6 +47,16 @@ fn describe() {
     );
     describe_counter!("chorus_anti_entropy_entries_sent_total", "Entries sent to peers by anti-entropy.");
     describe_counter!("chorus_reads_total", "Client reads answered (get and scan), by result.");
+    describe_counter!(
+        "chorus_watch_lagged_total",
+        "Watch streams closed with a `lagged` event because their consumer fell behind."
+    );
+    describe_counter!("chorus_watch_streams_opened_total", "Watch streams opened, by namespace mode.");
+    describe_counter!("chorus_watch_events_total", "Watch events sent (data events, not control events).");
+    describe_counter!(
+        "chorus_session_behind_total",
+        "Requests answered 503 `session_behind`: this node had not seen the client's session in time."
+    );
     describe_histogram!(
         "chorus_write_ack_seconds",
         Unit::Seconds,
@@ -245,6 +255,23 @@ pub fn send_dropped(reason: &'static str) {
 
 pub fn decode_error(peer: &str) {
     counter!("chorus_decode_errors_total", "peer" => peer.to_string()).increment(1);
+}
+
+pub fn watch_lagged() {
+    counter!("chorus_watch_lagged_total").increment(1);
+}
+
+/// A watch stream opened (`mode`: eventual or strong) or ended (`reason`).
+pub fn watch_opened(mode: &'static str) {
+    counter!("chorus_watch_streams_opened_total", "mode" => mode).increment(1);
+}
+
+pub fn watch_events(n: usize) {
+    counter!("chorus_watch_events_total").increment(n as u64);
+}
+
+pub fn session_behind() {
+    counter!("chorus_session_behind_total").increment(1);
 }
 
 pub fn http_refused(reason: &'static str) {

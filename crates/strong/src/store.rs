@@ -523,6 +523,9 @@ pub struct SmShared {
 pub struct SmStore {
     shared: Arc<RwLock<SmShared>>,
     snapshots: Arc<SnapshotStore>,
+    /// The store revision after every apply or snapshot install: watch
+    /// streams wait on it instead of polling (`docs/design/watch.md`).
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Settings of the state machine's store.
@@ -588,7 +591,8 @@ impl SmStore {
                 }
             },
         };
-        Ok(Self { shared: Arc::new(RwLock::new(shared)), snapshots })
+        let (applied, _) = tokio::sync::watch::channel(shared.kv.revision());
+        Ok(Self { shared: Arc::new(RwLock::new(shared)), snapshots, applied: Arc::new(applied) })
     }
 
     /// A snapshot of the layout written before the record stream: one
@@ -629,6 +633,11 @@ impl SmStore {
             last_membership: meta.last_membership.clone(),
             snapshot: Some((meta, written)),
         }))
+    }
+
+    /// The revision after each apply, as it happens.
+    pub fn applied_revisions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The shared state, for reads.
@@ -754,6 +763,8 @@ impl RaftStateMachine<StrongTypes> for SmStore {
                 responder.send(result);
             }
         }
+        let revision = self.read().kv.revision();
+        self.applied.send_replace(revision);
         Ok(())
     }
 
@@ -779,6 +790,8 @@ impl RaftStateMachine<StrongTypes> for SmStore {
             shared.last_membership = meta.last_membership.clone();
             shared.snapshot = Some((meta.clone(), snapshot.clone()));
         }
+        let revision = self.read().kv.revision();
+        self.applied.send_replace(revision);
         self.snapshots.counters.installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             last_index = ?meta.last_log_id.map(|id| id.index),

@@ -23,7 +23,15 @@ impl Node {
             if ns.gc.completed.is_none() {
                 ns.gc.try_complete(&members);
             }
+            let floor_before = ns.collected_floor().clone();
             let collected = ns.collect_garbage(limit);
+            if *ns.collected_floor() != floor_before {
+                batch.ops.push(StoreOp {
+                    space: persist::META_SPACE.to_string(),
+                    key: format!("{}{name}", persist::GC_FLOOR_PREFIX).into_bytes(),
+                    value: Some(persist::encode_gc_floor(ns.collected_floor())),
+                });
+            }
             self.stats.tombstones_collected += collected.len() as u64;
             let space = persist::entries_space(&name);
             let any = !collected.is_empty();

@@ -298,6 +298,9 @@ pub enum Action {
     /// A peer sent what no honest peer can (the driver disconnects and
     /// quarantines it). At most one per message.
     PeerMisbehaved { peer: NodeId, reason: Misbehavior },
+    /// Changes installed in one namespace, durable now: hand them to the
+    /// watch streams (only with the feed on, [`Node::enable_change_feed`]).
+    Changes(crate::watch::ChangeBatch),
 }
 
 /// What a misbehaving peer did.
@@ -392,6 +395,8 @@ pub struct Node {
     started_empty: bool,
     /// The peer of the message being handled already reported.
     misbehavior_reported: bool,
+    /// Changes are recorded for watch streams ([`Action::Changes`]).
+    feed_on: bool,
     stats: NodeStats,
 }
 
@@ -429,6 +434,7 @@ impl Node {
             idempotency_order: VecDeque::new(),
             started_empty: true,
             misbehavior_reported: false,
+            feed_on: false,
             stats: NodeStats::default(),
         }
     }
@@ -455,6 +461,25 @@ impl Node {
 
     pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
         self.namespaces.values()
+    }
+
+    /// Record every change for watch streams from now on: each persisted
+    /// batch's changes then leave as [`Action::Changes`], held behind it
+    /// (`docs/design/watch.md`). Off by default (the simulator's thousands
+    /// of nodes do not pay for it).
+    pub fn enable_change_feed(&mut self) {
+        self.feed_on = true;
+        for ns in self.namespaces.values_mut() {
+            ns.enable_feed();
+        }
+    }
+
+    fn new_namespace(&self, name: &str, value_type: ValueType) -> Namespace {
+        let mut ns = Namespace::new(name.to_string(), value_type);
+        if self.feed_on {
+            ns.enable_feed();
+        }
+        ns
     }
 
     /// Next action for the driver, in order.
@@ -618,6 +643,19 @@ impl Node {
         }
         self.persist_hlc(&mut batch);
         self.out.persist(batch);
+        self.hold_changes();
+    }
+
+    /// Queue the changes recorded so far behind the batch just persisted.
+    fn hold_changes(&mut self) {
+        if !self.feed_on {
+            return;
+        }
+        for ns in self.namespaces.values_mut() {
+            if let Some(changes) = ns.take_feed() {
+                self.out.hold(Action::Changes(changes));
+            }
+        }
     }
 
     fn persist_namespace(&self, batch: &mut PersistBatch, name: &str) {

@@ -204,7 +204,11 @@ impl Outputs {
 /// What becomes of a held action whose batch failed.
 fn fail_action(action: Action, halted: &Halted) -> Option<Action> {
     match action {
-        Action::Send { .. } | Action::Persist { .. } | Action::Halted(_) | Action::PeerMisbehaved { .. } => None,
+        Action::Send { .. }
+        | Action::Persist { .. }
+        | Action::Halted(_)
+        | Action::PeerMisbehaved { .. }
+        | Action::Changes(_) => None,
         Action::WriteDone { request, .. } => {
             Some(Action::WriteDone { request, result: Err(WriteError::PersistFailed(halted.clone())) })
         }

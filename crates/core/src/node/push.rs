@@ -52,7 +52,8 @@ impl Node {
                 if !valid_namespace_name(name) {
                     return false;
                 }
-                self.namespaces.insert(name.to_string(), Namespace::new(name.to_string(), value_type));
+                let ns = self.new_namespace(name, value_type);
+                self.namespaces.insert(name.to_string(), ns);
                 self.persist_namespace(batch, name);
                 true
             }

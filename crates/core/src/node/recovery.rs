@@ -82,6 +82,12 @@ impl Node {
                 }
                 let (mut prefix, exceptions) = seen.into_parts();
                 prefix.raise(id, own_max);
+                // A damaged floor record must not let a watcher resume past
+                // a collected delete: the whole seen prefix is then the floor.
+                let floor_key = format!("{}{name}", persist::GC_FLOOR_PREFIX).into_bytes();
+                if let Some(bytes) = image.get(persist::META_SPACE).and_then(|m| m.get(&floor_key)) {
+                    ns.raise_collected_floor(&persist::decode_gc_floor(bytes).unwrap_or_else(|_| prefix.clone()));
+                }
                 ns.set_seen(SeenSet::from_parts(prefix, exceptions));
                 node.namespaces.insert(name, ns);
             }

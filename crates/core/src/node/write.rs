@@ -33,7 +33,8 @@ impl Node {
             }
             return Err(NamespaceError::TypeConflict { name: name.to_string(), existing: ns.value_type().as_str() });
         }
-        self.namespaces.insert(name.to_string(), Namespace::new(name.to_string(), value_type));
+        let ns = self.new_namespace(name, value_type);
+        self.namespaces.insert(name.to_string(), ns);
         let mut batch = PersistBatch::default();
         self.persist_namespace(&mut batch, name);
         self.out.persist(batch);
@@ -93,6 +94,7 @@ impl Node {
             // entry's own clock entry, from which recovery rebuilds the seen set.
             self.persist_hlc(&mut batch);
             self.out.persist(batch);
+            self.hold_changes();
         }
         for outcome in outcomes {
             self.out.hold(outcome);

@@ -55,7 +55,8 @@ impl Driven {
                 Action::NamespaceDone { .. }
                 | Action::ReadReady { .. }
                 | Action::Halted(_)
-                | Action::PeerMisbehaved { .. } => {}
+                | Action::PeerMisbehaved { .. }
+                | Action::Changes(_) => {}
             }
         }
     }

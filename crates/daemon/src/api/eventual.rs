@@ -5,12 +5,12 @@
 
 use super::error::{ApiError, no_such_namespace, parse_body, parse_context, text_or_base64, write_error};
 use super::{ApiState, bytes_fields, list_fields};
+use crate::token::Session;
 use crate::{telemetry, token};
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chorus_core::{LocalWrite, Node, Op, ReadValue, WriteReceipt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,42 +22,50 @@ use std::time::Instant;
 fn read_json(key: &[u8], value: &ReadValue, context: &chorus_core::VersionVector) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("key".into(), Value::String(String::from_utf8_lossy(key).into_owned()));
-    match value {
-        ReadValue::Lww(v) => {
-            out.insert("type".into(), "lww".into());
-            match v {
-                Some(v) => bytes_fields(&mut out, "value", v),
-                None => {
-                    out.insert("value".into(), Value::Null);
-                }
-            }
-        }
-        ReadValue::Mv(vs) => {
-            out.insert("type".into(), "mv".into());
-            list_fields(&mut out, "values", vs);
-        }
-        ReadValue::Counter(n) => {
-            out.insert("type".into(), "counter".into());
-            out.insert("value".into(), Value::from(*n));
-        }
-        ReadValue::Set(ms) => {
-            out.insert("type".into(), "set".into());
-            list_fields(&mut out, "members", ms);
-        }
-    }
+    let kind = value_fields(&mut out, value);
+    out.insert("type".into(), kind.into());
     out.insert("context".into(), Value::String(token::encode(context)));
     Value::Object(out)
 }
 
+/// The value fields of one state (`value`, `values`, or `members`, each
+/// with its `_base64` twin); returns the value type's name.
+pub(crate) fn value_fields(out: &mut serde_json::Map<String, Value>, value: &ReadValue) -> &'static str {
+    match value {
+        ReadValue::Lww(v) => {
+            match v {
+                Some(v) => bytes_fields(out, "value", v),
+                None => {
+                    out.insert("value".into(), Value::Null);
+                }
+            }
+            "lww"
+        }
+        ReadValue::Mv(vs) => {
+            list_fields(out, "values", vs);
+            "mv"
+        }
+        ReadValue::Counter(n) => {
+            out.insert("value".into(), Value::from(*n));
+            "counter"
+        }
+        ReadValue::Set(ms) => {
+            list_fields(out, "members", ms);
+            "set"
+        }
+    }
+}
+
 /// GET /v1/ns/{ns}/kv/{key} (also `/counter/`, `/set/`): the key's value
 /// in this node's replica, or 404 `not_found`.
-pub(crate) async fn get(s: &ApiState, ns: String, key: String) -> Result<Response, ApiError> {
+pub(crate) async fn get(s: &ApiState, ns: String, key: String, mut session: Session) -> Result<Response, ApiError> {
+    super::session::wait_eventual(s, &ns, &session).await?;
     let (ns2, key2) = (ns.clone(), key.clone());
     let found = s
         .node
         .inspect(move |node: &Node| {
             node.namespace(&ns2)?;
-            Some(node.get(&ns2, key2.as_bytes()).map(|r| read_json(key2.as_bytes(), &r.value, &r.context)))
+            Some(node.get(&ns2, key2.as_bytes()).map(|r| (read_json(key2.as_bytes(), &r.value, &r.context), r.context)))
         })
         .await?;
     match found {
@@ -67,12 +75,13 @@ pub(crate) async fn get(s: &ApiState, ns: String, key: String) -> Result<Respons
             telemetry::read_answered("not_found");
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key {key:?} not found in namespace {ns:?}")))
         }
-        Some(Some(mut v)) => {
+        Some(Some((mut v, context))) => {
             telemetry::read_answered("ok");
+            super::session::observe(&mut session, &ns, &context)?;
             if let Value::Object(o) = &mut v {
                 o.insert("namespace".into(), Value::String(ns));
             }
-            Ok(Json(v).into_response())
+            Ok(super::session::respond(v, &session))
         }
     }
 }
@@ -85,13 +94,16 @@ pub(crate) async fn scan(
     prefix: String,
     after: Option<String>,
     limit: usize,
+    mut session: Session,
 ) -> Result<Response, ApiError> {
+    super::session::wait_eventual(s, &ns, &session).await?;
     let ns2 = ns.clone();
     let page = s
         .node
         .inspect(move |node: &Node| {
             let namespace = node.namespace(&ns2)?;
             let mut items = Vec::new();
+            let mut seen = chorus_core::VersionVector::new();
             let mut last: Option<Vec<u8>> = None;
             // Tombstones are skipped but still count towards the page, so
             // one page's work stays bounded by `limit`.
@@ -99,6 +111,7 @@ pub(crate) async fn scan(
                 last = Some(k.clone());
                 if !e.is_tombstone() {
                     items.push(read_json(k, &e.read(), e.clock()));
+                    seen.merge(e.clock());
                 }
             }
             let next = if last.is_some() && namespace.scan(prefix.as_bytes(), last.as_deref(), 1).next().is_some() {
@@ -106,12 +119,13 @@ pub(crate) async fn scan(
             } else {
                 None
             };
-            Some((items, next))
+            Some((items, next, seen))
         })
         .await?;
-    let Some((items, next)) = page else { return Err(no_such_namespace(&ns)) };
+    let Some((items, next, seen)) = page else { return Err(no_such_namespace(&ns)) };
     telemetry::read_answered("ok");
-    Ok(Json(json!({ "namespace": ns, "items": items, "next": next })).into_response())
+    super::session::observe(&mut session, &ns, &seen)?;
+    Ok(super::session::respond(json!({ "namespace": ns, "items": items, "next": next }), &session))
 }
 
 // ----------------------------------------------------------------- writes
@@ -146,6 +160,7 @@ async fn do_write(
     key: String,
     op: Op,
     request_id: Option<String>,
+    mut session: Session,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let op_name = op.name();
@@ -178,7 +193,8 @@ async fn do_write(
         }
     };
     telemetry::write_answered(op_name, "ok", elapsed);
-    Ok(Json(WriteBody {
+    super::session::observe(&mut session, &ns, &receipt.context)?;
+    let body = WriteBody {
         namespace: ns,
         key,
         dot: DotBody { node: receipt.dot.node.to_string(), counter: receipt.dot.counter },
@@ -188,8 +204,8 @@ async fn do_write(
             node: receipt.ts.node.to_string(),
         },
         context: token::encode(&receipt.context),
-    })
-    .into_response())
+    };
+    Ok(super::session::respond(serde_json::to_value(body).unwrap_or(Value::Null), &session))
 }
 
 #[derive(Deserialize)]
@@ -208,11 +224,12 @@ pub(crate) async fn put(
     ns: String,
     key: String,
     body: Result<Bytes, BytesRejection>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let req: PutRequest = parse_body(body)?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
     let context = parse_context(req.context.as_deref())?;
-    do_write(s, ns, key, Op::Put { value, context }, req.request_id).await
+    do_write(s, ns, key, Op::Put { value, context }, req.request_id, session).await
 }
 
 /// DELETE /v1/ns/{ns}/kv/{key}?context=TOKEN&request_id=ID.
@@ -222,9 +239,10 @@ pub(crate) async fn delete(
     key: String,
     context: Option<&str>,
     request_id: Option<String>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let context = parse_context(context)?;
-    do_write(s, ns, key, Op::Delete { context }, request_id).await
+    do_write(s, ns, key, Op::Delete { context }, request_id, session).await
 }
 
 #[derive(Deserialize)]
@@ -245,9 +263,10 @@ pub(crate) async fn increment(
     ns: String,
     key: String,
     body: Result<Bytes, BytesRejection>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let req: IncrementRequest = parse_body(body)?;
-    do_write(s, ns, key, Op::Increment { amount: req.amount }, req.request_id).await
+    do_write(s, ns, key, Op::Increment { amount: req.amount }, req.request_id, session).await
 }
 
 #[derive(Deserialize)]
@@ -266,6 +285,7 @@ pub(crate) async fn set_op(
     ns: String,
     key: String,
     body: Result<Bytes, BytesRejection>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let req: SetRequest = parse_body(body)?;
     let member = text_or_base64(req.member, req.member_base64, "member")?;
@@ -279,5 +299,5 @@ pub(crate) async fn set_op(
         "remove" => Op::Remove { member, context: parse_context(req.context.as_deref())? },
         other => return Err(ApiError::bad_request("bad_op", format!("unknown set op {other:?}: use add or remove"))),
     };
-    do_write(s, ns, key, op, req.request_id).await
+    do_write(s, ns, key, op, req.request_id, session).await
 }

@@ -24,8 +24,10 @@ pub mod eventual;
 pub mod limits;
 pub mod namespaces;
 pub mod router;
+pub mod session;
 pub mod status;
 pub mod strong;
+pub mod watch;
 
 pub use error::ApiError;
 pub use limits::HttpLimits;
@@ -77,6 +79,11 @@ pub struct ApiState {
     /// Eventual namespaces the API has already found in the node, so that
     /// resolving a namespace's mode costs no round trip to the node task.
     pub eventual_names: EventualNames,
+    /// Durable change batches for watch streams.
+    pub watch_hub: Arc<crate::watch_hub::WatchHub>,
+    /// `session_wait_ms`: how long a session read or a resumed watch waits
+    /// for this node to catch up.
+    pub session_wait: std::time::Duration,
 }
 
 /// A value as JSON: text when it is UTF-8 (else `null`), always also base64.

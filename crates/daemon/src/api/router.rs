@@ -8,13 +8,13 @@ use super::error::{ApiError, method_not_allowed, not_found_route, parse_query};
 use super::limits::{HttpLimits, limit_request, limit_stream};
 use super::namespaces::{self, Mode, find_mode, resolve_mode};
 use super::strong::{ReadQuery, UnlockQuery, WatchQuery};
-use super::{ApiState, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, eventual, status, strong};
+use super::{ApiState, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, eventual, session, status, strong};
 use crate::strong::StrongService;
 use crate::telemetry;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Router, middleware};
@@ -67,16 +67,21 @@ fn request_routes() -> Router<ApiState> {
 /// `http_streams_open_max` instead. Every streaming route belongs here and
 /// only here.
 fn streaming_routes() -> Router<ApiState> {
-    Router::new().route("/v1/ns/{ns}/watch", get(watch))
+    Router::new()
+        .route("/v1/ns/{ns}/watch", get(watch))
+        .route("/v1/watch", get(super::watch::watch))
+        .route("/v1/ns/{ns}/snapshot", get(super::watch::snapshot))
 }
 
 // ------------------------------------------------ routes of both modes
 
 async fn get_key(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let session = session::from_headers(&headers)?;
     let Some(mode) = find_mode(&s, &ns).await? else {
         telemetry::read_answered("no_namespace");
         return Err(super::error::no_such_namespace(&ns));
@@ -85,8 +90,8 @@ async fn get_key(
     // always serve this node's replica.
     let q = parse_query(q)?;
     match mode {
-        Mode::Eventual => eventual::get(&s, ns, key).await,
-        Mode::Strong(svc) => strong::get(&svc, &ns, &key, q).await,
+        Mode::Eventual => eventual::get(&s, ns, key, session).await,
+        Mode::Strong(svc) => strong::get(&s, &svc, &ns, &key, q, session).await,
     }
 }
 
@@ -104,28 +109,34 @@ struct ScanQuery {
 
 async fn scan(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path(ns): Path<String>,
     q: Result<Query<ScanQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let session = session::from_headers(&headers)?;
     let q = parse_query(q)?;
     let limit = q.limit.unwrap_or(SCAN_LIMIT_DEFAULT);
     if limit == 0 || limit > SCAN_LIMIT_MAX {
         return Err(ApiError::bad_request("bad_limit", format!("limit must be in 1..={SCAN_LIMIT_MAX}")));
     }
     match resolve_mode(&s, &ns).await? {
-        Mode::Eventual => eventual::scan(&s, ns, q.prefix, q.after, limit).await,
-        Mode::Strong(svc) => strong::scan(&svc, &ns, &q.prefix, q.after.as_deref(), limit, q.stale).await,
+        Mode::Eventual => eventual::scan(&s, ns, q.prefix, q.after, limit, session).await,
+        Mode::Strong(svc) => {
+            strong::scan(&svc, &ns, &q.prefix, q.after.as_deref(), limit, q.stale, (&s, session)).await
+        }
     }
 }
 
 async fn put_key(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let session = session::from_headers(&headers)?;
     match resolve_mode(&s, &ns).await? {
-        Mode::Eventual => eventual::put(&s, ns, key, body).await,
-        Mode::Strong(svc) => strong::put(&svc, &ns, &key, body).await,
+        Mode::Eventual => eventual::put(&s, ns, key, body, session).await,
+        Mode::Strong(svc) => strong::put(&svc, &ns, &key, body, session).await,
     }
 }
 
@@ -142,17 +153,19 @@ struct DeleteQuery {
 
 async fn delete_key(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let session = session::from_headers(&headers)?;
     let mode = resolve_mode(&s, &ns).await?;
     let q = parse_query(q)?;
     match mode {
-        Mode::Eventual => eventual::delete(&s, ns, key, q.context.as_deref(), q.request_id).await,
+        Mode::Eventual => eventual::delete(&s, ns, key, q.context.as_deref(), q.request_id, session).await,
         Mode::Strong(_) if q.context.is_some() => {
             Err(ApiError::bad_request("bad_request", "strong namespaces take no `context`"))
         }
-        Mode::Strong(svc) => strong::delete(&svc, &ns, &key, q.request_id).await,
+        Mode::Strong(svc) => strong::delete(&svc, &ns, &key, q.request_id, session).await,
     }
 }
 
@@ -171,20 +184,22 @@ async fn require_eventual(s: &ApiState, ns: &str) -> Result<(), ApiError> {
 
 async fn increment(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_eventual(&s, &ns).await?;
-    eventual::increment(&s, ns, key, body).await
+    eventual::increment(&s, ns, key, body, session::from_headers(&headers)?).await
 }
 
 async fn set_op(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_eventual(&s, &ns).await?;
-    eventual::set_op(&s, ns, key, body).await
+    eventual::set_op(&s, ns, key, body, session::from_headers(&headers)?).await
 }
 
 // --------------------------------------------- routes of strong namespaces
@@ -206,20 +221,22 @@ async fn require_strong(s: &ApiState, ns: &str) -> Result<Arc<StrongService>, Ap
 
 async fn cas(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path((ns, key)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let svc = require_strong(&s, &ns).await?;
-    strong::cas(&svc, ns, key, body).await
+    strong::cas(&svc, ns, key, body, session::from_headers(&headers)?).await
 }
 
 async fn txn(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Path(ns): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let svc = require_strong(&s, &ns).await?;
-    strong::txn(&svc, ns, body).await
+    strong::txn(&svc, ns, body, session::from_headers(&headers)?).await
 }
 
 async fn lock_acquire(

@@ -18,6 +18,7 @@ use super::error::{ApiError, parse_body, parse_query, strong_error, text_or_base
 use super::{ApiState, bytes_fields};
 use crate::strong::{StrongService, data_key, prefix_end};
 use crate::telemetry;
+use crate::token::Session;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -171,7 +172,17 @@ pub(crate) struct ReadQuery {
 }
 
 /// GET /v1/ns/{ns}/kv/{key} on a strong namespace: linearizable unless `stale=true`.
-pub(crate) async fn get(svc: &StrongService, ns: &str, key: &str, q: ReadQuery) -> Result<Response, ApiError> {
+pub(crate) async fn get(
+    s: &ApiState,
+    svc: &StrongService,
+    ns: &str,
+    key: &str,
+    q: ReadQuery,
+    session: Session,
+) -> Result<Response, ApiError> {
+    if q.stale {
+        super::session::wait_strong(s, svc, &session).await?;
+    }
     let (revision, result) = query(svc, StrongQuery::Get { key: data_key(ns, key.as_bytes()) }, q.stale).await?;
     let QueryResult::Get(found) = result else { return Err(unexpected(svc, result)) };
     let Some(kv) = found else {
@@ -188,7 +199,15 @@ pub(crate) async fn get(svc: &StrongService, ns: &str, key: &str, q: ReadQuery) 
         o.insert("namespace".into(), ns.into());
         o.insert("revision".into(), revision.into());
     }
-    Ok(Json(v).into_response())
+    Ok(with_revision(v, session))
+}
+
+/// The answer with the session moved to its `revision`.
+fn with_revision(body: Value, mut session: Session) -> Response {
+    if let Some(r) = body.get("revision").and_then(Value::as_u64) {
+        session.observe_revision(r);
+    }
+    super::session::respond(body, &session)
 }
 
 #[derive(Deserialize)]
@@ -206,6 +225,7 @@ pub(crate) async fn put(
     ns: &str,
     key: &str,
     body: Result<Bytes, BytesRejection>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let req: PutRequest = parse_body(body)?;
     let value = text_or_base64(req.value, req.value_base64, "value")?;
@@ -213,10 +233,12 @@ pub(crate) async fn put(
     let command = KvCommand::Put { key: data_key(ns, key.as_bytes()), value, lease: req.lease };
     let written = write(svc, "strong_put", command, request_id).await?;
     match &written.response {
-        KvResponse::Put { revision, prev } => Ok(Json(written.mark(json!({
-            "namespace": ns, "key": key, "revision": revision, "prev": opt_kv_json(ns, prev.as_ref()),
-        })))
-        .into_response()),
+        KvResponse::Put { revision, prev } => Ok(with_revision(
+            written.mark(json!({
+                "namespace": ns, "key": key, "revision": revision, "prev": opt_kv_json(ns, prev.as_ref()),
+            })),
+            session,
+        )),
         other => Err(unexpected(svc, other)),
     }
 }
@@ -227,15 +249,16 @@ pub(crate) async fn delete(
     ns: &str,
     key: &str,
     request_id: Option<String>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let request_id = request_id_of(request_id)?;
     let command = KvCommand::Delete { key: data_key(ns, key.as_bytes()) };
     let written = write(svc, "strong_delete", command, request_id).await?;
     match &written.response {
-        KvResponse::Delete { revision, existed } => {
-            Ok(Json(written.mark(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })))
-                .into_response())
-        }
+        KvResponse::Delete { revision, existed } => Ok(with_revision(
+            written.mark(json!({ "namespace": ns, "key": key, "revision": revision, "existed": existed })),
+            session,
+        )),
         other => Err(unexpected(svc, other)),
     }
 }
@@ -249,7 +272,12 @@ pub(crate) async fn scan(
     after: Option<&str>,
     limit: usize,
     stale: bool,
+    waits: (&ApiState, Session),
 ) -> Result<Response, ApiError> {
+    let (s, session) = waits;
+    if stale {
+        super::session::wait_strong(s, svc, &session).await?;
+    }
     let low = data_key(ns, prefix.as_bytes());
     let end = prefix_end(&low);
     let start = match after {
@@ -267,7 +295,7 @@ pub(crate) async fn scan(
     let page: Vec<Value> = items.iter().map(|kv| kv_json(ns, kv)).collect();
     let next = if more { page.last().and_then(|v| v.get("key")).cloned() } else { None };
     telemetry::read_answered("ok");
-    Ok(Json(json!({ "namespace": ns, "items": page, "next": next, "revision": revision })).into_response())
+    Ok(with_revision(json!({ "namespace": ns, "items": page, "next": next, "revision": revision }), session))
 }
 
 // ---------------------------------------------------------------------- CAS
@@ -291,6 +319,7 @@ pub(crate) async fn cas(
     ns: String,
     key: String,
     body: Result<Bytes, BytesRejection>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let req: CasRequest = parse_body(body)?;
     let expected = match (req.expected, req.expected_base64) {
@@ -302,11 +331,13 @@ pub(crate) async fn cas(
     let command = KvCommand::CompareAndSwap { key: data_key(&ns, key.as_bytes()), expected, value };
     let written = write(svc, "strong_cas", command, request_id).await?;
     match &written.response {
-        KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(Json(written.mark(json!({
-            "namespace": ns, "key": key, "succeeded": succeeded, "revision": revision,
-            "current": opt_kv_json(&ns, current.as_ref()),
-        })))
-        .into_response()),
+        KvResponse::CompareAndSwap { succeeded, revision, current } => Ok(with_revision(
+            written.mark(json!({
+                "namespace": ns, "key": key, "succeeded": succeeded, "revision": revision,
+                "current": opt_kv_json(&ns, current.as_ref()),
+            })),
+            session,
+        )),
         other => Err(unexpected(svc, other)),
     }
 }
@@ -417,6 +448,7 @@ pub(crate) async fn txn(
     svc: &StrongService,
     ns: String,
     body: Result<Bytes, BytesRejection>,
+    session: Session,
 ) -> Result<Response, ApiError> {
     let req: TxnRequest = parse_body(body)?;
     let compares = req.compare.into_iter().map(|c| compare_of(&ns, c)).collect::<Result<Vec<_>, _>>()?;
@@ -427,11 +459,11 @@ pub(crate) async fn txn(
     match &written.response {
         KvResponse::Txn { succeeded, revision, results } => {
             let results: Vec<Value> = results.iter().map(|r| txn_result_json(&ns, r)).collect();
-            Ok(Json(
+            Ok(with_revision(
                 written
                     .mark(json!({ "namespace": ns, "succeeded": succeeded, "revision": revision, "results": results })),
-            )
-            .into_response())
+                session,
+            ))
         }
         other => Err(unexpected(svc, other)),
     }

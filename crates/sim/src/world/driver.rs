@@ -30,7 +30,7 @@ impl World {
                     self.send(i, to, &message);
                 }
                 Action::WriteDone { request, result } => self.write_done(i, request, result),
-                Action::NamespaceDone { .. } | Action::ReadReady { .. } => {}
+                Action::NamespaceDone { .. } | Action::ReadReady { .. } | Action::Changes(_) => {}
                 Action::PeerMisbehaved { peer, reason } => {
                     // Every simulated node is honest: a report is a false alarm.
                     let detail = format!("node {i} reported honest node {peer} for {}", reason.as_str());

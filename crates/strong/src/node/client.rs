@@ -143,6 +143,12 @@ impl StrongNode {
         self.read_local(&query)
     }
 
+    /// This replica's store revision, updated after every apply: watch
+    /// streams and session reads wait on it rather than polling.
+    pub fn applied_revisions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.sm_store.applied_revisions()
+    }
+
     /// Reads one key (see [`StrongNode::query`]).
     pub async fn read(&self, key: &[u8], linearizable: bool) -> Result<Option<KeyValue>, StrongError> {
         match self.query(Query::Get { key: key.to_vec() }, linearizable).await?.result {
