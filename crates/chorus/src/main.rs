@@ -32,18 +32,27 @@ enum Command {
     Put {
         key: String,
         value: String,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
     /// Print a key's value alone (one line per sibling or member); exit 1 if absent.
     Get {
         key: String,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
     /// Delete a key.
     Del {
         key: String,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -54,6 +63,9 @@ enum Command {
         /// Keys per request.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -62,6 +74,9 @@ enum Command {
         key: String,
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         amount: i64,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -69,6 +84,9 @@ enum Command {
     Sadd {
         key: String,
         member: String,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -76,6 +94,9 @@ enum Command {
     Srem {
         key: String,
         member: String,
+        /// Print the whole JSON answer (with its `session` token).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -137,11 +158,18 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Strong namespaces: print change events of keys under PREFIX as JSON lines.
+    /// Print change events of keys under PREFIX as JSON lines (every
+    /// namespace type and mode). Resumes by itself after a disconnect or a
+    /// `lagged` event; exits 3 after a `reset` (re-read, then `--resume`).
     Watch {
         #[arg(default_value = "")]
         prefix: String,
-        /// First revision to print (default: only new events).
+        /// Continue after the event that carried this `token` (from this or
+        /// any other node).
+        #[arg(long, conflicts_with = "from_revision")]
+        resume: Option<String>,
+        /// Strong namespaces: first revision to print, from the node's
+        /// revision-ordered history (default: only new events).
         #[arg(long)]
         from_revision: Option<u64>,
         /// Stop after this many milliseconds (0: never).
@@ -164,13 +192,13 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => cmd::agent::run(args),
         Command::Dev(args) => cmd::dev::run(args),
         Command::Ca(args) => cmd::ca::run(args),
-        Command::Put { key, value, target } => cmd::client::put(&target, &key, &value),
-        Command::Get { key, target } => cmd::client::get(&target, &key),
-        Command::Del { key, target } => cmd::client::del(&target, &key),
-        Command::Scan { prefix, limit, target } => cmd::client::scan(&target, &prefix, limit),
-        Command::Incr { key, amount, target } => cmd::client::incr(&target, &key, amount),
-        Command::Sadd { key, member, target } => cmd::client::set_op(&target, &key, "add", &member),
-        Command::Srem { key, member, target } => cmd::client::set_op(&target, &key, "remove", &member),
+        Command::Put { key, value, json, target } => cmd::client::put(&target, &key, &value, json),
+        Command::Get { key, json, target } => cmd::client::get(&target, &key, json),
+        Command::Del { key, json, target } => cmd::client::del(&target, &key, json),
+        Command::Scan { prefix, limit, json, target } => cmd::client::scan(&target, &prefix, limit, json),
+        Command::Incr { key, amount, json, target } => cmd::client::incr(&target, &key, amount, json),
+        Command::Sadd { key, member, json, target } => cmd::client::set_op(&target, &key, "add", &member, json),
+        Command::Srem { key, member, json, target } => cmd::client::set_op(&target, &key, "remove", &member, json),
         Command::Members { target } => cmd::client::members(&target),
         Command::Status { json, target } => cmd::client::status(&target, json),
         Command::Ns(args) => cmd::client::ns(args),
@@ -181,8 +209,11 @@ fn main() -> std::process::ExitCode {
             cmd::strong::lock(&target, &name, lease, shared, wait_ms)
         }
         Command::Unlock { name, lease, target } => cmd::strong::unlock(&target, &name, lease),
-        Command::Watch { prefix, from_revision, timeout_ms, target } => {
-            cmd::strong::watch(&target, &prefix, from_revision, timeout_ms)
+        Command::Watch { prefix, resume: _, from_revision: Some(r), timeout_ms, target } => {
+            cmd::strong::watch(&target, &prefix, Some(r), timeout_ms)
+        }
+        Command::Watch { prefix, resume, from_revision: None, timeout_ms, target } => {
+            cmd::watch::run(&target, &prefix, resume, timeout_ms)
         }
         Command::Raft(args) => cmd::strong::raft(args),
         Command::Bench(args) => cmd::bench::run(args),

@@ -204,6 +204,104 @@ impl StreamPosition {
     }
 }
 
+/// One event a stream delivers: which item (of the batch or the
+/// catch-up), the dots it newly covers, and the position after it (its
+/// token).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub index: usize,
+    pub dots: Vec<DotRange>,
+    pub position: StreamPosition,
+}
+
+impl StreamPosition {
+    /// Deliver one state of `key` if it adds anything; `then` runs on the
+    /// position after the state is recorded (raises that hold from there).
+    fn deliver_one(
+        &mut self,
+        index: usize,
+        key: &[u8],
+        clock: &VersionVector,
+        then: impl FnOnce(&mut StreamPosition),
+    ) -> Result<Option<Delivery>, PositionFull> {
+        let dots = self.new_dots(key, clock);
+        if dots.is_empty() {
+            then(self);
+            return Ok(None);
+        }
+        self.record(key, clock)?;
+        then(self);
+        Ok(Some(Delivery { index, dots, position: self.clone() }))
+    }
+
+    /// The events of one durable batch for a stream watching `prefix`, in
+    /// install order. The last event's position already includes the
+    /// batch's final prefix (nothing the stream watches changes after it
+    /// in this batch). On `Err` nothing is returned and the position is as
+    /// before the batch: the caller closes the stream as lagged with it.
+    pub fn apply_batch(&mut self, prefix: &[u8], batch: &ChangeBatch) -> Result<Vec<Delivery>, PositionFull> {
+        let matching: Vec<usize> = batch
+            .items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| it.key.starts_with(prefix) && !self.covers(&it.key, it.entry.clock()))
+            .map(|(i, _)| i)
+            .collect();
+        let last = matching.last().copied();
+        let before = self.clone();
+        let mut out = Vec::with_capacity(matching.len());
+        for (i, it) in batch.items.iter().enumerate() {
+            if last.is_some_and(|l| i > l) {
+                break;
+            }
+            if matching.binary_search(&i).is_err() {
+                self.raise_all(&it.raises);
+                continue;
+            }
+            let delivered = self.deliver_one(i, &it.key, it.entry.clock(), |p| {
+                p.raise_all(&it.raises);
+                if Some(i) == last {
+                    for later in &batch.items[i + 1..] {
+                        p.raise_all(&later.raises);
+                    }
+                    p.raise_to(&batch.prefix);
+                }
+            });
+            match delivered {
+                Ok(d) => out.extend(d),
+                Err(e) => {
+                    *self = before;
+                    return Err(e);
+                }
+            }
+        }
+        self.raise_to(&batch.prefix);
+        Ok(out)
+    }
+
+    /// The events of a catch-up, in key order; the last one's position
+    /// includes the catch-up's prefix.
+    pub fn apply_catch_up(&mut self, catch_up: &CatchUp) -> Result<Vec<Delivery>, PositionFull> {
+        let mut out = Vec::with_capacity(catch_up.items.len());
+        let last = catch_up.items.len().saturating_sub(1);
+        for (i, (key, entry)) in catch_up.items.iter().enumerate() {
+            out.extend(self.deliver_one(i, key, entry.clock(), |p| {
+                if i == last {
+                    p.raise_to(&catch_up.prefix);
+                }
+            })?);
+        }
+        self.raise_to(&catch_up.prefix);
+        Ok(out)
+    }
+
+    fn raise_all(&mut self, raises: &[(NodeId, u64)]) {
+        for &(n, c) in raises {
+            self.raise(n, c);
+        }
+    }
+}
+
 /// What a catch-up found: the keys whose state the position lacks, in key
 /// order, and the namespace's contiguous prefix at that moment (the stream
 /// raises its position to it after delivering `items`).

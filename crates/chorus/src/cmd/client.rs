@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// The header carrying a session token (docs/design/watch.md, "Sessions").
+pub const SESSION_HEADER: &str = "Chorus-Session";
 /// Deadline of one client request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a command keeps resending a request that was refused with
@@ -36,6 +38,11 @@ pub struct Target {
     /// A retry with the same key returns the first outcome and applies nothing.
     #[arg(long, global = true)]
     pub request_id: Option<String>,
+    /// Session token from an earlier answer (`session`): this command is
+    /// served only by a node that has seen everything that session saw
+    /// (read-your-writes, monotonic reads; docs/design/watch.md).
+    #[arg(long, env = "CHORUS_SESSION", global = true)]
+    pub session: Option<String>,
 }
 
 impl Target {
@@ -84,6 +91,8 @@ enum NsCommand {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// Sent as `Chorus-Session` with every request.
+    session: Option<String>,
 }
 
 /// Percent-encode a key for a URL path, keeping `/` (keys may contain it;
@@ -107,7 +116,12 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
-        Client { agent, base: base.trim_end_matches('/').to_string() }
+        Client { agent, base: base.trim_end_matches('/').to_string(), session: None }
+    }
+
+    /// A client of the target's node, presenting its session if it has one.
+    pub fn of(t: &Target) -> Client {
+        Client { session: t.session.clone(), ..Client::new(&t.node) }
     }
 
     fn url(&self, path: &str) -> String {
@@ -131,10 +145,16 @@ impl Client {
     /// One attempt of [`Client::call`], never retried.
     pub fn call_once(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
         let url = self.url(path);
+        let session = self.session.as_deref().unwrap_or("");
+        let with = !session.is_empty();
         let response = match (method, body) {
+            ("GET", _) if with => self.agent.get(&url).header(SESSION_HEADER, session).call(),
             ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) if with => self.agent.delete(&url).header(SESSION_HEADER, session).call(),
             ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", Some(b)) if with => self.agent.put(&url).header(SESSION_HEADER, session).send_json(b),
             ("PUT", Some(b)) => self.agent.put(&url).send_json(b),
+            ("POST", Some(b)) if with => self.agent.post(&url).header(SESSION_HEADER, session).send_json(b),
             ("POST", Some(b)) => self.agent.post(&url).send_json(b),
             _ => bail!("unsupported request {method} {path}"),
         };
@@ -166,7 +186,7 @@ impl Client {
             }
         };
         let mut tried: Vec<String> = vec![self.base.clone()];
-        let mut client = Client { agent: self.agent.clone(), base: self.base.clone() };
+        let mut client = Client { agent: self.agent.clone(), base: self.base.clone(), session: self.session.clone() };
         loop {
             let deadline = Instant::now() + RETRY_UNKNOWN_MAX;
             let mut backoff = RETRY_BACKOFF_MIN;
@@ -190,7 +210,7 @@ impl Client {
             match client.other_member(&tried) {
                 Some(next) => {
                     tried.push(next.clone());
-                    client = Client { agent: self.agent.clone(), base: next };
+                    client = Client { agent: self.agent.clone(), base: next, session: self.session.clone() };
                 }
                 None => return Ok((status, value)),
             }
@@ -299,14 +319,23 @@ fn value_lines(v: &Value) -> Vec<String> {
     }
 }
 
-pub fn put(t: &Target, key: &str, value: &str) -> Result<ExitCode> {
-    Client::new(&t.node).write_ok("PUT", &kv_path(t, "kv", key), Some(json!({ "value": value })), &t.request_id())?;
-    println!("OK");
+/// "OK", or with `--json` the whole answer (its `session` included).
+fn print_written(v: &Value, json_out: bool) {
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("OK");
+    }
+}
+
+pub fn put(t: &Target, key: &str, value: &str, json_out: bool) -> Result<ExitCode> {
+    let v = Client::of(t).write_ok("PUT", &kv_path(t, "kv", key), Some(json!({ "value": value })), &t.request_id())?;
+    print_written(&v, json_out);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn get(t: &Target, key: &str) -> Result<ExitCode> {
-    let (status, body) = Client::new(&t.node).call("GET", &kv_path(t, "kv", key), None)?;
+pub fn get(t: &Target, key: &str, json_out: bool) -> Result<ExitCode> {
+    let (status, body) = Client::of(t).call("GET", &kv_path(t, "kv", key), None)?;
     if status == 404 && body.get("error").and_then(Value::as_str) == Some("not_found") {
         eprintln!("key {key:?} not found in namespace {:?}", t.ns);
         return Ok(ExitCode::from(1));
@@ -314,20 +343,24 @@ pub fn get(t: &Target, key: &str) -> Result<ExitCode> {
     if !(200..300).contains(&status) {
         bail!("{}", describe_error(status, &body));
     }
+    if json_out {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
     for line in value_lines(&body) {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn del(t: &Target, key: &str) -> Result<ExitCode> {
-    Client::new(&t.node).write_ok("DELETE", &kv_path(t, "kv", key), None, &t.request_id())?;
-    println!("OK");
+pub fn del(t: &Target, key: &str, json_out: bool) -> Result<ExitCode> {
+    let v = Client::of(t).write_ok("DELETE", &kv_path(t, "kv", key), None, &t.request_id())?;
+    print_written(&v, json_out);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn scan(t: &Target, prefix: &str, limit: usize) -> Result<ExitCode> {
-    let client = Client::new(&t.node);
+pub fn scan(t: &Target, prefix: &str, limit: usize, json_out: bool) -> Result<ExitCode> {
+    let client = Client::of(t);
     let mut after: Option<String> = None;
     for _ in 0..SCAN_PAGES_MAX {
         let mut path = format!("/v1/ns/{}/scan?prefix={}&limit={limit}", encode_key(&t.ns), encode_query(prefix));
@@ -335,7 +368,11 @@ pub fn scan(t: &Target, prefix: &str, limit: usize) -> Result<ExitCode> {
             path.push_str(&format!("&after={}", encode_query(a)));
         }
         let page = client.ok("GET", &path, None)?;
-        for item in page.get("items").and_then(Value::as_array).into_iter().flatten() {
+        if json_out {
+            // One line per page: each carries its `items`, `next` and `session`.
+            println!("{page}");
+        }
+        for item in page.get("items").and_then(Value::as_array).into_iter().flatten().filter(|_| !json_out) {
             let key = item.get("key").and_then(Value::as_str).unwrap_or_default();
             println!("{key}\t{}", value_lines(item).join(","));
         }
@@ -351,26 +388,26 @@ fn encode_query(s: &str) -> String {
     encode_key(s).replace('/', "%2F")
 }
 
-pub fn incr(t: &Target, key: &str, amount: i64) -> Result<ExitCode> {
-    Client::new(&t.node).write_ok(
+pub fn incr(t: &Target, key: &str, amount: i64, json_out: bool) -> Result<ExitCode> {
+    let v = Client::of(t).write_ok(
         "POST",
         &kv_path(t, "counter", key),
         Some(json!({ "amount": amount })),
         &t.request_id(),
     )?;
-    println!("OK");
+    print_written(&v, json_out);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn set_op(t: &Target, key: &str, op: &str, member: &str) -> Result<ExitCode> {
+pub fn set_op(t: &Target, key: &str, op: &str, member: &str, json_out: bool) -> Result<ExitCode> {
     let body = json!({ "op": op, "member": member });
-    Client::new(&t.node).write_ok("POST", &kv_path(t, "set", key), Some(body), &t.request_id())?;
-    println!("OK");
+    let v = Client::of(t).write_ok("POST", &kv_path(t, "set", key), Some(body), &t.request_id())?;
+    print_written(&v, json_out);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn members(t: &Target) -> Result<ExitCode> {
-    let v = Client::new(&t.node).ok("GET", "/v1/members", None)?;
+    let v = Client::of(t).ok("GET", "/v1/members", None)?;
     println!("{:<24} {:<8} {:<22} {:<22} generation", "name", "state", "address", "api");
     let me = v.get("self").into_iter();
     for m in me.chain(v.get("members").and_then(Value::as_array).into_iter().flatten()) {
@@ -382,7 +419,7 @@ pub fn members(t: &Target) -> Result<ExitCode> {
 }
 
 pub fn status(t: &Target, raw_json: bool) -> Result<ExitCode> {
-    let v = Client::new(&t.node).ok("GET", "/v1/status", None)?;
+    let v = Client::of(t).ok("GET", "/v1/status", None)?;
     if raw_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -459,7 +496,7 @@ pub fn render_status(v: &Value) -> String {
 }
 
 pub fn ns(args: NsArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.target.node);
+    let client = Client::of(&args.target);
     match args.command {
         NsCommand::Create { name, mode, value_type } => {
             let v = client.ok("POST", "/v1/ns", Some(&json!({ "name": name, "mode": mode, "type": value_type })))?;

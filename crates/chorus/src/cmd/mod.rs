@@ -8,3 +8,4 @@ pub mod dev;
 pub mod load;
 pub mod sim;
 pub mod strong;
+pub mod watch;

@@ -67,7 +67,7 @@ pub fn cas(t: &Target, key: &str, value: &str, expected: Option<&str>) -> Result
     if let Some(e) = expected {
         body["expected"] = json!(e);
     }
-    let v = Client::new(&t.node).ok("POST", &ns_path(t, "cas", key), Some(&body))?;
+    let v = Client::of(t).ok("POST", &ns_path(t, "cas", key), Some(&body))?;
     if v["succeeded"].as_bool() == Some(true) {
         println!("OK revision {}", v["revision"]);
         return Ok(ExitCode::SUCCESS);
@@ -98,13 +98,13 @@ pub fn txn(t: &Target, file: Option<&std::path::Path>) -> Result<ExitCode> {
     }
     let body: Value = serde_json::from_str(&text).context("the transaction is not valid JSON")?;
     let path = format!("/v1/ns/{}/txn", encode_key(&t.ns));
-    let v = Client::new(&t.node).ok("POST", &path, Some(&body))?;
+    let v = Client::of(t).ok("POST", &path, Some(&body))?;
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(if v["succeeded"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn lease(args: LeaseArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.target.node);
+    let client = Client::of(&args.target);
     match args.command {
         LeaseCommand::Grant { ttl_ms } => {
             let v = client.ok("POST", "/v1/leases", Some(&json!({ "ttl_ms": ttl_ms })))?;
@@ -130,7 +130,7 @@ pub fn lease(args: LeaseArgs) -> Result<ExitCode> {
 pub fn lock(t: &Target, name: &str, lease: u64, shared: bool, wait_ms: u64) -> Result<ExitCode> {
     let mode = if shared { "shared" } else { "exclusive" };
     let body = json!({ "lease": lease, "mode": mode, "wait_ms": wait_ms });
-    let (status, v) = Client::new(&t.node).call("POST", &ns_path(t, "lock", name), Some(&body))?;
+    let (status, v) = Client::of(t).call("POST", &ns_path(t, "lock", name), Some(&body))?;
     if status == 409 && v["error"].as_str() == Some("lock_busy") {
         eprintln!("lock {name:?} is busy: held by lease(s) {}", v["holders"]);
         return Ok(ExitCode::from(1));
@@ -143,7 +143,7 @@ pub fn lock(t: &Target, name: &str, lease: u64, shared: bool, wait_ms: u64) -> R
 }
 
 pub fn unlock(t: &Target, name: &str, lease: u64) -> Result<ExitCode> {
-    let v = Client::new(&t.node).ok("DELETE", &format!("{}?lease={lease}", ns_path(t, "lock", name)), None)?;
+    let v = Client::of(t).ok("DELETE", &format!("{}?lease={lease}", ns_path(t, "lock", name)), None)?;
     println!("{}", if v["was_held"].as_bool() == Some(true) { "OK" } else { "OK (was not held)" });
     Ok(ExitCode::SUCCESS)
 }
@@ -185,7 +185,7 @@ pub fn watch(t: &Target, prefix: &str, from_revision: Option<u64>, timeout_ms: u
 }
 
 pub fn raft(args: RaftArgs) -> Result<ExitCode> {
-    let client = Client::new(&args.target.node);
+    let client = Client::of(&args.target);
     let v = match args.command {
         RaftCommand::Status { json } => {
             let v = client.ok("GET", "/v1/raft", None)?;

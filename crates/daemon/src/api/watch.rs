@@ -25,7 +25,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_core::watch::{CatchUp, CatchUpError, ChangeBatch, DotRange, StreamPosition};
+use chorus_core::watch::{CatchUp, CatchUpError, ChangeBatch, Delivery, DotRange, StreamPosition};
 use chorus_core::{Entry, Node, VersionVector};
 use chorus_strong::kv::WatchEventKind;
 use chorus_strong::{Query as StrongQuery, QueryResult};
@@ -284,7 +284,7 @@ impl EventualStream {
         token::encode_watch(&WatchToken::Eventual { scope: self.scope, position: self.pos.clone() })
     }
 
-    fn event(&self, key: &[u8], entry: &Entry, dots: &[DotRange]) -> Value {
+    fn event(&self, key: &[u8], entry: &Entry, dots: &[DotRange], position: &StreamPosition) -> Value {
         let mut o = Map::new();
         o.insert("ns".into(), self.ns.clone().into());
         o.insert("key".into(), String::from_utf8_lossy(key).into_owned().into());
@@ -302,78 +302,21 @@ impl EventualStream {
             "dots".into(),
             dots.iter().map(|d| json!([d.node.to_string(), d.first, d.last])).collect::<Vec<_>>().into(),
         );
-        o.insert("token".into(), self.token().into());
+        let token = token::encode_watch(&WatchToken::Eventual { scope: self.scope, position: position.clone() });
+        o.insert("token".into(), token.into());
         Value::Object(o)
     }
 
-    /// Deliver one state of `key` (if it adds anything): the event, with
-    /// the token after it. `then` raises the position once the state is
-    /// delivered (prefix raises that hold from this point on).
-    fn deliver(
-        &mut self,
-        key: &[u8],
-        entry: &Entry,
-        then: impl FnOnce(&mut StreamPosition),
-    ) -> Result<Option<Value>, End> {
-        let dots = self.pos.new_dots(key, entry.clock());
-        if dots.is_empty() {
-            then(&mut self.pos);
-            return Ok(None);
-        }
-        self.pos.record(key, entry.clock()).map_err(|_| End::Lagged)?;
-        then(&mut self.pos);
-        Ok(Some(self.event(key, entry, &dots)))
-    }
-
-    fn catch_up_events(&mut self, c: &CatchUp) -> Result<Vec<Value>, End> {
-        let mut out = Vec::with_capacity(c.items.len());
-        let last = c.items.len().saturating_sub(1);
-        for (i, (key, entry)) in c.items.iter().enumerate() {
-            let prefix = &c.prefix;
-            let ev = self.deliver(key, entry, |p| {
-                if i == last {
-                    p.raise_to(prefix);
-                }
-            })?;
-            out.extend(ev);
-        }
-        self.pos.raise_to(&c.prefix);
-        Ok(out)
-    }
-
-    fn batch_events(&mut self, b: &ChangeBatch) -> Result<Vec<Value>, End> {
-        let matching: Vec<usize> = b
-            .items
-            .iter()
-            .enumerate()
-            .filter(|(_, it)| it.key.starts_with(&self.prefix) && !self.pos.covers(&it.key, it.entry.clock()))
-            .map(|(i, _)| i)
-            .collect();
-        let last = matching.last().copied();
-        let mut out = Vec::with_capacity(matching.len());
-        for (i, it) in b.items.iter().enumerate() {
-            if last.is_some_and(|l| i > l) {
-                break;
-            }
-            if !matching.contains(&i) {
-                raise_all(&mut self.pos, &it.raises);
-                continue;
-            }
-            let ev = self.deliver(&it.key, &it.entry, |p| {
-                raise_all(p, &it.raises);
-                if Some(i) == last {
-                    // Every later raise holds here: nothing this stream
-                    // watches changes after this item in this batch.
-                    for later in &b.items[i + 1..] {
-                        raise_all(p, &later.raises);
-                    }
-                    p.raise_to(&b.prefix);
-                }
-            })?;
-            out.extend(ev);
-        }
-        self.pos.raise_to(&b.prefix);
-        Ok(out)
+    /// The events of `deliveries` (items looked up by `entry_of`), each
+    /// with its token.
+    fn events<'a>(&self, deliveries: Vec<Delivery>, entry_of: impl Fn(usize) -> (&'a [u8], &'a Entry)) -> Vec<Value> {
+        deliveries
+            .into_iter()
+            .map(|d| {
+                let (key, entry) = entry_of(d.index);
+                self.event(key, entry, &d.dots, &d.position)
+            })
+            .collect()
     }
 
     async fn send_all(&self, tx: &mpsc::Sender<String>, events: Vec<Value>) -> Result<(), End> {
@@ -399,9 +342,14 @@ impl EventualStream {
             }
             Start::Live { catch_up, sub } => (catch_up, sub),
         };
-        let mut end = match catch_up.map(|c| self.catch_up_events(&c)) {
-            Some(Err(e)) => Some(e),
-            Some(Ok(events)) => self.send_all(&tx, events).await.err(),
+        let mut end = match catch_up {
+            Some(c) => match self.pos.apply_catch_up(&c) {
+                Ok(d) => {
+                    let events = self.events(d, |i| (c.items[i].0.as_slice(), &c.items[i].1));
+                    self.send_all(&tx, events).await.err()
+                }
+                Err(_) => Some(End::Lagged),
+            },
             None => None,
         };
         let mut progress = tokio::time::interval(PROGRESS_PERIOD);
@@ -411,9 +359,12 @@ impl EventualStream {
             tokio::select! {
                 batch = sub.rx.recv() => match batch {
                     Some((_, batch)) => {
-                        end = match self.batch_events(&batch) {
-                            Ok(events) => self.send_all(&tx, events).await.err(),
-                            Err(e) => Some(e),
+                        end = match self.pos.apply_batch(&self.prefix, &batch) {
+                            Ok(d) => {
+                                let events = self.events(d, |i| (batch.items[i].key.as_slice(), &batch.items[i].entry));
+                                self.send_all(&tx, events).await.err()
+                            }
+                            Err(_) => Some(End::Lagged),
                         };
                         sent_token = self.token();
                     }
@@ -436,12 +387,6 @@ impl EventualStream {
             let line = json!({ "type": "lagged", "ns": self.ns, "token": self.token() });
             let _ = tx.send(line.to_string()).await;
         }
-    }
-}
-
-fn raise_all(pos: &mut StreamPosition, raises: &[(chorus_core::NodeId, u64)]) {
-    for &(n, c) in raises {
-        pos.raise(n, c);
     }
 }
 
