@@ -36,6 +36,12 @@ pub const POSITION_BYTES_MAX: usize = 32 << 10;
 /// Entry bytes one catch-up returns at most (soft: one entry always goes).
 pub const CATCH_UP_BYTES_MAX: usize = 16 << 20;
 
+/// Index entries one catch-up (or [`Namespace::position_now`]) examines at
+/// most: the walk runs on the node task, so a position far behind (writes
+/// to other prefixes included) is refused as [`CatchUpError::GapTooLarge`]
+/// rather than stalling the node. About 10–30 ms of work.
+pub const CATCH_UP_WALK_MAX: usize = 1 << 18;
+
 /// One change installed in a namespace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeedItem {
@@ -357,8 +363,13 @@ impl Namespace {
             return Err(CatchUpError::Compacted);
         }
         let mut keys: BTreeSet<&Key> = BTreeSet::new();
+        let mut walked = 0usize;
         for (_origin, per) in self.index_above(&from.prefix) {
             for key in per {
+                walked += 1;
+                if walked > CATCH_UP_WALK_MAX {
+                    return Err(CatchUpError::GapTooLarge);
+                }
                 if !key.starts_with(prefix) || keys.contains(key) {
                     continue;
                 }
@@ -392,8 +403,13 @@ impl Namespace {
     pub fn position_now(&self, prefix: &[u8]) -> Result<StreamPosition, PositionFull> {
         let prefix_now = self.seen().contiguous().clone();
         let mut position = StreamPosition { prefix: prefix_now.clone(), above: BTreeMap::new() };
+        let mut walked = 0usize;
         for (_, per) in self.index_above(&prefix_now) {
             for key in per {
+                walked += 1;
+                if walked > CATCH_UP_WALK_MAX {
+                    return Err(PositionFull);
+                }
                 if !key.starts_with(prefix) {
                     continue;
                 }
