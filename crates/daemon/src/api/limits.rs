@@ -87,10 +87,17 @@ pub async fn limit_request(State(limits): State<HttpLimits>, request: Request, n
     }
 }
 
+/// A streaming route's place among `http_streams_open_max`, also handed to
+/// the handler (request extension): a WebSocket outlives its HTTP answer,
+/// so its task keeps a clone of the permit for as long as the socket lives.
+#[derive(Clone)]
+pub struct StreamPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// Layer of every streaming route: refuses at once past
 /// `http_streams_open_max`; a stream's permit is held until its answer's
-/// body is dropped (the stream ended or the client went away).
-pub async fn limit_stream(State(limits): State<HttpLimits>, request: Request, next: Next) -> Response {
+/// body is dropped (the stream ended or the client went away), and by a
+/// WebSocket's task until the socket closes ([`StreamPermit`]).
+pub async fn limit_stream(State(limits): State<HttpLimits>, mut request: Request, next: Next) -> Response {
     let Ok(permit) = limits.streams.clone().try_acquire_owned() else {
         crate::telemetry::http_refused("too_many_streams");
         return ApiError::new(
@@ -100,6 +107,8 @@ pub async fn limit_stream(State(limits): State<HttpLimits>, request: Request, ne
         )
         .into_response();
     };
+    let permit = StreamPermit(Arc::new(permit));
+    request.extensions_mut().insert(permit.clone());
     let response = next.run(request).await;
     response.map(|body| {
         let stream = body.into_data_stream().map(move |chunk| {

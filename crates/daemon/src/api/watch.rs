@@ -13,6 +13,7 @@
 
 use super::error::{ApiError, parse_query};
 use super::eventual::value_fields;
+use super::limits::StreamPermit;
 use super::namespaces::{Mode, resolve_mode};
 use super::{ApiState, bytes_fields};
 use crate::strong::{StrongService, data_key};
@@ -50,6 +51,11 @@ pub const STRONG_EVENTS_PER_READ_MAX: usize = 256;
 /// fresh resume token, and dead connections are noticed.
 pub const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
 
+/// A WebSocket whose client accepts nothing for this long is closed: its
+/// stream already lagged long before (the buffers above are small), and
+/// the socket would otherwise hold its place among the open streams.
+pub const WS_SEND_STALL_MAX: Duration = Duration::from_secs(30);
+
 /// Keys of one snapshot page.
 pub const SNAPSHOT_PAGE_KEYS: usize = 1000;
 
@@ -70,6 +76,7 @@ pub(crate) async fn watch(
 ) -> Result<Response, ApiError> {
     let q = parse_query(q)?;
     let (mut parts, _body) = request.into_parts();
+    let permit = parts.extensions.get::<StreamPermit>().cloned();
     let wants_ws = parts
         .headers
         .get(header::UPGRADE)
@@ -130,7 +137,11 @@ pub(crate) async fn watch(
         }
     }
     Ok(match ws {
-        Some(ws) => ws.on_upgrade(move |socket| forward_ws(socket, rx)),
+        Some(ws) => ws.on_upgrade(move |socket| async move {
+            // The socket counts toward `http_streams_open_max` until it closes.
+            let _permit = permit;
+            forward_ws(socket, rx).await
+        }),
         None => ndjson(rx),
     })
 }
@@ -151,8 +162,9 @@ async fn forward_ws(mut socket: WebSocket, mut rx: mpsc::Receiver<String>) {
         tokio::select! {
             line = rx.recv() => match line {
                 Some(line) => {
-                    if socket.send(Message::Text(line.into())).await.is_err() {
-                        return;
+                    match tokio::time::timeout(WS_SEND_STALL_MAX, socket.send(Message::Text(line.into()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => return,
                     }
                 }
                 None => {
