@@ -464,4 +464,66 @@ mod tests {
         p.record(b"one-more", &vv(&[(1, 1)])).unwrap();
         assert!(p.above.is_empty());
     }
+
+    fn write(ns: &mut Namespace, key: &[u8], op: crate::crdt::Op, node: u64) {
+        let me = NodeId(node);
+        let dot = ns.next_dot(me).unwrap();
+        let mut entry = ns.get(key).cloned().unwrap_or_else(|| Entry::empty(ns.value_type()));
+        let ts = crate::hlc::Timestamp { physical_us: dot.counter, logical: 0, node: me };
+        entry.apply(&op, dot, ts).unwrap();
+        ns.seen_mut().insert(dot);
+        ns.install(key.to_vec(), entry);
+    }
+
+    #[test]
+    fn a_position_from_before_a_collected_delete_is_refused_as_compacted_and_one_after_it_is_served() {
+        use crate::crdt::{Op, ValueType};
+        let mut ns = Namespace::new("n".into(), ValueType::Lww);
+        write(&mut ns, b"k", Op::Put { value: b"v".to_vec(), context: None }, 1);
+        write(&mut ns, b"k", Op::Delete { context: None }, 1);
+        write(&mut ns, b"j", Op::Put { value: b"w".to_vec(), context: None }, 1);
+        let before = StreamPosition::origin();
+        assert!(ns.catch_up(b"", &before).is_ok(), "nothing collected yet");
+        // A completed GC epoch proving node 1's first two writes stable.
+        ns.gc.completed = Some((vv(&[(1, 2)]), VersionVector::new()));
+        let collected = ns.collect_garbage(16);
+        assert_eq!(collected, vec![(b"k".to_vec(), None)], "the tombstone of k is collected");
+        assert_eq!(ns.catch_up(b"", &before), Err(CatchUpError::Compacted), "the delete of k cannot be delivered");
+        let mut after = StreamPosition::origin();
+        after.raise(NodeId(1), 2);
+        let c = ns.catch_up(b"", &after).expect("a position past the collected delete is served");
+        assert_eq!(c.items.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![b"j".to_vec()]);
+    }
+
+    #[test]
+    fn the_collected_floor_survives_a_restart_and_a_damaged_record_counts_as_everything_collected() {
+        use crate::crdt::ValueType;
+        use crate::node::{Node, NodeConfig};
+        use crate::persist::{self, RecoveryImage};
+        let mut seen = crate::causal::SeenSet::new();
+        for c in 1..=5 {
+            seen.insert(crate::causal::Dot { node: NodeId(2), counter: c });
+        }
+        let record = persist::namespace_record(ValueType::Lww, crate::wire::WireSeen::from(&seen));
+        let image = |floor: Vec<u8>| -> RecoveryImage {
+            let mut image = RecoveryImage::new();
+            image
+                .entry(persist::NAMESPACES_SPACE.to_string())
+                .or_default()
+                .insert(b"n".to_vec(), persist::encode_namespace_record(&record));
+            image
+                .entry(persist::META_SPACE.to_string())
+                .or_default()
+                .insert(format!("{}n", persist::GC_FLOOR_PREFIX).into_bytes(), floor);
+            image
+        };
+        let node = Node::recover(NodeId(1), NodeConfig::default(), 1, &image(persist::encode_gc_floor(&vv(&[(2, 3)]))))
+            .unwrap();
+        assert_eq!(node.namespace("n").unwrap().collected_floor(), &vv(&[(2, 3)]));
+        let mut damaged = persist::encode_gc_floor(&vv(&[(2, 3)]));
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        let node = Node::recover(NodeId(1), NodeConfig::default(), 1, &image(damaged)).unwrap();
+        assert_eq!(node.namespace("n").unwrap().collected_floor(), &vv(&[(2, 5)]), "the whole seen prefix");
+    }
 }
