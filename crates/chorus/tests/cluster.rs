@@ -394,3 +394,72 @@ fn chorus_dev_starts_a_cluster_that_the_cli_can_put_to_and_get_from() {
         urls.iter().all(|u| http.get(&format!("{u}/health")).is_none()).then_some(())
     });
 }
+
+/// Run `chorus watch` until it has printed `n` lines or `deadline` passed;
+/// returns the lines (the child is killed then).
+fn watch_lines(args: &[&str], n: usize, deadline: Duration) -> Vec<Value> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chorus watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let end = std::time::Instant::now() + deadline;
+    let mut out = Vec::new();
+    while out.len() < n {
+        match rx.recv_timeout(end.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => out.push(serde_json::from_str(&line).unwrap_or(Value::String(line))),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+#[test]
+fn chorus_watch_prints_the_writes_of_other_nodes_and_resumes_from_a_token_on_a_third_node() {
+    let c = Cluster::start(38, 3, "");
+    // Start from a snapshot's position, so no write can slip in before the stream opens.
+    let (status, body) = {
+        let url = c.agents[1].url("/v1/ns/default/snapshot?prefix=w%2F");
+        let text = ureq::get(&url).call().expect("snapshot").body_mut().read_to_string().expect("body");
+        (200, text)
+    };
+    assert_eq!(status, 200);
+    let end: Value = serde_json::from_str(body.lines().last().expect("an end line")).expect("json");
+    assert_eq!(end["type"], "end", "{body}");
+    let start = end["token"].as_str().expect("token").to_string();
+    for i in 0..10 {
+        let writer = &c.agents[if i % 2 == 0 { 0 } else { 2 }];
+        writer.put(&c.http, "default", &format!("w/{i}"), &format!("v{i}"));
+    }
+    let node2 = c.agents[1].api.clone();
+    let events = watch_lines(&["watch", "w/", "--node", &node2, "--resume", &start], 10, CONVERGE);
+    let keys: BTreeSet<String> = events.iter().filter_map(|e| e["key"].as_str().map(str::to_string)).collect();
+    let want: BTreeSet<String> = (0..10).map(|i| format!("w/{i}")).collect();
+    assert_eq!(keys, want, "node 2's stream: {events:?}");
+    assert!(events.iter().all(|e| e["type"] == "put" && e["dots"].is_array()), "{events:?}");
+    // Resume on node 3 after the fifth event: exactly the other five keys.
+    let token = events[4]["token"].as_str().expect("token").to_string();
+    let seen_first: BTreeSet<String> =
+        events[..5].iter().map(|e| e["key"].as_str().unwrap_or("").to_string()).collect();
+    let node3 = c.agents[2].api.clone();
+    let rest = watch_lines(&["watch", "w/", "--node", &node3, "--resume", &token], 5, CONVERGE);
+    let rest_keys: BTreeSet<String> = rest.iter().filter_map(|e| e["key"].as_str().map(str::to_string)).collect();
+    let expected: BTreeSet<String> = want.difference(&seen_first).cloned().collect();
+    assert_eq!(rest_keys, expected, "node 3 resumed with {rest:?}");
+    // Nothing more follows: a sixth line would be a duplicate.
+    let more = watch_lines(&["watch", "w/", "--node", &node3, "--resume", &token, "--timeout-ms", "1500"], 6, CONVERGE);
+    assert_eq!(more.len(), 5, "{more:?}");
+}
