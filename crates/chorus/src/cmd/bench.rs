@@ -55,6 +55,10 @@ enum BenchCommand {
     /// Strong (Raft) writes and leader failover on 3 voters; with
     /// --vs-etcd, against a 3-member etcd cluster in the same run.
     Strong(crate::cmd::bench_strong::StrongArgs),
+    /// Change-stream delivery latency (write on node 1 → event on a
+    /// watcher of node 2) at paced write rates, and the memory of 1,000
+    /// idle watchers, on a fresh 3-node loopback cluster.
+    Watch(crate::cmd::bench_watch::WatchArgs),
 }
 
 struct Run {
@@ -66,7 +70,7 @@ struct Run {
     propagation_ms: Vec<f64>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -79,6 +83,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         BenchCommand::Write { clients, seconds, base_port, json } => (clients, seconds, base_port, json),
         BenchCommand::AntiEntropy(a) => return crate::cmd::bench_ae::run(a),
         BenchCommand::Strong(a) => return crate::cmd::bench_strong::run(a),
+        BenchCommand::Watch(a) => return crate::cmd::bench_watch::run(a),
     };
     let counts: Vec<usize> = match clients {
         Some(n) if n == 0 || n > CLIENTS_MAX => bail!("--clients must be in 1..={CLIENTS_MAX}"),

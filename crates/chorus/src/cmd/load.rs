@@ -46,14 +46,14 @@ pub struct Outcome {
 }
 
 /// The socket address and `Host` of an `http://IP:PORT` URL.
-fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
+pub(crate) fn parse_url(url: &str) -> Result<(SocketAddr, String)> {
     let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("{url}: only http:// URLs are supported"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
     let addr: SocketAddr = authority.parse().with_context(|| format!("{url}: not an IP:PORT address"))?;
     Ok((addr, authority.to_string()))
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
     let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true)?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -67,7 +67,7 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
 
 /// Send one request and read the whole answer: its status, or None on a
 /// transport error or timeout.
-async fn exchange(
+pub(crate) async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     host: &str,
     request: Request,
