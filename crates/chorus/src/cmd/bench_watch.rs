@@ -188,7 +188,7 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
     // Every idle watcher holds one stream of node 3; only a count above
     // the node's default bound needs a larger one.
     let default_streams = chorus_daemon::Config::default().http_streams_open_max;
-    let streams_open_max = default_streams.max(args.watchers + 1);
+    let streams_open_max = default_streams.max(args.watchers);
     let mut extra_config = "log = \"warn\"\n".to_string();
     if streams_open_max != default_streams {
         extra_config.push_str(&format!("http_streams_open_max = {streams_open_max}\n"));
