@@ -15,4 +15,5 @@ pub mod run;
 pub mod schedule;
 pub mod strong;
 pub mod strong_checker;
+pub mod watch_checker;
 pub mod workers;
