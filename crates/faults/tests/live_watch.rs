@@ -1,6 +1,6 @@
-//! Change streams (`GET /v1/watch`) and session tokens on real agents
-//! (issue 14, acceptance (a)–(f); `docs/design/fault-injection.md`,
-//! "Watch checkers").
+//! Change streams (`GET /v1/watch`), snapshots (`GET /v1/ns/{ns}/snapshot`)
+//! and session tokens on real agents (issue 14, acceptance (a)–(f);
+//! `docs/design/fault-injection.md`, "Watch checkers").
 //!
 //! Every eventual test records the dot of each acknowledged write and the
 //! lines of each stream, and hands them to
@@ -26,7 +26,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use watch::{Opened, Stream, open_ndjson, open_websocket, wait_for};
+use watch::{Opened, Stream, open_ndjson, open_ndjson_path, open_websocket, wait_for};
 
 /// Deadline for a stream to deliver what was written.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(15);
@@ -560,4 +560,128 @@ fn a_read_with_the_session_of_a_write_on_a_node_cut_off_from_it_answers_session_
             s => panic!("read with the session on node 3: {s} {body}"),
         }
     });
+}
+
+/// A snapshot's state lines as the events a stream would have sent: each
+/// line covers the dots of its `context` above the key's previous line
+/// (as ranges `[node, first, last]`, like an event's `dots`). The `end`
+/// line is kept, so the chain can be cut at its token.
+fn snapshot_as_events(lines: &[Value]) -> Vec<Value> {
+    let mut seen: std::collections::BTreeMap<String, chorus_core::VersionVector> = Default::default();
+    lines
+        .iter()
+        .map(|line| {
+            if !is_data_event(line) {
+                return line.clone();
+            }
+            let key = line["key"].as_str().expect("a state line names its key").to_string();
+            let context = line["context"].as_str().expect("a state line carries its context");
+            let clock = chorus_daemon::token::decode(context).expect("the context decodes");
+            let before = seen.remove(&key).unwrap_or_default();
+            let dots: Vec<Value> = clock
+                .iter()
+                .filter(|&(node, c)| c > before.get(node))
+                .map(|(node, c)| json!([node.to_string(), before.get(node) + 1, c]))
+                .collect();
+            seen.insert(key, clock);
+            let mut event = line.clone();
+            event["dots"] = dots.into();
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn a_snapshot_read_under_concurrent_writes_then_a_watch_from_its_token_on_another_node_covers_every_write_once() {
+    let _serial = serial();
+    let Some(live) = live("watch_snapshot", 1_400_008, false, "", &[]) else { return };
+    let c = &live.client;
+    c.create_eventual(NS);
+    // More keys than one snapshot page (1,000), with values large enough
+    // that a reader which does not read blocks the first page in the
+    // node's send (the socket buffers hold far less than 1,200 × 4 KiB).
+    let big = "x".repeat(4 << 10);
+    let done = AtomicUsize::new(0);
+    let mut acked: Vec<AckedWrite> = std::thread::scope(|s| {
+        let hs: Vec<_> = [(0, "a"), (2, "b")]
+            .into_iter()
+            .map(|(i, prefix)| {
+                let big = &big;
+                s.spawn(move || (0..600).map(|n| c.put(i, &format!("{prefix}{n}"), big).0).collect::<Vec<_>>())
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().expect("writer")).collect()
+    });
+    // Node 2 (the snapshot) and node 3 (the watch) hold all of it first.
+    let (w, answer) = c.put(0, "a-last", "v");
+    acked.push(w);
+    let session = answer["session"].as_str().expect("session").to_string();
+    c.wait_seen(1, "a-last", &session);
+    c.wait_seen(2, "a-last", &session);
+
+    // The snapshot on node 2, read by a reader that waits while nodes 1
+    // and 3 overwrite keys of both pages; then it reads to the end and a
+    // watch resumes from the end's token on node 3 while they still write.
+    let snapshot = match open_ndjson_path(c.api(1), &format!("/v1/ns/{NS}/snapshot?prefix="), true) {
+        Opened::Stream(s) => s,
+        Opened::Refused(status, body) => panic!("snapshot on node 2: {status} {body}"),
+    };
+    let (during, snapshot_lines, second) = std::thread::scope(|s| {
+        let w1 = s.spawn(|| writer(c, 0, "a", 300, 300, 0, &done));
+        let w3 = s.spawn(|| writer(c, 2, "b", 300, 300, 0, &done));
+        wait_for("writes while the snapshot is held", DELIVERY_DEADLINE, || {
+            (done.load(Ordering::Relaxed) >= 60).then_some(())
+        });
+        snapshot.set_paused(false);
+        wait_for("the snapshot to end", DELIVERY_DEADLINE, || snapshot.ended().then_some(()));
+        let lines = snapshot.close();
+        let end = lines.last().expect("snapshot lines").clone();
+        assert_eq!(end["type"], "end", "the snapshot ends with its token: {end}");
+        let token = end["token"].as_str().expect("the end line carries a token").to_string();
+        let second = c.resume(2, &token, DELIVERY_DEADLINE);
+        let mut during = w1.join().expect("writer on node 1");
+        during.extend(w3.join().expect("writer on node 3"));
+        (during, lines, second)
+    });
+    acked.extend(during);
+    // After the snapshot: overwrites and deletes through node 1.
+    acked.extend(writer(c, 0, "a", 50, 60, 3, &done));
+
+    let as_events = snapshot_as_events(&snapshot_lines);
+    let states = snapshot_lines.iter().filter(|l| is_data_event(l)).count();
+    let keys: BTreeSet<&str> = snapshot_lines.iter().filter_map(|l| l["key"].as_str()).collect();
+    eprintln!(
+        "snapshot: {states} state lines for {} keys ({} sent again after a change), end {}",
+        keys.len(),
+        states - keys.len(),
+        snapshot_lines.last().map(Value::to_string).unwrap_or_default()
+    );
+    assert!(keys.len() > 1_200, "the snapshot holds every key written before it: {}", keys.len());
+    assert!(states > keys.len(), "keys already sent were changed while the snapshot ran and sent again");
+    let (v, stream_lines) = check_when_delivered(
+        "the watch from the snapshot's token to cover every later write",
+        &acked,
+        &[&as_events],
+        &second,
+        &[],
+    );
+    assert_eq!(v, vec![], "over the snapshot on node 2 and the watch on node 3 from its token");
+    assert!(data_events(&stream_lines) > 0, "the watch delivered the writes after the snapshot");
+
+    // Every key's last state over snapshot + watch is node 3's.
+    let last = last_events(&[&as_events, &stream_lines]);
+    for w in &acked {
+        let event = last.get(&(NS.to_string(), w.key.clone())).expect("every written key has a state");
+        let (status, state, _) = c.get(2, &w.key, None);
+        match status {
+            404 => assert_eq!(event["type"], "delete", "{}: deleted on node 3: {event}", w.key),
+            200 => assert_eq!(
+                (&event["value"], &event["context"]),
+                (&state["value"], &state["context"]),
+                "{}: the last state delivered vs node 3's",
+                w.key
+            ),
+            s => panic!("GET {} on node 3: {s} {state}", w.key),
+        }
+    }
 }

@@ -20,7 +20,9 @@
 //!   the schedule down, it only occupies one of the connections). Each write
 //!   puts a fresh key whose value starts with n. Delivery of write n is the
 //!   arrival of its event's line at the watcher minus the moment the write
-//!   was sent, both read from this process's monotonic clock. A write not
+//!   was sent, both read from this process's monotonic clock; the write's
+//!   own answer time (send → 200 from node 1) is reported beside it as
+//!   `ack_p50_ms`/`ack_p99_ms`, node 1's share of the delivery. A write not
 //!   issued by `start + ISSUE_OVERRUN × seconds` is not issued, so a cluster
 //!   that cannot sustain the rate shows a lower achieved rate
 //!   (`events_per_s`: acknowledged writes over the issuing time). A stream
@@ -138,6 +140,9 @@ struct RateRun {
     resets: u64,
     /// Write sent → event line arrived, of every delivered acknowledged write.
     delivery_ms: Vec<f64>,
+    /// Write sent → its 200 answer from node 1 (node 1's share of the
+    /// delivery time: its queueing and fsync), of every acknowledged write.
+    ack_ms: Vec<f64>,
 }
 
 impl RateRun {
@@ -146,10 +151,18 @@ impl RateRun {
     }
 
     fn sorted_delivery(&self) -> Vec<f64> {
-        let mut d = self.delivery_ms.clone();
-        d.sort_by(f64::total_cmp);
-        d
+        sorted(&self.delivery_ms)
     }
+
+    fn sorted_ack(&self) -> Vec<f64> {
+        sorted(&self.ack_ms)
+    }
+}
+
+fn sorted(samples: &[f64]) -> Vec<f64> {
+    let mut d = samples.to_vec();
+    d.sort_by(f64::total_cmp);
+    d
 }
 
 /// VmRSS of one node before and after the idle watchers were opened.
@@ -483,8 +496,9 @@ async fn rate_run(urls: &[String], run: usize, rate: u64, duration: Duration) ->
     for (k, mut sender) in senders.into_iter().enumerate() {
         let (host, prefix) = (write_host.clone(), prefix.clone());
         tasks.push(tokio::spawn(async move {
-            // (n, sent, acknowledged) of every write this connection issued.
-            let mut sent: Vec<(u64, Instant, bool)> = Vec::new();
+            // (n, sent, answered, acknowledged) of every write this
+            // connection issued.
+            let mut sent: Vec<(u64, Instant, Instant, bool)> = Vec::new();
             let mut n = k as u64;
             while n < writes {
                 let due = start + period.mul_f64(n as f64);
@@ -500,7 +514,7 @@ async fn rate_run(urls: &[String], run: usize, rate: u64, duration: Duration) ->
                 };
                 let t0 = Instant::now();
                 let status = exchange(&mut sender, &host, request, REQUEST_TIMEOUT).await;
-                sent.push((n, t0, status == Some(200)));
+                sent.push((n, t0, Instant::now(), status == Some(200)));
                 if status.is_none() {
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     match connect(write_addr).await {
@@ -515,12 +529,14 @@ async fn rate_run(urls: &[String], run: usize, rate: u64, duration: Duration) ->
     }
     let mut sent_at: Vec<Option<Instant>> = vec![None; writes as usize];
     let (mut issued, mut acked, mut last_sent) = (0u64, 0u64, start);
+    let mut ack_ms = Vec::with_capacity(writes as usize);
     for task in tasks {
-        for (n, t0, ok) in task.await.map_err(|e| anyhow!("a writer task failed: {e}"))? {
+        for (n, t0, answered, ok) in task.await.map_err(|e| anyhow!("a writer task failed: {e}"))? {
             issued += 1;
             last_sent = last_sent.max(t0);
             if ok {
                 acked += 1;
+                ack_ms.push(answered.saturating_duration_since(t0).as_secs_f64() * 1e3);
                 if let Some(slot) = sent_at.get_mut(n as usize) {
                     *slot = Some(t0);
                 }
@@ -552,6 +568,7 @@ async fn rate_run(urls: &[String], run: usize, rate: u64, duration: Duration) ->
         lagged: seen.lagged,
         resets: seen.resets,
         delivery_ms,
+        ack_ms,
     })
 }
 
@@ -567,13 +584,24 @@ fn print_report(r: &Report) {
         r.seconds
     );
     println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "rate/s", "achieved/s", "acked", "errors", "missing", "lagged", "p50 ms", "p99 ms", "max ms"
+        "{:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "rate/s",
+        "achieved/s",
+        "acked",
+        "errors",
+        "missing",
+        "lagged",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "ack p50 ms",
+        "ack p99 ms"
     );
     for run in &r.rates {
         let d = run.sorted_delivery();
+        let a = run.sorted_ack();
         println!(
-            "{:>8} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.2}",
+            "{:>8} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
             run.rate,
             run.events_per_s(),
             run.acked,
@@ -582,7 +610,9 @@ fn print_report(r: &Report) {
             run.lagged,
             percentile(&d, 0.5),
             percentile(&d, 0.99),
-            d.last().copied().unwrap_or(f64::NAN)
+            d.last().copied().unwrap_or(f64::NAN),
+            percentile(&a, 0.5),
+            percentile(&a, 0.99)
         );
     }
     println!(
@@ -614,6 +644,7 @@ fn report_json(r: &Report) -> Value {
         .iter()
         .map(|run| {
             let d = run.sorted_delivery();
+            let a = run.sorted_ack();
             json!({
                 "rate": run.rate,
                 "events_per_s": number(run.events_per_s()),
@@ -629,6 +660,8 @@ fn report_json(r: &Report) -> Value {
                 "delivery_p99_ms": number(percentile(&d, 0.99)),
                 "delivery_max_ms": number(d.last().copied().unwrap_or(f64::NAN)),
                 "delivery_samples": d.len(),
+                "ack_p50_ms": number(percentile(&a, 0.5)),
+                "ack_p99_ms": number(percentile(&a, 0.99)),
             })
         })
         .collect();
@@ -680,6 +713,7 @@ mod tests {
             lagged: 0,
             resets: 0,
             delivery_ms: vec![4.0, 1.0, 3.0, 2.0],
+            ack_ms: vec![0.5, 2.5, 1.5, 1.0],
         };
         let nodes = (0..3)
             .map(|i| NodeRss {
@@ -694,6 +728,8 @@ mod tests {
         assert_eq!(rate["events_per_s"].as_f64(), Some(100.0));
         assert_eq!(rate["delivery_p50_ms"].as_f64(), Some(3.0));
         assert_eq!(rate["delivery_p99_ms"].as_f64(), Some(4.0));
+        assert_eq!(rate["ack_p50_ms"].as_f64(), Some(1.5));
+        assert_eq!(rate["ack_p99_ms"].as_f64(), Some(2.5));
         assert_eq!(v["watchers"].as_u64(), Some(10));
         assert_eq!(v["rss_bytes"].as_u64(), Some(152));
         assert_eq!(v["rss_before_bytes"].as_u64(), Some(100));

@@ -165,12 +165,16 @@ fn read_chunk(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
 /// `GET /v1/watch` as NDJSON on node `api`. With `paused`, the reader
 /// thread does not read until [`Stream::set_paused`]`(false)`.
 pub fn open_ndjson(api: &str, ns: &str, prefix: &str, resume: Option<&str>, paused: bool) -> Opened {
+    open_ndjson_path(api, &watch_path(ns, prefix, resume), paused)
+}
+
+/// Any NDJSON route (`path` with its query) on node `api`, read like a
+/// watch (e.g. `GET /v1/ns/{ns}/snapshot`).
+pub fn open_ndjson_path(api: &str, path: &str, paused: bool) -> Opened {
     let host = authority(api);
     let mut socket = TcpStream::connect(host).expect("connect to the node's API");
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n",
-        watch_path(ns, prefix, resume)
-    );
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/x-ndjson\r\nConnection: close\r\n\r\n");
     socket.write_all(request.as_bytes()).expect("send the watch request");
     let mut reader = BufReader::new(socket.try_clone().expect("clone the socket"));
     let (status, headers) = read_headers(&mut reader).expect("read the answer's headers");
