@@ -254,7 +254,7 @@ fn a_watcher_on_node_2_sees_every_write_of_nodes_1_and_3_once_in_key_order_over_
     let c = &live.client;
     c.create_eventual(NS);
     let ndjson = open_ndjson(c.api(1), NS, "", None, false).stream("watch on node 2");
-    let ws = open_websocket(c.api(1), NS, "");
+    let ws = open_websocket(c.api(1), NS, "", None);
     let acked = write_concurrently(c, &[0, 2], "k", 6, 40);
     let (v, lines) = check_when_delivered("the NDJSON stream to cover every write", &acked, &[], &ndjson, &[]);
     assert_eq!(v, vec![], "NDJSON stream on node 2");
@@ -560,6 +560,28 @@ fn a_read_with_the_session_of_a_write_on_a_node_cut_off_from_it_answers_session_
             s => panic!("read with the session on node 3: {s} {body}"),
         }
     });
+}
+
+#[test]
+fn a_websocket_watch_resumed_on_another_node_from_its_last_token_covers_every_write_once() {
+    let _serial = serial();
+    let Some(live) = live("watch_ws_resume", 1_400_009, false, "", &[]) else { return };
+    let c = &live.client;
+    c.create_eventual(NS);
+    let first = open_websocket(c.api(1), NS, "", None);
+    let mut acked = write_concurrently(c, &[0, 2], "k", 5, 15);
+    check_when_delivered("the first WebSocket to cover the first writes", &acked, &[], &first, &[]);
+    let token = first.lines.last_token().expect("the WebSocket sent a token");
+    let first_lines = first.close();
+    let first_cut = up_to_token(&first_lines, &token).expect("the resume token is one of the stream's");
+    // Written while no stream is open, then while the resumed one is.
+    acked.extend(write_concurrently(c, &[0, 1], "k", 5, 10));
+    let second = open_websocket(c.api(0), NS, "", Some(&token));
+    acked.extend(write_concurrently(c, &[1, 2], "k", 5, 10));
+    let (v, second_lines) =
+        check_when_delivered("the resumed WebSocket to cover every write", &acked, &[first_cut], &second, &[]);
+    assert_eq!(v, vec![], "over the WebSocket on node 2 and its resume on node 1");
+    assert!(data_events(&second_lines) > 0, "the resumed WebSocket delivered the later writes");
 }
 
 /// A snapshot's state lines as the events a stream would have sent: each

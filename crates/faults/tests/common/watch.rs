@@ -220,12 +220,12 @@ pub fn open_ndjson_path(api: &str, path: &str, paused: bool) -> Opened {
     Opened::Stream(Stream { lines, ended, paused, socket, reader: Some(reader) })
 }
 
-/// `GET /v1/watch` as a WebSocket on node `api` (panics when the upgrade
-/// is refused).
-pub fn open_websocket(api: &str, ns: &str, prefix: &str) -> Stream {
+/// `GET /v1/watch` as a WebSocket on node `api`, from `resume` when given
+/// (panics when the upgrade is refused).
+pub fn open_websocket(api: &str, ns: &str, prefix: &str, resume: Option<&str>) -> Stream {
     let host = authority(api);
     let socket = TcpStream::connect(host).expect("connect to the node's API");
-    let url = format!("ws://{host}{}", watch_path(ns, prefix, None));
+    let url = format!("ws://{host}{}", watch_path(ns, prefix, resume));
     let (mut ws, response) =
         tungstenite::client(url.as_str(), socket.try_clone().expect("clone the socket")).expect("WebSocket handshake");
     assert_eq!(response.status().as_u16(), 101, "the watch upgraded to a WebSocket");
