@@ -644,10 +644,8 @@ fn a_snapshot_read_under_concurrent_writes_then_a_watch_from_its_token_on_anothe
     // The snapshot on node 2, read by a reader that waits while nodes 1
     // and 3 overwrite keys of both pages; then it reads to the end and a
     // watch resumes from the end's token on node 3 while they still write.
-    let snapshot = match open_ndjson_path(c.api(1), &format!("/v1/ns/{NS}/snapshot?prefix="), true) {
-        Opened::Stream(s) => s,
-        Opened::Refused(status, body) => panic!("snapshot on node 2: {status} {body}"),
-    };
+    let snapshot =
+        open_ndjson_path(c.api(1), &format!("/v1/ns/{NS}/snapshot?prefix="), true).stream("snapshot on node 2");
     let (during, snapshot_lines, second) = std::thread::scope(|s| {
         let w1 = s.spawn(|| writer(c, 0, "a", 300, 300, 0, &done));
         let w3 = s.spawn(|| writer(c, 2, "b", 300, 300, 0, &done));
