@@ -151,6 +151,16 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// The id of the last entry in the log (or the last purged one), as
+    /// loaded: a node's read floor after a restart (see
+    /// `docs/design/strong.md`, "Reads after a restart").
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let cache = lock(&self.cache);
+        cache.entries.values().next_back().map(|entry| entry.log_id).or(cache.purged)
+    }
+}
+
 impl RaftLogReader<StrongTypes> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -169,9 +179,8 @@ impl RaftLogStorage<StrongTypes> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<StrongTypes>, io::Error> {
-        let cache = lock(&self.cache);
-        let last = cache.entries.values().next_back().map(|entry| entry.log_id).or(cache.purged);
-        Ok(LogState { last_purged_log_id: cache.purged, last_log_id: last })
+        let last_log_id = self.last_log_id();
+        Ok(LogState { last_purged_log_id: lock(&self.cache).purged, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -189,7 +198,9 @@ impl RaftLogStorage<StrongTypes> for LogStore {
     /// The committed id is a hint for recovery (re-apply up to it at
     /// start-up), never a promise: Raft does not need it durable, and a
     /// stored value that lags only means the node re-learns the rest from
-    /// the leader. So it is not committed on its own (that was one more
+    /// the leader. (A leader that restarts into its own term starts from
+    /// this lagging value too; its linearizable reads wait for the node's
+    /// read floor, `docs/design/strong.md`, "Reads after a restart".) So it is not committed on its own (that was one more
     /// fsync on every commit's critical path): the next `append` writes it
     /// in the same batch as its entries. It never gets ahead of the log:
     /// every entry it covers was appended, durably, before this call.

@@ -6,10 +6,12 @@
 //! "Client semantics (`node`)".
 
 use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use openraft::ReadPolicy;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::metrics::WaitError;
 use serde::{Deserialize, Serialize};
 
 use super::StrongNode;
@@ -194,7 +196,10 @@ impl StrongNode {
         let linearize = self.inner.raft.ensure_linearizable(ReadPolicy::ReadIndex);
         match tokio::time::timeout(remaining, linearize).await {
             Err(_) => Err(StrongError::Timeout),
-            Ok(Ok(_)) => Ok(self.read_local(query)),
+            Ok(Ok(_)) => {
+                self.wait_for_read_floor(deadline).await?;
+                Ok(self.read_local(query))
+            }
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward)))) => {
                 Err(forward_error(forward))
             }
@@ -203,6 +208,38 @@ impl StrongNode {
                 Err(StrongError::NoQuorum { reachable_voters: status.reachable_voters, voters: status.voters })
             }
             Ok(Err(RaftError::Fatal(e))) => Err(StrongError::Shutdown(e.to_string())),
+        }
+    }
+
+    /// Waits until this node applied past the last log id it held when it
+    /// started (its read floor). openraft's read barrier is the later of
+    /// the leader's no-op and its committed id; a leader that restarts into
+    /// its own term (its vote was stored committed) proposes no new no-op,
+    /// and its committed id comes from storage, where it lags the last
+    /// acknowledged write. Every write acknowledged before the restart is
+    /// at or below the floor, since a leader's log holds every committed
+    /// entry. The floor compares as a log id, term first: once a later term
+    /// applies anything, it is passed, whatever became of the entries
+    /// above it (`docs/design/strong.md`, "Reads after a restart").
+    async fn wait_for_read_floor(&self, deadline: Instant) -> Result<(), StrongError> {
+        if self.inner.read_floor_passed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let floor = self.inner.read_floor;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let passed = self
+            .inner
+            .raft
+            .wait(Some(remaining))
+            .metrics(move |m| m.last_applied >= floor, "applied past the log held at start-up")
+            .await;
+        match passed {
+            Ok(_) => {
+                self.inner.read_floor_passed.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(WaitError::Timeout(..)) => Err(StrongError::Timeout),
+            Err(WaitError::ShuttingDown) => Err(StrongError::Shutdown("raft is shutting down".into())),
         }
     }
 

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -34,7 +35,7 @@ use tokio::task::JoinHandle;
 use crate::error::StartError;
 use crate::network::NetworkFactory;
 use crate::store::{LogStore, SmSettings, SmShared, SmStore, SnapshotStatus, SnapshotStore};
-use crate::types::{PeerNode, StrongTypes};
+use crate::types::{LogId, PeerNode, StrongTypes};
 
 mod client;
 mod config;
@@ -75,6 +76,13 @@ struct Inner {
     transport: Transport,
     /// Last successful probe answer per voter.
     reach: Mutex<BTreeMap<u64, Instant>>,
+    /// The last log id this node held when it started: no linearizable
+    /// read is answered here before the state machine applied past it
+    /// (`docs/design/strong.md`, "Reads after a restart").
+    read_floor: Option<LogId>,
+    /// Set once the applied log id reached `read_floor`: later reads skip
+    /// the check.
+    read_floor_passed: AtomicBool,
     started: Instant,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -106,6 +114,7 @@ impl StrongNode {
     ) -> Result<StrongNode, StartError> {
         let raft_config = Arc::new(config.raft_config()?);
         let log = LogStore::open(Arc::clone(&storage)).await?;
+        let read_floor = log.last_log_id();
         let settings = SmSettings {
             chunk_bytes: config.snapshot_chunk_bytes,
             history: config.watch_history,
@@ -132,6 +141,8 @@ impl StrongNode {
                 receiving: tokio::sync::Mutex::new(None),
                 transport,
                 reach: Mutex::new(BTreeMap::new()),
+                read_floor,
+                read_floor_passed: AtomicBool::new(read_floor.is_none()),
                 started: Instant::now(),
                 tasks: Mutex::new(Vec::new()),
             }),
