@@ -180,6 +180,8 @@ enum Command {
     },
     /// The Raft group of strong namespaces: status, add-voter, remove-voter.
     Raft(cmd::strong::RaftArgs),
+    /// Client tokens: bootstrap, create, list, revoke.
+    Token(cmd::token::TokenArgs),
     /// Benchmarks against a local cluster.
     Bench(cmd::bench::BenchArgs),
     /// Simulate a cluster with the real protocol code, in virtual time.
@@ -216,6 +218,7 @@ fn main() -> std::process::ExitCode {
             cmd::watch::run(&target, &prefix, resume, timeout_ms)
         }
         Command::Raft(args) => cmd::strong::raft(args),
+        Command::Token(args) => cmd::token::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sim(args) => cmd::sim::run(args),
     };

@@ -130,6 +130,14 @@ pub struct Config {
     pub strong_watch_history_events_max: usize,
     /// Bytes of keys and values in that watch history, at most.
     pub strong_watch_history_bytes_max: usize,
+    /// Client tokens (`docs/design/security.md`, "Client tokens"): when on,
+    /// every route but `/health` needs a bearer token (401 without a valid
+    /// one, 403 without the permission). The first admin token comes from
+    /// `chorus token bootstrap`. Off by default, so `chorus dev` stays one
+    /// command (`chorus dev --auth` turns it on).
+    pub auth_enabled: bool,
+    /// With `auth_enabled`, `/metrics` answers without a token.
+    pub metrics_public: bool,
 }
 
 impl Default for Config {
@@ -174,6 +182,8 @@ impl Default for Config {
             strong_snapshot_log_kept_entries: 5_000,
             strong_watch_history_events_max: chorus_strong::kv::WATCH_HISTORY_MAX,
             strong_watch_history_bytes_max: chorus_strong::kv::WATCH_HISTORY_BYTES_DEFAULT,
+            auth_enabled: false,
+            metrics_public: false,
         }
     }
 }

@@ -19,6 +19,7 @@
 //! * the group-commit writer thread of chorus-storage.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "test-knobs")]
@@ -309,7 +310,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         eventual_names: api::EventualNames::default(),
         watch_hub,
         session_wait: Duration::from_millis(config.session_wait_ms),
+        auth: Arc::new(auth::Auth::new(config.auth_enabled, config.metrics_public)),
     };
+    tokio::spawn(api::auth::refresh_loop(state.clone(), shutdown_rx.clone()));
     let app = api::router(state, api::HttpLimits::from_config(&config));
     let header_timeout = Duration::from_millis(config.http_header_timeout_ms);
     let http_task = tokio::spawn(serve_http(listener, app, header_timeout, shutdown_rx.clone()));

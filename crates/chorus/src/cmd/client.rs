@@ -43,6 +43,10 @@ pub struct Target {
     /// (read-your-writes, monotonic reads; docs/design/watch.md).
     #[arg(long, env = "CHORUS_SESSION", global = true)]
     pub session: Option<String>,
+    /// Client token (`chorus token create`), sent as `Authorization:
+    /// Bearer TOKEN`: needed when the cluster runs with `auth_enabled`.
+    #[arg(long, env = "CHORUS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -50,6 +54,18 @@ impl Target {
     pub fn request_id(&self) -> String {
         self.request_id.clone().unwrap_or_else(fresh_request_id)
     }
+}
+
+/// The session and token headers of a request (each only when set).
+pub fn request_headers(session: Option<&str>, token: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::new();
+    if let Some(session) = session.filter(|s| !s.is_empty()) {
+        headers.push((SESSION_HEADER, session.to_string()));
+    }
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        headers.push(("Authorization", format!("Bearer {token}")));
+    }
+    headers
 }
 
 /// 128 random bits as hex, from the OS (no clock: two commands in the same
@@ -93,6 +109,8 @@ pub struct Client {
     base: String,
     /// Sent as `Chorus-Session` with every request.
     session: Option<String>,
+    /// Sent as `Authorization: Bearer …` with every request.
+    token: Option<String>,
 }
 
 /// Percent-encode a key for a URL path, keeping `/` (keys may contain it;
@@ -116,12 +134,33 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
-        Client { agent, base: base.trim_end_matches('/').to_string(), session: None }
+        Client { agent, base: base.trim_end_matches('/').to_string(), session: None, token: None }
+    }
+
+    /// This client, sending `token` as its bearer token.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// A client of the target's node, presenting its session if it has one.
     pub fn of(t: &Target) -> Client {
-        Client { session: t.session.clone(), ..Client::new(&t.node) }
+        Client { session: t.session.clone(), token: t.token.clone(), ..Client::new(&t.node) }
+    }
+
+    /// A client of the same node with this one's agent, session and token.
+    fn clone_config(&self) -> Client {
+        Client {
+            agent: self.agent.clone(),
+            base: self.base.clone(),
+            session: self.session.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// The headers every request carries: session and token, when set.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        request_headers(self.session.as_deref(), self.token.as_deref())
     }
 
     fn url(&self, path: &str) -> String {
@@ -145,17 +184,22 @@ impl Client {
     /// One attempt of [`Client::call`], never retried.
     pub fn call_once(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
         let url = self.url(path);
-        let session = self.session.as_deref().unwrap_or("");
-        let with = !session.is_empty();
+        let headers = self.headers();
+        macro_rules! with_headers {
+            ($request:expr) => {{
+                let mut request = $request;
+                for (name, value) in &headers {
+                    request = request.header(*name, value);
+                }
+                request
+            }};
+        }
         let response = match (method, body) {
-            ("GET", _) if with => self.agent.get(&url).header(SESSION_HEADER, session).call(),
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) if with => self.agent.delete(&url).header(SESSION_HEADER, session).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("PUT", Some(b)) if with => self.agent.put(&url).header(SESSION_HEADER, session).send_json(b),
-            ("PUT", Some(b)) => self.agent.put(&url).send_json(b),
-            ("POST", Some(b)) if with => self.agent.post(&url).header(SESSION_HEADER, session).send_json(b),
-            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
+            ("GET", _) => with_headers!(self.agent.get(&url)).call(),
+            ("DELETE", _) => with_headers!(self.agent.delete(&url)).call(),
+            ("PUT", Some(b)) => with_headers!(self.agent.put(&url)).send_json(b),
+            ("POST", Some(b)) => with_headers!(self.agent.post(&url)).send_json(b),
+            ("POST", None) => with_headers!(self.agent.post(&url)).send_empty(),
             _ => bail!("unsupported request {method} {path}"),
         };
         let mut response = response.with_context(|| format!("{method} {url}"))?;
@@ -186,7 +230,7 @@ impl Client {
             }
         };
         let mut tried: Vec<String> = vec![self.base.clone()];
-        let mut client = Client { agent: self.agent.clone(), base: self.base.clone(), session: self.session.clone() };
+        let mut client = Client { base: self.base.clone(), ..self.clone_config() };
         loop {
             let deadline = Instant::now() + RETRY_UNKNOWN_MAX;
             let mut backoff = RETRY_BACKOFF_MIN;
@@ -210,7 +254,7 @@ impl Client {
             match client.other_member(&tried) {
                 Some(next) => {
                     tried.push(next.clone());
-                    client = Client { agent: self.agent.clone(), base: next, session: self.session.clone() };
+                    client = Client { base: next, ..self.clone_config() };
                 }
                 None => return Ok((status, value)),
             }

@@ -37,6 +37,11 @@ pub struct DevArgs {
     /// 127.0.0.1:(base-port + 100 + i).
     #[arg(long, default_value_t = 7101)]
     base_port: u16,
+    /// Start with client tokens on (`auth_enabled`): bootstraps the cluster
+    /// and prints `admin token: TOKEN` (kept in DIR/admin-token, so a reused
+    /// --dir prints the same one).
+    #[arg(long)]
+    auth: bool,
 }
 
 /// Where a dev cluster puts its nodes.
@@ -54,6 +59,8 @@ pub struct DevLayout {
 pub struct DevCluster {
     pub children: Vec<Child>,
     pub urls: Vec<String>,
+    /// The admin token, when the cluster runs with auth on.
+    pub token: Option<String>,
 }
 
 impl DevLayout {
@@ -120,7 +127,7 @@ impl DevLayout {
     pub fn start(&self) -> Result<DevCluster> {
         self.prepare()?;
         let exe = std::env::current_exe().context("locating the chorus binary")?;
-        let mut cluster = DevCluster { children: Vec::new(), urls: Vec::new() };
+        let mut cluster = DevCluster { children: Vec::new(), urls: Vec::new(), token: None };
         for i in 1..=self.nodes {
             let dir = self.node_dir(i);
             cluster.children.push(spawn_agent(&exe, &dir.join("chorus.toml"), &dir.join("agent.log"))?);
@@ -179,13 +186,40 @@ pub fn wait_healthy(url: &str, child: &mut Child, log: &Path) -> Result<()> {
 }
 
 impl DevCluster {
+    /// Bootstraps client tokens through node 1 and keeps the admin token in
+    /// `dir/admin-token` (a cluster bootstraps once: a reused directory
+    /// reads the token back).
+    pub fn bootstrap_auth(&mut self, dir: &Path) -> Result<String> {
+        let file = dir.join("admin-token");
+        let client = Client::new(&self.urls[0]);
+        let deadline = Instant::now() + READY_DEADLINE;
+        let token = loop {
+            match client.call_once("POST", "/v1/auth/bootstrap", None) {
+                Ok((201, v)) => {
+                    let token = v["token"].as_str().unwrap_or_default().to_string();
+                    std::fs::write(&file, &token).with_context(|| format!("writing {}", file.display()))?;
+                    break token;
+                }
+                Ok((409, _)) => {
+                    let token = std::fs::read_to_string(&file)
+                        .with_context(|| format!("the cluster is bootstrapped but {} is missing", file.display()))?;
+                    break token.trim().to_string();
+                }
+                other if Instant::now() >= deadline => bail!("bootstrapping auth failed: {other:?}"),
+                _ => std::thread::sleep(READY_POLL),
+            }
+        };
+        self.token = Some(token.clone());
+        Ok(token)
+    }
+
     /// Wait until every command of the README works on every node: each
     /// node sees every other one alive and, when the cluster has strong
     /// namespaces, each node names the same Raft leader (so a strong write
     /// through any node finds it). Fails after `deadline` saying what is
     /// still missing.
     pub fn wait_ready(&self, deadline: Duration) -> Result<()> {
-        let clients: Vec<Client> = self.urls.iter().map(|u| Client::new(u)).collect();
+        let clients: Vec<Client> = self.urls.iter().map(|u| Client::new(u).with_token(self.token.clone())).collect();
         let end = Instant::now() + deadline;
         loop {
             let Some(missing) = self.not_ready(&clients) else { return Ok(()) };
@@ -281,12 +315,17 @@ pub fn run(args: DevArgs) -> Result<ExitCode> {
         dir: dir.clone(),
         base_port: args.base_port,
         ip: Ipv4Addr::LOCALHOST,
-        extra_config: String::new(),
+        extra_config: if args.auth { "auth_enabled = true".to_string() } else { String::new() },
     };
-    let cluster = layout.start()?;
+    let mut cluster = layout.start()?;
     println!("chorus dev: {} nodes, data and logs in {}", args.nodes, dir.display());
     for (i, url) in cluster.urls.iter().enumerate() {
         println!("node{}: {url}", i + 1);
+    }
+    if args.auth {
+        let token = cluster.bootstrap_auth(&dir)?;
+        println!("admin token: {token}");
+        println!("every client command needs it: export CHORUS_TOKEN={token}");
     }
     cluster.wait_ready(READY_DEADLINE)?;
     println!(

@@ -9,4 +9,5 @@ pub mod dev;
 pub mod load;
 pub mod sim;
 pub mod strong;
+pub mod token;
 pub mod watch;

@@ -1,7 +1,7 @@
 //! Client commands of strong namespaces (`docs/design/http-api.md`,
 //! "Strong namespaces"): cas, txn, leases, locks, watch, and Raft voters.
 
-use crate::cmd::client::{Client, RefusalRetry, Target, describe_error, encode_key};
+use crate::cmd::client::{Client, RefusalRetry, Target, describe_error, encode_key, request_headers};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -165,7 +165,11 @@ pub fn watch(t: &Target, prefix: &str, from_revision: Option<u64>, timeout_ms: u
     // retried here, within the same bound.
     let mut retry = RefusalRetry::new();
     let mut response = loop {
-        let mut response = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+        let mut request = agent.get(&url);
+        for (name, value) in request_headers(t.session.as_deref(), t.token.as_deref()) {
+            request = request.header(name, value);
+        }
+        let mut response = request.call().with_context(|| format!("GET {url}"))?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             break response;

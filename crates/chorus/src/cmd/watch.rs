@@ -9,7 +9,7 @@
 //! is printed and ends the command with exit code 3: the caller re-reads
 //! (`GET /v1/ns/{ns}/snapshot`) and resumes from the snapshot's token.
 
-use super::client::{RefusalRetry, SESSION_HEADER, Target, describe_error, encode_key};
+use super::client::{RefusalRetry, Target, describe_error, encode_key, request_headers};
 use anyhow::{Result, bail};
 use serde_json::Value;
 use std::io::BufRead;
@@ -41,8 +41,8 @@ fn open(t: &Target, url: &str) -> Result<std::result::Result<ureq::Body, String>
     let mut retry = RefusalRetry::new();
     loop {
         let mut request = agent.get(url);
-        if let Some(s) = t.session.as_deref().filter(|s| !s.is_empty()) {
-            request = request.header(SESSION_HEADER, s);
+        for (name, value) in request_headers(t.session.as_deref(), t.token.as_deref()) {
+            request = request.header(name, value);
         }
         let mut response = match request.call() {
             Ok(r) => r,

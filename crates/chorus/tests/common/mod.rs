@@ -54,6 +54,32 @@ impl Http {
         Http { agent }
     }
 
+    /// [`Http::req`] with a bearer token (`None`: without one).
+    pub fn req_as(&self, token: Option<&str>, method: &str, url: &str, body: Option<&str>) -> Option<(u16, Value)> {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        macro_rules! with_token {
+            ($request:expr) => {{
+                let request = $request;
+                match &bearer {
+                    Some(b) => request.header("Authorization", b),
+                    None => request,
+                }
+            }};
+        }
+        let r = match (method, body) {
+            ("GET", _) => with_token!(self.agent.get(url)).call(),
+            ("DELETE", _) => with_token!(self.agent.delete(url)).call(),
+            ("PUT", Some(b)) => with_token!(self.agent.put(url)).content_type("application/json").send(b),
+            ("POST", Some(b)) => with_token!(self.agent.post(url)).content_type("application/json").send(b),
+            ("POST", None) => with_token!(self.agent.post(url)).send_empty(),
+            _ => panic!("unsupported {method}"),
+        };
+        let mut r = r.ok()?;
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
     /// (status, JSON body); `None` when the node does not answer at all.
     pub fn req(&self, method: &str, url: &str, body: Option<&str>) -> Option<(u16, Value)> {
         let r = match (method, body) {

@@ -16,9 +16,12 @@
 //! * [`status`] — `/health`, `/metrics`, `/v1/status`, `/v1/members`.
 //! * [`limits`] — the request timeout, the in-flight and open-stream
 //!   bounds: the layers [`router`] puts on request and streaming routes.
+//! * [`auth`] — the table of what each route needs from a caller's token,
+//!   the layer that checks it, and the token routes.
 //! * [`error`] — [`ApiError`], the mapping of core and Raft errors to codes,
 //!   and the body and query parsing helpers.
 
+pub mod auth;
 pub mod error;
 pub mod eventual;
 pub mod limits;
@@ -84,6 +87,8 @@ pub struct ApiState {
     /// `session_wait_ms`: how long a session read or a resumed watch waits
     /// for this node to catch up.
     pub session_wait: std::time::Duration,
+    /// Client tokens: this node's table and whether auth is on.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// A value as JSON: text when it is UTF-8 (else `null`), always also base64.

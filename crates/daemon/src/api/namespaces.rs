@@ -127,8 +127,16 @@ pub(crate) fn strong_namespace_bodies(s: &ApiState) -> Vec<NamespaceBody> {
 
 /// GET /v1/ns: eventual namespaces of the node, then strong ones of this replica.
 pub(crate) async fn list_namespaces(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let mut list: Vec<NamespaceBody> =
-        s.node.inspect(|node: &Node| node.namespaces().map(namespace_body).collect()).await?;
+    // Reserved namespaces (`_chorus.…`, e.g. the token records) are chorus's own.
+    let mut list: Vec<NamespaceBody> = s
+        .node
+        .inspect(|node: &Node| {
+            node.namespaces()
+                .filter(|ns| !ns.name().starts_with(crate::auth::RESERVED_PREFIX))
+                .map(namespace_body)
+                .collect()
+        })
+        .await?;
     list.extend(strong_namespace_bodies(&s));
     Ok(Json(json!({ "namespaces": list })))
 }
@@ -175,6 +183,12 @@ pub(crate) async fn create_namespace(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<NamespaceBody>), ApiError> {
     let req: CreateNamespaceRequest = parse_body(body)?;
+    if req.name.starts_with(crate::auth::RESERVED_PREFIX) {
+        return Err(ApiError::bad_request(
+            "reserved_namespace",
+            format!("namespace names starting with {:?} are reserved for chorus", crate::auth::RESERVED_PREFIX),
+        ));
+    }
     let value_type = ValueType::parse(&req.value_type).ok_or_else(|| {
         ApiError::bad_request("bad_type", format!("unknown type {:?}: use lww, mv, counter or set", req.value_type))
     })?;

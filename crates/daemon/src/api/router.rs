@@ -1,4 +1,5 @@
-//! The one route table, and the routes that name a namespace: each asks
+//! The one route table (what each route needs from a caller's token is in
+//! [`auth::ROUTES`], checked on every request), and the routes that name a namespace: each asks
 //! [`resolve_mode`] for the namespace's mode first, then hands the request
 //! (body still unparsed) to that mode's handler in [`eventual`] or
 //! [`strong`]. Routes that exist for one mode only answer the other mode's
@@ -8,7 +9,7 @@ use super::error::{ApiError, method_not_allowed, not_found_route, parse_query};
 use super::limits::{HttpLimits, limit_request, limit_stream};
 use super::namespaces::{self, Mode, find_mode, resolve_mode};
 use super::strong::{ReadQuery, UnlockQuery, WatchQuery};
-use super::{ApiState, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, eventual, session, status, strong};
+use super::{ApiState, SCAN_LIMIT_DEFAULT, SCAN_LIMIT_MAX, auth, eventual, session, status, strong};
 use crate::strong::StrongService;
 use crate::telemetry;
 use axum::body::Bytes;
@@ -31,6 +32,8 @@ pub fn router(state: ApiState, limits: HttpLimits) -> Router {
     request_routes()
         .layer(middleware::from_fn_with_state(limits.clone(), limit_request))
         .merge(streaming_routes().layer(middleware::from_fn_with_state(limits, limit_stream)))
+        // Every route, before its limits: who may call it (`auth::ROUTES`).
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(not_found_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
@@ -60,6 +63,10 @@ fn request_routes() -> Router<ApiState> {
         .route("/v1/raft", get(strong::raft_status))
         .route("/v1/raft/voters", post(strong::add_voter))
         .route("/v1/raft/voters/{name}", delete(strong::remove_voter))
+        .route("/v1/auth/bootstrap", post(auth::bootstrap))
+        .route("/v1/auth/whoami", get(auth::whoami))
+        .route("/v1/tokens", get(auth::list).post(auth::create))
+        .route("/v1/tokens/{name}", delete(auth::revoke))
 }
 
 /// Routes whose answer is a stream that lives as long as the client wants:
