@@ -263,6 +263,18 @@ pub fn parse_ttl(text: &str) -> Result<Duration, TokenSpecError> {
     Ok(ttl)
 }
 
+/// Whose bucket a request takes from: its token's, or its address's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Token(String),
+    Addr(std::net::IpAddr),
+}
+
+/// The client address of an HTTP request, put in its extensions by the
+/// server.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// A caller the table recognised.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -277,6 +289,9 @@ pub struct Auth {
     /// `metrics_public`: `/metrics` answers without a token.
     pub metrics_public: bool,
     table: RwLock<Table>,
+    /// Requests a second per client (token name, or IP address without a
+    /// token); off at 0.
+    pub client_rate: crate::rate::RateLimiter<RateKey>,
     /// Bumped by every [`Auth::upsert`]: a refresh that read the replica
     /// before an upsert does not replace the table with that older view.
     generation: std::sync::atomic::AtomicU64,
@@ -291,7 +306,20 @@ struct Table {
 
 impl Auth {
     pub fn new(enabled: bool, metrics_public: bool) -> Auth {
-        Auth { enabled, metrics_public, table: RwLock::new(Table::default()), generation: Default::default() }
+        Auth {
+            enabled,
+            metrics_public,
+            table: RwLock::new(Table::default()),
+            client_rate: crate::rate::RateLimiter::new(0, 0),
+            generation: Default::default(),
+        }
+    }
+
+    /// With the client rate limit: `per_s` a second, `burst` at once (0:
+    /// the rate).
+    pub fn with_client_rate(mut self, per_s: u64, burst: u64) -> Auth {
+        self.client_rate = crate::rate::RateLimiter::new(per_s, if burst == 0 { per_s } else { burst });
+        self
     }
 
     /// The token a bearer secret names, if it is valid now.

@@ -138,6 +138,19 @@ pub struct Config {
     pub auth_enabled: bool,
     /// With `auth_enabled`, `/metrics` answers without a token.
     pub metrics_public: bool,
+    /// HTTP requests a second per client: per token, or per IP address for
+    /// requests without one (`docs/design/security.md`, "Rate limits").
+    /// Over it the answer is 429 `rate_limited` with `Retry-After`. 0: off.
+    /// `/health` and the bootstrap are not limited.
+    pub rate_limit_client_per_s: u64,
+    /// Requests a client may send at once above its rate (0: the rate).
+    pub rate_limit_client_burst: u64,
+    /// Replication messages and requests a second per peer; over it they
+    /// are dropped and counted (anti-entropy repairs what a dropped push
+    /// carried). 0: off.
+    pub rate_limit_peer_per_s: u64,
+    /// Messages a peer may send at once above its rate (0: the rate).
+    pub rate_limit_peer_burst: u64,
 }
 
 impl Default for Config {
@@ -184,6 +197,10 @@ impl Default for Config {
             strong_watch_history_bytes_max: chorus_strong::kv::WATCH_HISTORY_BYTES_DEFAULT,
             auth_enabled: false,
             metrics_public: false,
+            rate_limit_client_per_s: 0,
+            rate_limit_client_burst: 0,
+            rate_limit_peer_per_s: 0,
+            rate_limit_peer_burst: 0,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod config;
 #[cfg(feature = "test-knobs")]
 pub mod knobs;
 pub mod probe;
+pub mod rate;
 pub mod runtime;
 pub mod strong;
 pub mod telemetry;
@@ -261,7 +262,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     )
     .await
     .context("starting strong namespaces (Raft)")?;
-    let incoming = demux(incoming, strong.clone());
+    let peer_rate = rate::RateLimiter::new(
+        config.rate_limit_peer_per_s,
+        if config.rate_limit_peer_burst == 0 { config.rate_limit_peer_per_s } else { config.rate_limit_peer_burst },
+    );
+    let incoming = demux(incoming, strong.clone(), peer_rate);
 
     let mut driver = runtime::Driver {
         node,
@@ -310,7 +315,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         eventual_names: api::EventualNames::default(),
         watch_hub,
         session_wait: Duration::from_millis(config.session_wait_ms),
-        auth: Arc::new(auth::Auth::new(config.auth_enabled, config.metrics_public)),
+        auth: Arc::new(
+            auth::Auth::new(config.auth_enabled, config.metrics_public)
+                .with_client_rate(config.rate_limit_client_per_s, config.rate_limit_client_burst),
+        ),
     };
     tokio::spawn(api::auth::refresh_loop(state.clone(), shutdown_rx.clone()));
     let app = api::router(state, api::HttpLimits::from_config(&config));
@@ -363,8 +371,8 @@ async fn serve_http(
             accepted = listener.accept() => accepted,
             _ = stopped(&mut stop) => break,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "accepting an HTTP connection failed");
                 tokio::time::sleep(HTTP_ACCEPT_ERROR_PAUSE).await;
@@ -372,7 +380,13 @@ async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Every request learns its client's address (rate limits key on it).
+        let with_addr =
+            tower::ServiceExt::map_request(app.clone(), move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(auth::ClientAddr(client));
+                request
+            });
+        let service = hyper_util::service::TowerToHyperService::new(with_addr);
         let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let mut stop = stop.clone();
         let held = connections_rx.clone();
@@ -417,10 +431,27 @@ const INCOMING_QUEUE_MAX: usize = 4096;
 fn demux(
     mut incoming: tokio::sync::mpsc::Receiver<chorus_net::Incoming>,
     strong: Option<Arc<strong::StrongService>>,
+    peer_rate: rate::RateLimiter<String>,
 ) -> tokio::sync::mpsc::Receiver<chorus_net::Incoming> {
     let (tx, rx) = tokio::sync::mpsc::channel(INCOMING_QUEUE_MAX);
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
+            // `rate_limit_peer_per_s`, per authenticated peer name. A dropped
+            // request's sender sees no answer (as for a lost one).
+            if peer_rate.enabled() {
+                let from = match &message {
+                    chorus_net::Incoming::Message { from, .. } | chorus_net::Incoming::Request { from, .. } => {
+                        Some(&from.name)
+                    }
+                    _ => None,
+                };
+                if let Some(name) = from
+                    && peer_rate.check(name, Instant::now()).is_err()
+                {
+                    telemetry::rate_limited("peer");
+                    continue;
+                }
+            }
             match message {
                 chorus_net::Incoming::Request { payload, respond, .. }
                     if chorus_strong::is_strong_request(&payload) =>

@@ -33,6 +33,14 @@ pub fn install() -> Option<PrometheusHandle> {
 fn describe() {
     describe_counter!("chorus_writes_total", "Client writes answered, by value type and result.");
     describe_counter!(
+        "chorus_rate_limited_total",
+        "Requests refused by a rate limit: `kind` client (HTTP 429) or peer (message dropped)."
+    );
+    describe_counter!(
+        "chorus_auth_refused_total",
+        "HTTP requests refused by client auth: `status` 401 (no valid token) or 403 (no permission)."
+    );
+    describe_counter!(
         "chorus_reconcile_sessions_total",
         "Range-based reconciliation sessions (run when seen sets agree but fingerprints differ), by outcome."
     );
@@ -167,6 +175,14 @@ pub fn group_committed(ops: usize, seconds: f64) {
 pub fn write_answered(value_type: &'static str, result: &'static str, seconds: f64) {
     counter!("chorus_writes_total", "type" => value_type, "result" => result).increment(1);
     histogram!("chorus_write_ack_seconds").record(seconds);
+}
+
+pub fn rate_limited(kind: &'static str) {
+    counter!("chorus_rate_limited_total", "kind" => kind).increment(1);
+}
+
+pub fn auth_refused(status: &'static str) {
+    counter!("chorus_auth_refused_total", "status" => status).increment(1);
 }
 
 pub fn read_answered(result: &'static str) {

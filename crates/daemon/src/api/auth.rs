@@ -4,6 +4,9 @@
 //! (`/v1/auth/bootstrap`, `/v1/tokens`); and the task that keeps this
 //! node's token table in step with its replica.
 //!
+//! The same layer applies the client rate limit (`rate_limit_client_per_s`:
+//! per token, or per IP address without one).
+//!
 //! The layer fails closed: a route the router serves but [`ROUTES`] does
 //! not name answers 500 `route_unclassified`, auth on or off, so a new
 //! route cannot ship without saying what it needs.
@@ -11,9 +14,10 @@
 use super::error::{ApiError, parse_body};
 use super::{ApiState, error::write_error};
 use crate::auth::{
-    self, BOOTSTRAP_KEY, Perm, Principal, RECORD_PREFIX, RESERVED_PREFIX, TOKENS_MAX, TOKENS_NAMESPACE, TokenRecord,
-    TokenSpecError,
+    self, BOOTSTRAP_KEY, ClientAddr, Perm, Principal, RECORD_PREFIX, RESERVED_PREFIX, RateKey, TOKENS_MAX,
+    TOKENS_NAMESPACE, TokenRecord, TokenSpecError,
 };
+use crate::telemetry;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -25,7 +29,7 @@ use chorus_core::{LocalWrite, Op, ValueType};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a route needs from the caller's token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,15 +183,19 @@ pub(crate) async fn authorize(State(s): State<ApiState>, request: Request, next:
     {
         return super::error::no_such_namespace(ns).into_response();
     }
+    let mut caller: Option<RateKey> = None;
     if s.auth.enabled {
         let open = route.need == Need::Open || (route.need == Need::Metrics && s.auth.metrics_public);
         if !open {
             let Some(secret) = bearer(&parts) else {
+                telemetry::auth_refused("401");
                 return unauthorized("this route needs a bearer token (Authorization: Bearer TOKEN)");
             };
             let Some(principal) = s.auth.verify(secret, auth::now_ms()) else {
+                telemetry::auth_refused("401");
                 return unauthorized("the token is unknown, expired or revoked");
             };
+            caller = Some(RateKey::Token(principal.record.name.clone()));
             let token = &principal.record;
             let key = params.get("key").or_else(|| params.get("name")).map_or("", String::as_str);
             let prefix = query.get("prefix").map_or("", String::as_str);
@@ -216,12 +224,37 @@ pub(crate) async fn authorize(State(s): State<ApiState>, request: Request, next:
                     }
                     Need::Open | Need::Member => String::new(),
                 };
+                telemetry::auth_refused("403");
                 return forbidden(format!("token {:?} lacks {what}", token.name));
             }
             parts.extensions.insert(principal);
         }
     }
+    if route.need != Need::Open && s.auth.client_rate.enabled() {
+        let key = caller.or_else(|| parts.extensions.get::<ClientAddr>().map(|a| RateKey::Addr(a.0.ip())));
+        if let Some(key) = key
+            && let Err(wait) = s.auth.client_rate.check(&key, Instant::now())
+        {
+            telemetry::rate_limited("client");
+            return rate_limited(wait);
+        }
+    }
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1).
+fn rate_limited(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("over this client's rate limit; retry in {} ms", wait.as_millis().max(1)),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 // ------------------------------------------------------------ token routes
