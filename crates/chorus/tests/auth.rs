@@ -317,3 +317,65 @@ fn a_peer_over_its_rate_limit_has_messages_dropped_and_counted_and_anti_entropy_
     }
     println!("node2 dropped {limited} peer messages over its limit and still converged");
 }
+
+fn node3_alive_on(c: &Cluster, i: usize) -> bool {
+    c.agents[i].members(&c.http).iter().any(|m| m["name"] == "node3" && m["state"] == "alive")
+}
+
+#[test]
+fn a_revoked_node_is_cut_off_within_five_seconds_and_can_neither_rejoin_nor_send_writes() {
+    let mut c = Cluster::prepare(115, 3, "");
+    let ca = c.dir.path().join("ca");
+    let list = ca.join("revocations.json");
+    // Every node reads the same file: the operator's copy step, done.
+    for agent in &c.agents {
+        agent.append_config(&format!("revocation_list = {:?}", list.display().to_string()));
+    }
+    for agent in &mut c.agents {
+        agent.start();
+    }
+    for agent in &mut c.agents {
+        agent.wait_healthy(&c.http);
+    }
+    c.wait_all_alive();
+    c.agents[2].put(&c.http, "default", "before", "from node3");
+    eventually("node3's write on node1", CONVERGE, || c.agents[0].read(&c.http, "default", "before"));
+
+    let out = chorus(&["ca", "revoke", "node3", "--dir", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "ca revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let revoked_at = Instant::now();
+    eventually("node1 and node2 to stop counting node3 alive", CONVERGE, || {
+        (!node3_alive_on(&c, 0) && !node3_alive_on(&c, 1)).then_some(())
+    });
+    println!(
+        "node3 no longer alive on node1 and node2 {:?} after the revoke (the spec promises 5 s)",
+        revoked_at.elapsed()
+    );
+
+    // node3 still takes writes locally, but nobody receives them: a write
+    // on node2 made after it reaches node1, node3's does not.
+    let mut control = 0;
+    let mut cut_off = |c: &Cluster, label: &str| {
+        c.agents[2].put(&c.http, "default", label, "from node3");
+        control += 1;
+        let key = format!("control{control}");
+        c.agents[1].put(&c.http, "default", &key, "from node2");
+        eventually(&format!("{key} on node1"), CONVERGE, || c.agents[0].read(&c.http, "default", &key));
+        // One more anti-entropy round's worth for a write that could come.
+        std::thread::sleep(Duration::from_millis(1_500));
+        for i in 0..2 {
+            assert!(c.agents[i].read(&c.http, "default", label).is_none(), "node{} took {label}", i + 1);
+        }
+    };
+    cut_off(&c, "after");
+    // Restarted, node3 cannot rejoin either.
+    c.agents[2].kill9();
+    c.agents[2].start();
+    c.agents[2].wait_healthy(&c.http);
+    cut_off(&c, "after-restart");
+    assert!(!node3_alive_on(&c, 0) && !node3_alive_on(&c, 1), "node3 rejoined");
+    // What it wrote before the revocation stays.
+    assert!(c.agents[0].read(&c.http, "default", "before").is_some());
+    let log = c.agents[0].log_text();
+    assert!(log.contains("revocation list changed"), "node1 did not log the change");
+}

@@ -151,6 +151,12 @@ pub struct Config {
     pub rate_limit_peer_per_s: u64,
     /// Messages a peer may send at once above its rate (0: the rate).
     pub rate_limit_peer_burst: u64,
+    /// A revocation list signed by the cluster CA (`chorus ca revoke`
+    /// writes it as `revocations.json` next to the CA): nodes and
+    /// certificates it names can neither connect nor stay connected. Read
+    /// at start (a damaged one stops the start) and again whenever it
+    /// changes (a damaged change is logged and ignored). Unset: none.
+    pub revocation_list: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -201,6 +207,7 @@ impl Default for Config {
             rate_limit_client_burst: 0,
             rate_limit_peer_per_s: 0,
             rate_limit_peer_burst: 0,
+            revocation_list: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 pub mod knobs;
 pub mod probe;
 pub mod rate;
+pub mod revocation;
 pub mod runtime;
 pub mod strong;
 pub mod telemetry;
@@ -210,8 +211,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
 
     let mut tconfig = TransportConfig::new(config.name.clone(), config.peer_addr);
     tconfig.frame_bytes_max = chorus_core::limits::FRAME_BYTES_MAX as u32;
-    let (transport, incoming) =
-        Transport::bind(tconfig, &creds).with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
+    let revocations = match &config.revocation_list {
+        Some(path) => revocation::load_at_start(path, &creds.ca_pem)?,
+        None => chorus_net::RevocationList::default(),
+    };
+    let (transport, incoming) = Transport::bind_with_revocations(tconfig, &creds, revocations.clone())
+        .with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
+
     let peer_addr = config.advertised_peer_addr();
     // Measure the seeds' clocks before anyone can see us: before SWIM
     // starts and before the API accepts writes (`docs/design/daemon.md`,
@@ -284,6 +290,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     driver.persist_startup().await.context("persisting the default namespace")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(path) = &config.revocation_list {
+        tokio::spawn(revocation::watch_file(
+            path.clone(),
+            creds.ca_pem.clone(),
+            revocations,
+            transport.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let (handle, node_task) = runtime::spawn(
         driver,
         incoming,

@@ -274,6 +274,14 @@ impl NodeCredentials {
 /// CA says. Checked on both sides of every handshake.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationList {
+    /// Grows with every list the CA signs: a node never replaces its list
+    /// with one of a lower sequence (an old file copied back cannot undo a
+    /// revocation).
+    #[serde(default)]
+    pub sequence: u64,
+    /// When the CA signed it (ms since the Unix epoch; informational).
+    #[serde(default)]
+    pub issued_ms: u64,
     /// Revoked node names: any certificate for this name is refused.
     pub names: BTreeSet<String>,
     /// Revoked certificate serials, lowercase hex (see
@@ -287,6 +295,90 @@ impl RevocationList {
     pub fn is_revoked(&self, name: &str, serial_hex: &str) -> bool {
         self.names.contains(name) || self.serials_hex.contains(serial_hex)
     }
+}
+
+/// The file `chorus ca revoke` writes next to the CA (`DIR/revocations.json`).
+pub const REVOCATIONS_FILE: &str = "revocations.json";
+/// Largest signed revocation file a node reads.
+pub const REVOCATIONS_FILE_BYTES_MAX: usize = 4 << 20;
+/// Version of the signed revocation file.
+pub const REVOCATIONS_FORMAT: u32 = 1;
+
+/// A [`RevocationList`] signed by the cluster CA: `list` is the list's
+/// JSON, exactly the bytes signed; `signature_hex` the CA key's ECDSA P-256
+/// SHA-256 signature (ASN.1 DER) of them. Any node holding the CA
+/// certificate can check it, so the file may travel by any route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRevocations {
+    pub format: u32,
+    pub list: String,
+    pub signature_hex: String,
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl ClusterCa {
+    /// Signs `list` with the CA key.
+    pub fn sign_revocations(&self, list: &RevocationList) -> Result<SignedRevocations, CaError> {
+        let key = KeyPair::from_pem(&self.key_pem)?;
+        let json = serde_json::to_string(list).map_err(|e| CaError::Malformed(format!("revocation list: {e}")))?;
+        let signature = rcgen::SigningKey::sign(&key, json.as_bytes())?;
+        Ok(SignedRevocations { format: REVOCATIONS_FORMAT, list: json, signature_hex: to_hex(&signature) })
+    }
+}
+
+/// Checks `signed` against the CA certificate `ca_pem` and returns its
+/// list; any damage, another CA's signature or an unknown format is an
+/// error naming it.
+pub fn verify_revocations(ca_pem: &str, signed: &SignedRevocations) -> Result<RevocationList, CaError> {
+    if signed.format != REVOCATIONS_FORMAT {
+        return Err(CaError::Malformed(format!(
+            "revocation list format {}; this build reads {REVOCATIONS_FORMAT}",
+            signed.format
+        )));
+    }
+    let der = pem_to_der(ca_pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::Malformed(format!("CA certificate: {e}")))?;
+    let public_key = &cert.public_key().subject_public_key.data;
+    let signature = from_hex(&signed.signature_hex)
+        .ok_or_else(|| CaError::Malformed("revocation list signature is not hex".into()))?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, public_key.as_ref())
+        .verify(signed.list.as_bytes(), &signature)
+        .map_err(|_| CaError::Malformed("revocation list signature does not verify against the cluster CA".into()))?;
+    serde_json::from_str(&signed.list).map_err(|e| CaError::Malformed(format!("revocation list: {e}")))
+}
+
+/// Reads and checks a signed revocation file (at most
+/// [`REVOCATIONS_FILE_BYTES_MAX`]).
+pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, CaError> {
+    let len = fs::metadata(path).map_err(|source| CaError::Io { path: path.to_owned(), source })?.len();
+    if len > REVOCATIONS_FILE_BYTES_MAX as u64 {
+        return Err(CaError::Malformed(format!(
+            "{}: {len} bytes, over the {REVOCATIONS_FILE_BYTES_MAX} a revocation list may have",
+            path.display()
+        )));
+    }
+    let text = read_file(path)?;
+    let signed: SignedRevocations =
+        serde_json::from_str(&text).map_err(|e| CaError::Malformed(format!("{}: {e}", path.display())))?;
+    verify_revocations(ca_pem, &signed)
+}
+
+/// Writes `signed` to `path` atomically (a temporary file renamed over it),
+/// so a node polling the file never reads half of it.
+pub fn save_revocations(path: &Path, signed: &SignedRevocations) -> Result<(), CaError> {
+    let json = serde_json::to_string_pretty(signed).map_err(|e| CaError::Malformed(format!("revocations: {e}")))?;
+    write_file(path, json.as_bytes(), false)
 }
 
 /// The node name (first DNS SAN) of a DER certificate.
@@ -353,6 +445,37 @@ fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_revocation_list_verifies_only_untouched_and_only_against_its_own_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate("prod").expect("ca");
+        let other = ClusterCa::generate("prod").expect("other ca");
+        let mut list = RevocationList { sequence: 7, issued_ms: 1, ..RevocationList::default() };
+        list.names.insert("evil".into());
+        let signed = ca.sign_revocations(&list).expect("sign");
+        assert_eq!(verify_revocations(ca.cert_pem(), &signed).expect("verifies"), list);
+        let path = dir.path().join(REVOCATIONS_FILE);
+        save_revocations(&path, &signed).expect("save");
+        assert_eq!(load_revocations(&path, ca.cert_pem()).expect("load"), list);
+
+        // Another CA's key, a changed list, a changed signature, another format.
+        let forged = other.sign_revocations(&list).expect("sign");
+        assert!(verify_revocations(ca.cert_pem(), &forged).is_err(), "another CA's list was accepted");
+        let edited = SignedRevocations { list: signed.list.replace("evil", "good"), ..signed.clone() };
+        assert!(verify_revocations(ca.cert_pem(), &edited).is_err(), "an edited list was accepted");
+        let mut sig = signed.signature_hex.clone().into_bytes();
+        sig[10] = if sig[10] == b'0' { b'1' } else { b'0' };
+        let bad_sig = SignedRevocations { signature_hex: String::from_utf8(sig).expect("hex"), ..signed.clone() };
+        assert!(verify_revocations(ca.cert_pem(), &bad_sig).is_err());
+        assert!(
+            verify_revocations(ca.cert_pem(), &SignedRevocations { signature_hex: "zz".into(), ..signed.clone() })
+                .is_err()
+        );
+        assert!(verify_revocations(ca.cert_pem(), &SignedRevocations { format: 2, ..signed }).is_err());
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(load_revocations(&path, ca.cert_pem()).is_err());
+    }
 
     #[test]
     fn node_names_must_be_dns_names_starting_with_a_letter() {

@@ -14,7 +14,10 @@ pub mod membership;
 pub mod tls;
 pub mod transport;
 
-pub use ca::{CaError, ClusterCa, NodeCredentials, RevocationList};
+pub use ca::{
+    CaError, ClusterCa, NodeCredentials, REVOCATIONS_FILE, RevocationList, SignedRevocations, load_revocations,
+    save_revocations, verify_revocations,
+};
 pub use membership::{
     MemberInfo, MemberState, Membership, MembershipConfig, MembershipError, MembershipEvent, NodeIdentity,
 };

@@ -210,6 +210,12 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: a resumed handshake skips certificate
+    // verification, so a node holding a ticket from before its revocation
+    // got back in (seen: a revoked node stayed alive in SWIM). Connections
+    // are long-lived; a full handshake on reconnect costs nothing.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -231,6 +237,8 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(certs, key)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // Every handshake verifies the peer's certificate (see `server_config`).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -376,3 +376,37 @@ async fn a_request_abandoned_mid_frame_by_its_timeout_does_not_get_the_sender_qu
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A revoked node that dials again must go through a full handshake: a
+/// resumed TLS session skips certificate verification, and a node holding
+/// a ticket from before its revocation got back in that way (the daemon's
+/// revocation test saw the revoked node stay alive in SWIM). Both sides
+/// dial and redial for a while; nothing from the revoked node arrives.
+#[tokio::test]
+async fn a_revoked_node_gets_no_connection_back_by_resuming_an_old_session() {
+    let ca = ClusterCa::generate("test").expect("ca");
+    let (a, mut a_rx) = bind(&ca, "alpha");
+    let (b, mut b_rx) = bind(&ca, "beta");
+    let (a_addr, b_addr) = (addr_of(&a), addr_of(&b));
+    // Connections both ways, so each side holds whatever tickets it got.
+    b.send(&a_addr, &b"hello"[..]).expect("send");
+    assert!(matches!(next(&mut a_rx, WAIT).await, Incoming::Message { .. }));
+    a.send(&b_addr, &b"hello"[..]).expect("send");
+    assert!(matches!(next(&mut b_rx, WAIT).await, Incoming::Message { .. }));
+    let mut list = RevocationList::default();
+    list.names.insert("beta".into());
+    a.set_revocations(list);
+    assert!(eventually(WAIT, || async { !a.is_connected("beta") && !b.is_connected("alpha") }).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        let _ = b.send(&a_addr, &b"after"[..]);
+        let _ = b.request(&a_addr, &b"after"[..], Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Ok(incoming) = a_rx.try_recv() {
+        panic!("alpha received from a revoked node: {incoming:?}");
+    }
+    assert!(!a.is_connected("beta"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
