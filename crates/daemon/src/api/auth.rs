@@ -452,10 +452,13 @@ pub(crate) async fn whoami(State(s): State<ApiState>, request: Request) -> Json<
 }
 
 /// Rebuilds this node's token table from its replica every
-/// [`auth::REFRESH_INTERVAL`] until the node stops.
+/// [`auth::REFRESH_INTERVAL`] until the node stops. The read runs on the
+/// node task, so it first compares the namespace's fingerprint (O(log n))
+/// with the last one and copies the records only when they changed.
 pub async fn refresh_loop(state: ApiState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(auth::REFRESH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -465,13 +468,23 @@ pub async fn refresh_loop(state: ApiState, mut shutdown: tokio::sync::watch::Rec
             return;
         }
         let generation = state.auth.generation();
-        match tokio::time::timeout(Duration::from_secs(5), state.node.inspect(auth::read_replica)).await {
-            Ok(Ok((bootstrapped, values))) => {
+        let known = last;
+        let read = state.node.inspect(move |node| {
+            let fingerprint = node.namespace(TOKENS_NAMESPACE).map(|ns| ns.fingerprint());
+            (fingerprint != known || known.is_none()).then(|| (fingerprint, auth::read_replica(node)))
+        });
+        match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(Ok(Some((fingerprint, (bootstrapped, values))))) => {
                 let skipped = state.auth.replace(generation, bootstrapped, values);
                 if skipped > 0 {
                     tracing::warn!(skipped, "token records that do not decode were ignored");
                 }
+                // An upsert meanwhile left the table as it was: read again next time.
+                if state.auth.generation() == generation {
+                    last = fingerprint;
+                }
             }
+            Ok(Ok(None)) => {}
             Ok(Err(_)) => return,
             Err(_) => tracing::warn!("reading the token table took over 5 s; keeping the previous one"),
         }
