@@ -59,6 +59,10 @@ enum BenchCommand {
     /// watcher of node 2) at paced write rates, and the memory of 1,000
     /// idle watchers, on a fresh 3-node loopback cluster.
     Watch(crate::cmd::bench_watch::WatchArgs),
+    /// One token flooding a one-node cluster with auth and the client rate
+    /// limit on: 429s, and another token's read latency unloaded and under
+    /// the flood; the CPU time of one token check.
+    Flood(crate::cmd::bench_flood::FloodArgs),
 }
 
 struct Run {
@@ -84,6 +88,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         BenchCommand::AntiEntropy(a) => return crate::cmd::bench_ae::run(a),
         BenchCommand::Strong(a) => return crate::cmd::bench_strong::run(a),
         BenchCommand::Watch(a) => return crate::cmd::bench_watch::run(a),
+        BenchCommand::Flood(a) => return crate::cmd::bench_flood::run(a),
     };
     let counts: Vec<usize> = match clients {
         Some(n) if n == 0 || n > CLIENTS_MAX => bail!("--clients must be in 1..={CLIENTS_MAX}"),

@@ -1,6 +1,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_ae;
+pub mod bench_flood;
 pub mod bench_strong;
 pub mod bench_watch;
 pub mod ca;
