@@ -292,6 +292,11 @@ pub struct Auth {
     /// Requests a second per client (token name, or IP address without a
     /// token); off at 0.
     pub client_rate: crate::rate::RateLimiter<RateKey>,
+    /// Held by a bootstrap, a create and a revoke from their check to their
+    /// write: two at once on one node cannot both pass the check (two
+    /// bootstraps, or two tokens of one name, the later overwriting the
+    /// earlier whose secret would then fail). Nodes do not coordinate.
+    pub writes: tokio::sync::Mutex<()>,
     /// Bumped by every [`Auth::upsert`]: a refresh that read the replica
     /// before an upsert does not replace the table with that older view.
     generation: std::sync::atomic::AtomicU64,
@@ -311,6 +316,7 @@ impl Auth {
             metrics_public,
             table: RwLock::new(Table::default()),
             client_rate: crate::rate::RateLimiter::new(0, 0),
+            writes: tokio::sync::Mutex::new(()),
             generation: Default::default(),
         }
     }

@@ -313,6 +313,7 @@ fn spec_error(e: TokenSpecError) -> ApiError {
 /// cluster (409 `already_bootstrapped` after that, on any node that has
 /// seen the first). The answer's `token` is shown only here.
 pub(crate) async fn bootstrap(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    let _writing = s.auth.writes.lock().await;
     let marker = s.node.inspect(|node| node.get(TOKENS_NAMESPACE, BOOTSTRAP_KEY.as_bytes()).is_some()).await?;
     if marker || s.auth.bootstrapped() {
         return Err(ApiError::new(
@@ -379,6 +380,7 @@ pub(crate) async fn create(
         return Err(spec_error(TokenSpecError::Empty));
     }
     let ttl = auth::parse_ttl(req.ttl.as_deref().unwrap_or(TTL_DEFAULT)).map_err(spec_error)?;
+    let _writing = s.auth.writes.lock().await;
     let now = auth::now_ms();
     let records = s.auth.records();
     if records.iter().any(|r| r.name == req.name && r.valid_at(now)) {
@@ -425,6 +427,7 @@ pub(crate) async fn list(State(s): State<ApiState>) -> Json<Value> {
 /// DELETE /v1/tokens/{name}: revoke. The record stays, marked, so the
 /// revocation replicates; every node refuses the token once it has it.
 pub(crate) async fn revoke(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let _writing = s.auth.writes.lock().await;
     let now = auth::now_ms();
     let Some(record) = s.auth.records().into_iter().find(|r| r.name == name) else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_token", format!("no token is named {name:?}")));
