@@ -17,6 +17,16 @@ const AUTH: &str = "auth_enabled = true";
 /// The only routes that answer without a token.
 const OPEN: &[&str] = &["GET /health", "POST /v1/auth/bootstrap"];
 
+/// The status of a HEAD request without a token.
+fn head_status(url: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent.head(url).call().map(|r| r.status().as_u16()).expect("node answers")
+}
+
 /// A concrete path for a route pattern of the table.
 fn concrete(path: &str) -> String {
     path.replace("{ns}", "default")
@@ -97,11 +107,27 @@ fn every_route_in_the_table_needs_a_token_and_the_permission_it_names() {
             }
         }
         assert!(![401, 403].contains(&as_admin), "{method} {path} as admin: {as_admin}");
+        // axum answers HEAD with the GET handler: it must need the same.
+        if method == "GET" {
+            let head = head_status(&c.agents[0].url(&path));
+            assert_eq!(head, anonymous, "HEAD {path} without a token");
+        }
         walked += 1;
     }
     println!("walked {walked} routes");
     assert_eq!(walked, ROUTES.len());
     assert!(walked >= 30, "the table lost routes: {walked}");
+
+    assert_eq!(head_status(&c.agents[0].url("/v1/ns/_chorus.tokens/kv/t/bootstrap")), 404);
+    // A transaction's keys are in its body: a `?prefix=` must not narrow
+    // the check to the token's key prefix.
+    let scoped =
+        create(&c, 0, &admin, json!({ "name": "scoped", "read": ["default/users/"], "write": ["default/users/"] }));
+    let txn = json!({ "ops": [{ "put": { "key": "admin/x", "value": "owned" } }] }).to_string();
+    for path in ["/v1/ns/default/txn?prefix=users/", "/v1/ns/default/txn"] {
+        let (status, v) = c.http.req_as(Some(&scoped), "POST", &c.agents[0].url(path), Some(&txn)).unwrap();
+        assert_eq!(status, 403, "{path}: {v}");
+    }
 
     // Reserved namespaces are nobody's, admin included.
     let (status, v) = c.http.req_as(Some(&admin), "GET", &c.agents[0].url("/v1/ns/_chorus.tokens/scan"), None).unwrap();
@@ -383,8 +409,16 @@ fn a_revoked_node_is_cut_off_within_five_seconds_and_can_neither_rejoin_nor_send
     c.agents[2].wait_healthy(&c.http);
     cut_off(&c, "after-restart");
     assert!(!node3_alive_on(&c, 0) && !node3_alive_on(&c, 1), "node3 rejoined");
+    // Deleting the file does not undo the revocation across a restart:
+    // node1 kept the list it took in its data_dir.
+    std::fs::remove_file(&list).expect("remove the list");
+    c.agents[0].kill9();
+    c.agents[0].start();
+    c.agents[0].wait_healthy(&c.http);
+    cut_off(&c, "after-rollback");
+    assert!(!node3_alive_on(&c, 0), "node3 came back on node1 after the list was deleted");
     // What it wrote before the revocation stays.
     assert!(c.agents[0].read(&c.http, "default", "before").is_some());
-    let log = c.agents[0].log_text();
-    assert!(log.contains("revocation list changed"), "node1 did not log the change");
+    assert!(c.agents[1].log_text().contains("revocation list changed"), "node2 did not log the change");
+    assert!(c.agents[0].log_text().contains("revocation list loaded"), "node1 did not load its kept copy");
 }

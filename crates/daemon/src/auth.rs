@@ -270,6 +270,22 @@ pub enum RateKey {
     Addr(std::net::IpAddr),
 }
 
+impl RateKey {
+    /// The key of a request without a token: its IPv4 address, or its
+    /// IPv6 /64 (one host usually holds a whole /64, so per-address keys
+    /// would let it fill the table and push everyone into the overflow
+    /// bucket).
+    pub fn of_addr(ip: std::net::IpAddr) -> RateKey {
+        match ip {
+            std::net::IpAddr::V4(_) => RateKey::Addr(ip),
+            std::net::IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                RateKey::Addr(std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits)))
+            }
+        }
+    }
+}
+
 /// The client address of an HTTP request, put in its extensions by the
 /// server.
 #[derive(Clone, Copy, Debug)]
@@ -395,7 +411,7 @@ impl Auth {
 /// bootstrap marker, and the values of at most [`TOKENS_MAX`] records.
 pub fn read_replica(node: &chorus_core::Node) -> (bool, Vec<Vec<u8>>) {
     let Some(namespace) = node.namespace(TOKENS_NAMESPACE) else { return (false, Vec::new()) };
-    let bootstrapped = node.get(TOKENS_NAMESPACE, BOOTSTRAP_KEY.as_bytes()).is_some();
+    let mut bootstrapped = node.get(TOKENS_NAMESPACE, BOOTSTRAP_KEY.as_bytes()).is_some();
     let mut values = Vec::new();
     for (_, entry) in namespace.scan(RECORD_PREFIX.as_bytes(), None, TOKENS_MAX) {
         if entry.is_tombstone() {
@@ -405,6 +421,8 @@ pub fn read_replica(node: &chorus_core::Node) -> (bool, Vec<Vec<u8>>) {
             values.push(value);
         }
     }
+    // Any record means a bootstrap happened, whether its marker came yet.
+    bootstrapped |= !values.is_empty();
     (bootstrapped, values)
 }
 
@@ -501,6 +519,18 @@ mod tests {
         auth.replace(0, false, Vec::new());
         assert_eq!(auth.records().len(), 3);
         assert!(auth.bootstrapped());
+    }
+
+    #[test]
+    fn requests_without_a_token_are_keyed_by_ipv4_address_or_ipv6_slash_64() {
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(RateKey::of_addr(v4), RateKey::Addr(v4));
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(RateKey::of_addr(a), RateKey::of_addr(b), "one /64, one bucket");
+        assert_ne!(RateKey::of_addr(a), RateKey::of_addr(other));
+        assert_eq!(RateKey::of_addr(a), RateKey::Addr("2001:db8:1:2::".parse().unwrap()));
     }
 
     #[test]

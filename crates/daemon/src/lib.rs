@@ -212,7 +212,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     let mut tconfig = TransportConfig::new(config.name.clone(), config.peer_addr);
     tconfig.frame_bytes_max = chorus_core::limits::FRAME_BYTES_MAX as u32;
     let revocations = match &config.revocation_list {
-        Some(path) => revocation::load_at_start(path, &creds.ca_pem)?,
+        Some(path) => revocation::load_at_start(path, &creds.ca_pem, &config.data_dir)?,
         None => chorus_net::RevocationList::default(),
     };
     let (transport, incoming) = Transport::bind_with_revocations(tconfig, &creds, revocations.clone())
@@ -294,6 +294,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         tokio::spawn(revocation::watch_file(
             path.clone(),
             creds.ca_pem.clone(),
+            config.data_dir.clone(),
             revocations,
             transport.clone(),
             shutdown_rx.clone(),
@@ -451,9 +452,14 @@ fn demux(
     let (tx, rx) = tokio::sync::mpsc::channel(INCOMING_QUEUE_MAX);
     tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
-            // `rate_limit_peer_per_s`, per authenticated peer name. A dropped
-            // request's sender sees no answer (as for a lost one).
-            if peer_rate.enabled() {
+            // `rate_limit_peer_per_s`, per authenticated peer name, on
+            // replication traffic. A dropped request's sender sees no answer
+            // (as for a lost one). Raft requests are exempt: dropping a
+            // leader's heartbeats and appends would cause elections, and
+            // Raft bounds its own traffic (appends in flight, in bytes).
+            let raft = matches!(&message, chorus_net::Incoming::Request { payload, .. }
+                if chorus_strong::is_strong_request(payload));
+            if peer_rate.enabled() && !raft {
                 let from = match &message {
                     chorus_net::Incoming::Message { from, .. } | chorus_net::Incoming::Request { from, .. } => {
                         Some(&from.name)

@@ -361,6 +361,11 @@ pub fn verify_revocations(ca_pem: &str, signed: &SignedRevocations) -> Result<Re
 /// Reads and checks a signed revocation file (at most
 /// [`REVOCATIONS_FILE_BYTES_MAX`]).
 pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, CaError> {
+    load_signed_revocations(path, ca_pem).map(|(_, list)| list)
+}
+
+/// [`load_revocations`], also returning the signed form (to keep a copy).
+pub fn load_signed_revocations(path: &Path, ca_pem: &str) -> Result<(SignedRevocations, RevocationList), CaError> {
     let len = fs::metadata(path).map_err(|source| CaError::Io { path: path.to_owned(), source })?.len();
     if len > REVOCATIONS_FILE_BYTES_MAX as u64 {
         return Err(CaError::Malformed(format!(
@@ -371,7 +376,8 @@ pub fn load_revocations(path: &Path, ca_pem: &str) -> Result<RevocationList, CaE
     let text = read_file(path)?;
     let signed: SignedRevocations =
         serde_json::from_str(&text).map_err(|e| CaError::Malformed(format!("{}: {e}", path.display())))?;
-    verify_revocations(ca_pem, &signed)
+    let list = verify_revocations(ca_pem, &signed)?;
+    Ok((signed, list))
 }
 
 /// Writes `signed` to `path` atomically (a temporary file renamed over it),

@@ -16,7 +16,7 @@ pub mod transport;
 
 pub use ca::{
     CaError, ClusterCa, NodeCredentials, REVOCATIONS_FILE, RevocationList, SignedRevocations, load_revocations,
-    save_revocations, verify_revocations,
+    load_signed_revocations, save_revocations, verify_revocations,
 };
 pub use membership::{
     MemberInfo, MemberState, Membership, MembershipConfig, MembershipError, MembershipEvent, NodeIdentity,

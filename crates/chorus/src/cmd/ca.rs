@@ -97,9 +97,12 @@ pub fn run(args: CaArgs) -> Result<ExitCode> {
                     list.names.insert(node.clone());
                 }
             }
-            list.sequence += 1;
             list.issued_ms =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            // The signing time in ms, unless that is not above the previous
+            // sequence: a list started afresh at another --out path still
+            // comes after every earlier one (nodes refuse lower sequences).
+            list.sequence = list.issued_ms.max(list.sequence + 1);
             let signed = ca.sign_revocations(&list)?;
             chorus_net::save_revocations(&out, &signed)
                 .with_context(|| format!("writing the revocation list {}", out.display()))?;

@@ -17,6 +17,7 @@ use crate::auth::{
     self, BOOTSTRAP_KEY, ClientAddr, Perm, Principal, RECORD_PREFIX, RESERVED_PREFIX, RateKey, TOKENS_MAX,
     TOKENS_NAMESPACE, TokenRecord, TokenSpecError,
 };
+use crate::runtime::CallError;
 use crate::telemetry;
 use axum::Json;
 use axum::body::Bytes;
@@ -50,6 +51,9 @@ pub enum Need {
     /// (`""` when absent: the whole namespace) of the namespace in the path
     /// or the `ns` query parameter.
     Prefix(&'static [Perm]),
+    /// These permissions on every key of the namespace in the path,
+    /// whatever the query says (a transaction's keys are in its body).
+    Whole(&'static [Perm]),
     /// Write permission somewhere (leases are not in a namespace; a put
     /// that binds a key to a lease still needs write on that key).
     AnyWrite,
@@ -93,8 +97,10 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/ns/{ns}/set/{*key}", Need::Key(W)),
     // A failed CAS answers the current value: it reads too.
     route("POST", "/v1/ns/{ns}/cas/{*key}", Need::Key(RW)),
-    // A transaction's keys are in its body: it needs the whole namespace.
-    route("POST", "/v1/ns/{ns}/txn", Need::Prefix(RW)),
+    // A transaction's keys are in its body: it needs the whole namespace
+    // (not `Prefix`: its handler ignores a `?prefix=`, which must not
+    // narrow the check).
+    route("POST", "/v1/ns/{ns}/txn", Need::Whole(RW)),
     route("GET", "/v1/ns/{ns}/lock/{*name}", Need::Key(R)),
     route("POST", "/v1/ns/{ns}/lock/{*name}", Need::Key(RW)),
     route("DELETE", "/v1/ns/{ns}/lock/{*name}", Need::Key(W)),
@@ -117,10 +123,13 @@ pub const ROUTES: &[Route] = &[
 
 /// The table's entry for a request, or why there is none.
 fn classify(method: &Method, path: &str) -> Result<&'static Route, bool> {
+    // axum answers HEAD with the GET handler (without the body): it needs
+    // what GET needs.
+    let method = if method == Method::HEAD { "GET" } else { method.as_str() };
     let mut path_known = false;
     for r in ROUTES {
         if r.path == path {
-            if r.method == method.as_str() {
+            if r.method == method {
                 return Ok(r);
             }
             path_known = true;
@@ -159,8 +168,8 @@ pub(crate) async fn authorize(State(s): State<ApiState>, request: Request, next:
     };
     let route = match classify(request.method(), &matched) {
         Ok(route) => route,
-        // Another method of a known path: the router answers 405.
-        Err(true) => return next.run(request).await,
+        // Another method of a known path: 405 here, never the handler.
+        Err(true) => return super::error::method_not_allowed().await.into_response(),
         Err(false) => {
             return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -211,6 +220,7 @@ pub(crate) async fn authorize(State(s): State<ApiState>, request: Request, next:
                 }
                 Need::Key(perms) => perms.iter().all(|p| token.allows(*p, ns, key)),
                 Need::Prefix(perms) => perms.iter().all(|p| token.allows(*p, ns, prefix)),
+                Need::Whole(perms) => perms.iter().all(|p| token.allows(*p, ns, "")),
             };
             if !granted {
                 let what = match route.need {
@@ -222,6 +232,7 @@ pub(crate) async fn authorize(State(s): State<ApiState>, request: Request, next:
                     Need::Prefix(perms) => {
                         format!("{} on every key under {prefix:?} of namespace {ns:?}", perms_text(perms))
                     }
+                    Need::Whole(perms) => format!("{} on every key of namespace {ns:?}", perms_text(perms)),
                     Need::Open | Need::Member => String::new(),
                 };
                 telemetry::auth_refused("403");
@@ -231,7 +242,7 @@ pub(crate) async fn authorize(State(s): State<ApiState>, request: Request, next:
         }
     }
     if route.need != Need::Open && s.auth.client_rate.enabled() {
-        let key = caller.or_else(|| parts.extensions.get::<ClientAddr>().map(|a| RateKey::Addr(a.0.ip())));
+        let key = caller.or_else(|| parts.extensions.get::<ClientAddr>().map(|a| RateKey::of_addr(a.0.ip())));
         if let Some(key) = key
             && let Err(wait) = s.auth.client_rate.check(&key, Instant::now())
         {
@@ -314,7 +325,10 @@ fn spec_error(e: TokenSpecError) -> ApiError {
 /// seen the first). The answer's `token` is shown only here.
 pub(crate) async fn bootstrap(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let _writing = s.auth.writes.lock().await;
-    let marker = s.node.inspect(|node| node.get(TOKENS_NAMESPACE, BOOTSTRAP_KEY.as_bytes()).is_some()).await?;
+    // Bootstrapped once the marker or any token record is here (the two
+    // travel separately; a record without its marker must not let a second
+    // bootstrap overwrite the first admin token).
+    let marker = s.node.inspect(|node| auth::read_replica(node).0).await?;
     if marker || s.auth.bootstrapped() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -335,8 +349,10 @@ pub(crate) async fn bootstrap(State(s): State<ApiState>) -> Result<Response, Api
         revoked_ms: None,
     };
     let value = serde_json::to_vec(&record).map_err(|e| ApiError::bad_request("bad_record", e.to_string()))?;
-    write_record(&s, record_key(&record.name), value).await?;
+    // The marker first: a node that has the record has the marker too, or
+    // an older value of it.
     write_record(&s, BOOTSTRAP_KEY.to_string(), now.to_string().into_bytes()).await?;
+    write_record(&s, record_key(&record.name), value).await?;
     let mut body = token_json(&record, now);
     body["token"] = Value::String(secret);
     s.auth.upsert(record);
@@ -488,7 +504,11 @@ pub async fn refresh_loop(state: ApiState, mut shutdown: tokio::sync::watch::Rec
                 }
             }
             Ok(Ok(None)) => {}
-            Ok(Err(_)) => return,
+            // The node is gone: nothing to refresh any more.
+            Ok(Err(CallError::Stopped | CallError::Abandoned)) => return,
+            Ok(Err(CallError::Timeout)) => {
+                tracing::warn!("reading the token table timed out; keeping the previous one")
+            }
             Err(_) => tracing::warn!("reading the token table took over 5 s; keeping the previous one"),
         }
     }
