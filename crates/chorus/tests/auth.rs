@@ -268,6 +268,7 @@ fn a_flood_from_one_token_gets_429s_while_another_tokens_requests_all_succeed() 
             let (status, _) = read_as(&calm_agent, &url, &calm).expect("node answers");
             assert_eq!(status, 404, "the calm token's read was refused");
             latencies.push(started.elapsed());
+            // Paced, not waiting for anything: the calm client reads 25 times a second.
             std::thread::sleep(Duration::from_millis(40));
         }
         latencies.sort();
@@ -353,6 +354,16 @@ fn a_peer_over_its_rate_limit_has_messages_dropped_and_counted_and_anti_entropy_
     println!("node2 dropped {limited} peer messages over its limit and still converged");
 }
 
+/// A counter of node `i`'s `/metrics` (0 before it is first exported).
+fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
+    let Some((_, text)) = c.http.get(&c.agents[i].url("/metrics")) else { return 0.0 };
+    let text = text.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn node3_alive_on(c: &Cluster, i: usize) -> bool {
     c.agents[i].members(&c.http).iter().any(|m| m["name"] == "node3" && m["state"] == "alive")
 }
@@ -391,13 +402,17 @@ fn a_revoked_node_is_cut_off_within_five_seconds_and_can_neither_rejoin_nor_send
     // on node2 made after it reaches node1, node3's does not.
     let mut control = 0;
     let mut cut_off = |c: &Cluster, label: &str| {
+        let rounds = metric(c, 0, "chorus_anti_entropy_rounds_total");
         c.agents[2].put(&c.http, "default", label, "from node3");
         control += 1;
         let key = format!("control{control}");
         c.agents[1].put(&c.http, "default", &key, "from node2");
         eventually(&format!("{key} on node1"), CONVERGE, || c.agents[0].read(&c.http, "default", &key));
-        // One more anti-entropy round's worth for a write that could come.
-        std::thread::sleep(Duration::from_millis(1_500));
+        // And node1 has run two anti-entropy rounds since node3's write: a
+        // write that could reach it by push or repair would be here.
+        eventually("two anti-entropy rounds on node1", CONVERGE, || {
+            (metric(c, 0, "chorus_anti_entropy_rounds_total") >= rounds + 2.0).then_some(())
+        });
         for i in 0..2 {
             assert!(c.agents[i].read(&c.http, "default", label).is_none(), "node{} took {label}", i + 1);
         }
