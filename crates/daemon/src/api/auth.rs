@@ -324,17 +324,18 @@ fn spec_error(e: TokenSpecError) -> ApiError {
 /// cluster (409 `already_bootstrapped` after that, on any node that has
 /// seen the first). The answer's `token` is shown only here.
 pub(crate) async fn bootstrap(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    // The route is open: after the bootstrap, refuse without taking the
+    // token-write lock or asking the node, so callers cannot delay revokes.
+    if s.auth.bootstrapped() {
+        return Err(already_bootstrapped());
+    }
     let _writing = s.auth.writes.lock().await;
     // Bootstrapped once the marker or any token record is here (the two
     // travel separately; a record without its marker must not let a second
     // bootstrap overwrite the first admin token).
     let marker = s.node.inspect(|node| auth::read_replica(node).0).await?;
     if marker || s.auth.bootstrapped() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_bootstrapped",
-            "this cluster already has its bootstrap token; create more with an admin token (POST /v1/tokens)",
-        ));
+        return Err(already_bootstrapped());
     }
     let secret = auth::new_secret();
     let now = auth::now_ms();
@@ -357,6 +358,14 @@ pub(crate) async fn bootstrap(State(s): State<ApiState>) -> Result<Response, Api
     body["token"] = Value::String(secret);
     s.auth.upsert(record);
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn already_bootstrapped() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "already_bootstrapped",
+        "this cluster already has its bootstrap token; create more with an admin token (POST /v1/tokens)",
+    )
 }
 
 #[derive(Deserialize)]
