@@ -20,6 +20,7 @@ pub mod namespace;
 pub mod node;
 pub mod persist;
 pub mod rng;
+pub mod signing;
 pub mod types;
 pub mod watch;
 pub mod wire;

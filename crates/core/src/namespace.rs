@@ -4,6 +4,7 @@
 
 use crate::causal::{Dot, SeenSet, VersionVector};
 use crate::crdt::{Entry, JoinError, ValueType};
+use crate::signing::{self, Attestation, Head, KeyProof};
 use crate::types::{Key, NodeId};
 use crate::watch::{ChangeBatch, Feed};
 use chorus_reconcile::{ItemIndex, RangeFingerprint};
@@ -43,6 +44,12 @@ pub struct Namespace {
     collected_floor: VersionVector,
     /// The change recorder, while the node's feed is on.
     feed: Option<Feed>,
+    /// Each entry's origin signatures, when signing is on
+    /// (`docs/design/signing.md`): at most one per key of `entries`.
+    proofs: BTreeMap<Key, KeyProof>,
+    /// Per origin, the attestation of its greatest dot known here: backs
+    /// this node's seen-set claims about that origin.
+    heads: BTreeMap<NodeId, Head>,
 }
 
 /// Causal-stability bookkeeping for tombstone collection.
@@ -113,6 +120,8 @@ impl Namespace {
             gc: GcEpoch::default(),
             collected_floor: VersionVector::new(),
             feed: None,
+            proofs: BTreeMap::new(),
+            heads: BTreeMap::new(),
         }
     }
 
@@ -217,6 +226,33 @@ impl Namespace {
     /// claim about them is believed beyond this.
     pub(crate) fn own_counter(&self, me: NodeId) -> u64 {
         self.seen.contiguous().get(me)
+    }
+
+    pub fn proof(&self, key: &[u8]) -> Option<&KeyProof> {
+        self.proofs.get(key)
+    }
+
+    pub(crate) fn set_proof(&mut self, key: Key, proof: KeyProof) {
+        self.proofs.insert(key, proof);
+    }
+
+    pub fn heads(&self) -> &BTreeMap<NodeId, Head> {
+        &self.heads
+    }
+
+    /// Remember `a` as `key`'s origin's head if it is greater than the one
+    /// known. Returns whether it was.
+    pub(crate) fn raise_head(&mut self, key: &[u8], a: &Attestation) -> bool {
+        let origin = a.record.dot.node;
+        if self.heads.get(&origin).is_some_and(|h| h.attestation.record.dot.counter >= a.record.dot.counter) {
+            return false;
+        }
+        self.heads.insert(origin, Head { key: key.to_vec(), attestation: a.clone() });
+        true
+    }
+
+    pub(crate) fn set_heads(&mut self, heads: BTreeMap<NodeId, Head>) {
+        self.heads = heads;
     }
 
     /// Install `entry` at `key` (the result of a local op or a join),
@@ -367,6 +403,7 @@ impl Namespace {
                 }
                 self.tombstones.remove(&k);
                 self.recon.remove(&k);
+                self.proofs.remove(&k);
                 if !floor_raised {
                     self.collected_floor.merge(&min);
                     floor_raised = true;
@@ -375,6 +412,9 @@ impl Namespace {
             } else {
                 let mut pruned = entry.clone();
                 if pruned.prune_stable_tombstone_siblings(&min) {
+                    if let Some(p) = self.proofs.get(&k).and_then(|p| signing::rebuild(&pruned, [p])) {
+                        self.proofs.insert(k.clone(), p);
+                    }
                     self.install(k.clone(), pruned.clone());
                     out.push((k, Some(pruned)));
                 }

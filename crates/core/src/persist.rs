@@ -201,6 +201,51 @@ pub fn decode_gc_floor(bytes: &[u8]) -> Result<crate::causal::VersionVector, Str
     }
 }
 
+/// Space of each key's origin signatures (`p.<namespace>`: key →
+/// [`crate::signing::KeyProof`]; `docs/design/signing.md`).
+pub fn proofs_space(namespace: &str) -> String {
+    format!("p.{namespace}")
+}
+
+/// Prefix of the META keys holding each namespace's origin heads
+/// (`heads.{namespace}`).
+pub const HEADS_PREFIX: &str = "heads.";
+/// META key of this node's last signed block: `(seq, header hash)`.
+pub const BLOCK_HEAD_KEY: &[u8] = b"block_head";
+
+pub(crate) fn encode_proof(proof: &crate::signing::KeyProof) -> Vec<u8> {
+    sealed(RECORD_VERSION_CHECKED, proof)
+}
+
+/// Decode a stored proof, checking its checksum.
+pub fn decode_proof(bytes: &[u8]) -> Result<crate::signing::KeyProof, String> {
+    decode_checked(bytes)
+}
+
+pub(crate) fn encode_heads(heads: &BTreeMap<crate::types::NodeId, crate::signing::Head>) -> Vec<u8> {
+    sealed(RECORD_VERSION_CHECKED, heads)
+}
+
+pub fn decode_heads(bytes: &[u8]) -> Result<BTreeMap<crate::types::NodeId, crate::signing::Head>, String> {
+    decode_checked(bytes)
+}
+
+pub(crate) fn encode_block_head(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    sealed(RECORD_VERSION_CHECKED, &(seq, hash))
+}
+
+pub fn decode_block_head(bytes: &[u8]) -> Result<(u64, [u8; 32]), String> {
+    decode_checked(bytes)
+}
+
+fn decode_checked<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bytes.first() {
+        Some(&RECORD_VERSION_CHECKED) => postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string()),
+        Some(v) => Err(format!("unknown record version {v}")),
+        None => Err("empty record".into()),
+    }
+}
+
 pub(crate) fn namespace_record(value_type: ValueType, seen: WireSeen) -> NamespaceRecord {
     NamespaceRecord { version: RECORD_VERSION_LEGACY, value_type, seen }
 }
@@ -237,5 +282,17 @@ pub mod fuzz_api {
 
     pub fn encode_idempotency_record(record: &IdempotencyRecord) -> Vec<u8> {
         super::encode_idempotency_record(record)
+    }
+
+    pub fn encode_proof(proof: &crate::signing::KeyProof) -> Vec<u8> {
+        super::encode_proof(proof)
+    }
+
+    pub fn encode_heads(heads: &std::collections::BTreeMap<crate::types::NodeId, crate::signing::Head>) -> Vec<u8> {
+        super::encode_heads(heads)
+    }
+
+    pub fn encode_block_head(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+        super::encode_block_head(seq, hash)
     }
 }

@@ -22,12 +22,14 @@
 use crate::causal::{Dot, SeenSet, VersionVector};
 use crate::crdt::{Entry, InvalidEntry, ValueType};
 use crate::hlc::Timestamp;
+use crate::signing::{Head, KeyProof};
 use crate::types::{Key, NodeId, limits};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const WIRE_MAGIC: [u8; 3] = *b"CHR";
-pub const WIRE_VERSION: u8 = 1;
+/// 2: push items and deltas carry origin signatures (`docs/design/signing.md`).
+pub const WIRE_VERSION: u8 = 2;
 const HEADER_BYTES: usize = 3 + 1 + 4;
 const CHECK_BYTES: usize = 8;
 
@@ -125,6 +127,8 @@ pub struct PushItem {
     pub ts: Timestamp,
     pub key: Key,
     pub entry: Entry,
+    /// The origins' signatures over `entry` (`None` when signing is off).
+    pub proof: Option<KeyProof>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +150,11 @@ pub struct NamespaceDelta {
     pub namespace: String,
     pub value_type: ValueType,
     pub entries: Vec<(Key, Entry)>,
+    /// One proof per entry, in order (empty when signing is off).
+    pub proofs: Vec<KeyProof>,
+    /// Attestations of the greatest dot of each origin `seen` names: they
+    /// back its claims (empty when signing is off).
+    pub heads: Vec<Head>,
     /// True when `entries` is everything the receiver lacked; only then may
     /// the receiver fold `seen` into its own seen set.
     pub complete: bool,
@@ -304,6 +313,21 @@ fn validate_deltas(deltas: &[NamespaceDelta], value_bytes_max: usize) -> Result<
         for (k, e) in &d.entries {
             validate_keyed(k, e, d.value_type, value_bytes_max)?;
         }
+        if !d.proofs.is_empty() && d.proofs.len() != d.entries.len() {
+            return Err(DecodeError::Invalid("a delta's proofs do not match its entries".into()));
+        }
+        for p in &d.proofs {
+            crate::signing::validate_proof(p).map_err(DecodeError::Invalid)?;
+        }
+        if d.heads.len() > limits::CLOCK_ENTRIES_MAX {
+            return Err(DecodeError::Invalid(format!("delta carries {} heads", d.heads.len())));
+        }
+        for h in &d.heads {
+            if h.key.len() > limits::KEY_BYTES_MAX {
+                return Err(DecodeError::Invalid(format!("head key of {} bytes", h.key.len())));
+            }
+            crate::signing::validate_attestation(&h.attestation).map_err(DecodeError::Invalid)?;
+        }
     }
     Ok(())
 }
@@ -323,6 +347,9 @@ pub fn validate(message: &Message, value_bytes_max: usize) -> Result<(), DecodeE
                 }
                 if item.entry.clock().get(item.dot.node) < item.dot.counter {
                     return Err(DecodeError::Invalid("push item's entry does not reflect its dot".into()));
+                }
+                if let Some(p) = &item.proof {
+                    crate::signing::validate_proof(p).map_err(DecodeError::Invalid)?;
                 }
             }
         }

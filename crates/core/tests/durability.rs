@@ -324,6 +324,7 @@ fn a_push_of_the_most_items_a_message_may_carry_is_persisted_in_pieces_within_th
                 ts: entry.timestamp_max(),
                 key,
                 entry,
+                proof: None,
             }
         })
         .collect();
@@ -467,6 +468,8 @@ fn a_peer_claiming_our_unissued_dots_is_reported_once_unless_we_started_empty() 
                 namespace: NS.into(),
                 value_type: ValueType::Lww,
                 entries: vec![],
+                proofs: vec![],
+                heads: vec![],
                 complete: true,
                 seen: WireSeen { contiguous: vec![(id(1), 1_000)], exceptions: vec![] },
             };

@@ -446,6 +446,8 @@ fn a_peer_claiming_our_own_dots_up_to_the_largest_counter_does_not_break_our_nex
             namespace: NS.into(),
             value_type: ValueType::Lww,
             entries: vec![],
+            proofs: vec![],
+            heads: vec![],
             complete: true,
             seen: WireSeen { contiguous: vec![(id(1), u64::MAX)], exceptions: vec![] },
         }],

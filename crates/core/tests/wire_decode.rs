@@ -120,7 +120,7 @@ fn writes() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
 fn push_item() -> impl Strategy<Value = PushItem> {
     (namespace_name(), value_type(), key(), writes(), 0u64..5).prop_map(|(namespace, value_type, key, w, last)| {
         let (entry, dot, ts) = entry_of(value_type, &w, last);
-        PushItem { namespace, value_type, dot, ts, key, entry }
+        PushItem { namespace, value_type, dot, ts, key, entry, proof: None }
     })
 }
 
@@ -144,6 +144,8 @@ fn delta() -> impl Strategy<Value = NamespaceDelta> {
             namespace,
             value_type,
             entries: entries.into_iter().map(|(k, w, last)| (k, entry_of(value_type, &w, last).0)).collect(),
+            proofs: Vec::new(),
+            heads: Vec::new(),
             complete,
             seen,
         })
@@ -377,6 +379,7 @@ fn an_entry_whose_value_exceeds_the_receivers_limit_is_refused() {
             ts,
             key: b"k".to_vec(),
             entry,
+            proof: None,
         }],
     });
     let bytes = wire::encode(&m);
@@ -397,6 +400,8 @@ fn an_element_dot_outside_the_entry_clock_is_refused() {
         namespace: "ns".into(),
         value_type: ValueType::Mv,
         entries: vec![(b"k".to_vec(), Entry::Mv(r))],
+        proofs: Vec::new(),
+        heads: Vec::new(),
         complete: true,
         seen: WireSeen { contiguous: vec![], exceptions: vec![] },
     };

@@ -138,6 +138,13 @@ pub struct Config {
     pub auth_enabled: bool,
     /// With `auth_enabled`, `/metrics` answers without a token.
     pub metrics_public: bool,
+    /// Writes signed by their origin (`docs/design/signing.md`): every
+    /// write is covered by its origin's ed25519 signature (one per turn of
+    /// writes) and every node refuses data its origins did not sign,
+    /// quarantining the sender. Needs `signing.json` in `tls_dir` (written
+    /// by `chorus ca issue`). The whole cluster must agree; off only for
+    /// the benchmark's comparison.
+    pub signing_enabled: bool,
     /// HTTP requests a second per client: per token, or per IP address for
     /// requests without one (`docs/design/security.md`, "Rate limits").
     /// Over it the answer is 429 `rate_limited` with `Retry-After`. 0: off.
@@ -203,6 +210,7 @@ impl Default for Config {
             strong_watch_history_bytes_max: chorus_strong::kv::WATCH_HISTORY_BYTES_DEFAULT,
             auth_enabled: false,
             metrics_public: false,
+            signing_enabled: true,
             rate_limit_client_per_s: 0,
             rate_limit_client_burst: 0,
             rate_limit_peer_per_s: 0,

@@ -3,7 +3,8 @@
 //! feature: a production binary cannot read these variables, so no
 //! environment can put a production node into an unsafe mode.
 
-use chorus_core::PersistId;
+use chorus_core::wire::{Message, NamespaceDelta};
+use chorus_core::{Entry, NodeId, PersistId};
 use chorus_storage::WriteBatch;
 use std::time::{Duration, Instant};
 
@@ -61,16 +62,65 @@ pub fn clock_offset_us_from_env() -> i64 {
     offset_ms.unwrap_or(0).saturating_mul(1000)
 }
 
+/// `CHORUS_TEST_RELAY_FORGE=1` makes the node a forging relay: before it
+/// sends anything, it alters what other nodes wrote — every LWW value whose
+/// winner is a third node becomes `forged`, every third node's counter
+/// contribution grows by [`FORGED_COUNTER_DELTA`], and every third node's
+/// seen entry in its anti-entropy deltas grows by [`FORGED_SEEN_DELTA`]
+/// (`docs/design/signing.md`, "Testing"). Its own writes stay honest.
+pub const RELAY_FORGE_ENV: &str = "CHORUS_TEST_RELAY_FORGE";
+pub const FORGED_COUNTER_DELTA: u64 = 1_000_000;
+pub const FORGED_SEEN_DELTA: u64 = 1_000;
+pub const FORGED_VALUE: &[u8] = b"forged";
+
+/// Alter third nodes' data in `message` (neither `me` nor `to` wrote it).
+pub fn forge_relayed(me: NodeId, to: NodeId, message: &mut Message) {
+    let third = |n: NodeId| n != me && n != to;
+    let forge_entry = |e: &mut Entry| match e {
+        Entry::Lww(r) if third(r.ts.node) && r.value.is_some() => r.value = Some(FORGED_VALUE.to_vec()),
+        Entry::Counter(c) => {
+            for (n, t) in c.totals.iter_mut() {
+                if third(*n) {
+                    t.0 = t.0.saturating_add(FORGED_COUNTER_DELTA);
+                }
+            }
+        }
+        _ => {}
+    };
+    let forge_delta = |d: &mut NamespaceDelta| {
+        for (_, e) in &mut d.entries {
+            forge_entry(e);
+        }
+        for (n, c) in &mut d.seen.contiguous {
+            if third(*n) {
+                *c = c.saturating_add(FORGED_SEEN_DELTA);
+            }
+        }
+    };
+    match message {
+        Message::Push(p) => p.items.iter_mut().for_each(|it| forge_entry(&mut it.entry)),
+        Message::SyncReply(r) => r.deltas.iter_mut().for_each(forge_delta),
+        Message::SyncPush(p) => p.deltas.iter_mut().for_each(forge_delta),
+        _ => {}
+    }
+}
+
 /// The node task's knobs.
 #[derive(Default)]
 pub struct DriverKnobs {
     pub ack_before_fsync: bool,
+    /// See [`RELAY_FORGE_ENV`].
+    pub relay_forge: bool,
     held: Option<(Vec<PersistId>, WriteBatch, Instant)>,
 }
 
 impl DriverKnobs {
     pub fn from_env() -> Self {
-        DriverKnobs { ack_before_fsync: ack_before_fsync_from_env(), held: None }
+        let relay_forge = std::env::var(RELAY_FORGE_ENV).is_ok_and(|v| v == "1");
+        if relay_forge {
+            tracing::warn!("{RELAY_FORGE_ENV} is set: this node forges third nodes' data it relays (a test knob)");
+        }
+        DriverKnobs { ack_before_fsync: ack_before_fsync_from_env(), relay_forge, held: None }
     }
 
     /// With ack-before-fsync: keep the batch back (its clients were already

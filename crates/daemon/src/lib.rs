@@ -198,6 +198,27 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
     }
     let mut node = Node::recover(id, node_config, seed, &image).context("recovering the node from its store")?;
     node.enable_change_feed();
+    let signer = if config.signing_enabled {
+        let Some(sc) = &creds.signing else {
+            anyhow::bail!(
+                "signing_enabled is set but {} has no signing.json (credentials issued before signed writes): \
+                 issue them again with `chorus ca issue`, or set signing_enabled = false on every node",
+                config.tls_dir.display()
+            );
+        };
+        if !chorus_net::verify_signing_card(&creds.ca_pem, &config.name, &sc.card) {
+            anyhow::bail!(
+                "{}/signing.json is not the cluster CA's key for node {:?}: issue it again with `chorus ca issue`",
+                config.tls_dir.display(),
+                config.name
+            );
+        }
+        let signer = Arc::new(chorus_core::signing::Ed25519Signing::new(id, &sc.secret));
+        node.enable_signing(signer.clone());
+        Some(signer)
+    } else {
+        None
+    };
     let watch_hub = watch_hub::WatchHub::new();
     drop(image);
     // Corrected time never goes below what the HLC already issued, even if
@@ -215,6 +236,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         Some(path) => revocation::load_at_start(path, &creds.ca_pem, &config.data_dir)?,
         None => chorus_net::RevocationList::default(),
     };
+    revocation::apply_to_signer(&revocations, signer.as_deref());
     let (transport, incoming) = Transport::bind_with_revocations(tconfig, &creds, revocations.clone())
         .with_context(|| format!("binding QUIC on {}", config.peer_addr))?;
 
@@ -256,6 +278,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         api_addr: Some(advertised_api_addr(api_addr, peer_addr)),
         generation,
         tier: config.tier,
+        signing_key: creds.signing.as_ref().map(|sc| sc.card.clone()),
     };
     let membership =
         Membership::start(transport.clone(), identity, config.seeds.clone(), mconfig).context("starting membership")?;
@@ -283,6 +306,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
         value_bytes_max: config.max_value_bytes as usize,
         group_writes_max: config.group_commit_writes_max,
         watch_hub: watch_hub.clone(),
+        keys: runtime::OriginKeys::new(signer.clone(), creds.ca_pem.clone()),
         #[cfg(feature = "test-knobs")]
         knobs,
     };
@@ -297,6 +321,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Daem
             config.data_dir.clone(),
             revocations,
             transport.clone(),
+            signer.clone(),
             shutdown_rx.clone(),
         ));
     }

@@ -82,12 +82,24 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Watches `path` until shutdown: each change that verifies and moves the
 /// sequence forward replaces the transport's list and the kept copy.
+/// Refuse the writes each revoked name's node signed after its revocation,
+/// even when a relay forwards them (`docs/design/signing.md`).
+pub fn apply_to_signer(list: &RevocationList, signer: Option<&chorus_core::signing::Ed25519Signing>) {
+    let Some(signer) = signer else { return };
+    for name in &list.names {
+        if let Some(ms) = list.revoked_at_ms(name) {
+            signer.revoke_after(chorus_core::NodeId::from_name(name), ms.saturating_mul(1000));
+        }
+    }
+}
+
 pub async fn watch_file(
     path: PathBuf,
     ca_pem: String,
     data_dir: PathBuf,
     mut current: RevocationList,
     transport: Transport,
+    signer: Option<std::sync::Arc<chorus_core::signing::Ed25519Signing>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut seen = stamp(&path);
@@ -122,6 +134,7 @@ pub async fn watch_file(
                     "revocation list changed: revoked peers are disconnected"
                 );
                 transport.set_revocations(list.clone());
+                apply_to_signer(&list, signer.as_deref());
                 keep(&data_dir, &signed);
                 current = list;
             }

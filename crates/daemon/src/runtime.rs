@@ -185,6 +185,8 @@ pub struct Driver {
     pub group_writes_max: usize,
     /// Where the core's durable change batches go (watch streams).
     pub watch_hub: Arc<crate::watch_hub::WatchHub>,
+    /// The origins' public keys the core checks signatures with.
+    pub keys: OriginKeys,
     /// Test-only fault knobs (feature `test-knobs`).
     #[cfg(feature = "test-knobs")]
     pub knobs: crate::knobs::DriverKnobs,
@@ -295,6 +297,17 @@ impl Driver {
         let Some(peer) = peers.get(&to) else {
             telemetry::send_dropped("unknown_peer");
             return;
+        };
+        #[cfg(feature = "test-knobs")]
+        let forged;
+        #[cfg(feature = "test-knobs")]
+        let message = if self.knobs.relay_forge {
+            let mut m = message.clone();
+            crate::knobs::forge_relayed(self.node.id(), to, &mut m);
+            forged = m;
+            &forged
+        } else {
+            message
         };
         let bytes = wire::encode(message);
         match self.transport.send(peer, bytes) {
@@ -516,6 +529,7 @@ impl Driver {
     fn misbehaved(&self, peers: &HashMap<NodeId, PeerAddr>, peer: NodeId, reason: Misbehavior) {
         let reason = match reason {
             Misbehavior::ForgedDots => chorus_net::QuarantineReason::ForgedDots,
+            Misbehavior::BadSignature => chorus_net::QuarantineReason::BadSignature,
         };
         match peers.get(&peer) {
             Some(p) => {
@@ -611,7 +625,49 @@ impl Driver {
             members.push(Member { id, tier: m.tier, state });
         }
         telemetry::members(view);
+        self.keys.learn(view);
         self.node.set_members(self.clock.now_us(), &members);
+    }
+}
+
+/// Learns each member's write-signing key from its SWIM identity once the
+/// cluster CA's signature on it checks (`docs/design/signing.md`, "Keys").
+/// A member without a valid card stays unknown: its writes are refused
+/// (counted as `unknown_origin`, not held against the relay).
+pub struct OriginKeys {
+    signer: Option<Arc<chorus_core::signing::Ed25519Signing>>,
+    ca_pem: String,
+    /// The card learned per member name.
+    learned: HashMap<String, chorus_net::SigningCard>,
+}
+
+/// Members whose signing cards are remembered at most (a bound on a
+/// membership flooded with names; beyond it new cards are still checked
+/// every time instead of remembered).
+pub const ORIGIN_KEYS_MAX: usize = 65_536;
+
+impl OriginKeys {
+    pub fn new(signer: Option<Arc<chorus_core::signing::Ed25519Signing>>, ca_pem: String) -> Self {
+        OriginKeys { signer, ca_pem, learned: HashMap::new() }
+    }
+
+    fn learn(&mut self, view: &[MemberInfo]) {
+        let Some(signer) = &self.signer else { return };
+        for m in view {
+            let Some(card) = &m.signing_key else { continue };
+            if self.learned.get(&m.name) == Some(card) {
+                continue;
+            }
+            if !chorus_net::verify_signing_card(&self.ca_pem, &m.name, card) {
+                tracing::warn!(member = %m.name, "member's signing key is not signed by the cluster CA; its writes are refused");
+                telemetry::signing_card_refused();
+                continue;
+            }
+            signer.learn(NodeId::from_name(&m.name), &card.public);
+            if self.learned.len() < ORIGIN_KEYS_MAX {
+                self.learned.insert(m.name.clone(), card.clone());
+            }
+        }
     }
 }
 

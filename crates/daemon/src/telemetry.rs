@@ -301,6 +301,11 @@ pub fn members(view: &[MemberInfo]) {
     gauge!("chorus_members", "state" => "down").set(count(MemberState::Down));
 }
 
+/// A member's signing card did not verify against the cluster CA.
+pub fn signing_card_refused() {
+    counter!("chorus_signing_cards_refused_total").increment(1);
+}
+
 /// Copy the core's and the transport's counters in.
 pub fn upkeep(stats: &NodeStats, transport: &TransportStats, partitioned: bool) {
     counter!("chorus_broadcasts_sent_total").absolute(stats.push_messages_sent);
@@ -321,6 +326,12 @@ pub fn upkeep(stats: &NodeStats, transport: &TransportStats, partitioned: bool) 
     counter!("chorus_rejected_total", "reason" => "type").absolute(stats.rejected_type);
     counter!("chorus_rejected_total", "reason" => "tier").absolute(stats.rejected_tier);
     counter!("chorus_rejected_total", "reason" => "forged").absolute(stats.rejected_forged);
+    counter!("chorus_rejected_total", "reason" => "bad_signature").absolute(stats.rejected_signature);
+    counter!("chorus_rejected_total", "reason" => "unknown_origin").absolute(stats.rejected_unknown_origin);
+    counter!("chorus_rejected_total", "reason" => "revoked_origin").absolute(stats.rejected_revoked);
+    counter!("chorus_write_blocks_signed_total").absolute(stats.blocks_signed);
+    counter!("chorus_signatures_verified_total").absolute(stats.signatures_checked);
+    counter!("chorus_unprovable_entries_total").absolute(stats.unprovable_entries);
     for (peer, s) in transport.peers_snapshot() {
         counter!("chorus_peer_bytes_sent_total", "peer" => peer.clone()).absolute(s.bytes_sent);
         counter!("chorus_peer_bytes_received_total", "peer" => peer).absolute(s.bytes_received);

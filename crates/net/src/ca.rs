@@ -44,6 +44,11 @@ const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca.key";
 const NODE_CERT_FILE: &str = "node.pem";
 const NODE_KEY_FILE: &str = "node.key";
+/// The node's write-signing key and its CA-signed card
+/// (`docs/design/signing.md`, "Keys").
+const SIGNING_FILE: &str = "signing.json";
+/// Format of `signing.json`.
+const SIGNING_FORMAT: u32 = 1;
 
 /// Why a certificate operation failed. No files are left half-written by
 /// `save` (each file is written to a temporary name and renamed).
@@ -184,8 +189,76 @@ impl ClusterCa {
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, NODE_VALIDITY_DAYS);
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(NodeCredentials { cert_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: self.cert_pem.clone() })
+        let signing = self.issue_signing_key(node_name)?;
+        Ok(NodeCredentials {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.cert_pem.clone(),
+            signing: Some(signing),
+        })
     }
+
+    /// A fresh ed25519 write-signing key for `node_name`, with the CA's
+    /// signature binding its public half to the name (the card every node
+    /// checks before believing a signature of that node).
+    pub fn issue_signing_key(&self, node_name: &str) -> Result<SigningCredentials, CaError> {
+        validate_node_name(node_name)?;
+        let mut secret = [0u8; 32];
+        rand::rng().fill(&mut secret[..]);
+        let public = ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key().to_bytes();
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let ca_signature = rcgen::SigningKey::sign(&ca_key, &signing_card_message(node_name, &public))?;
+        Ok(SigningCredentials { secret, card: SigningCard { public, ca_signature } })
+    }
+}
+
+/// A node's public write-signing key with the cluster CA's signature over
+/// (node name, key). Carried in the node's SWIM identity, so every member
+/// learns every member's key and can check it without trusting the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SigningCard {
+    pub public: [u8; 32],
+    /// ECDSA P-256 (ASN.1 DER) by the CA key.
+    pub ca_signature: Vec<u8>,
+}
+
+/// A node's write-signing secret and its card.
+#[derive(Clone)]
+pub struct SigningCredentials {
+    pub secret: [u8; 32],
+    pub card: SigningCard,
+}
+
+fn signing_card_message(node_name: &str, public: &[u8; 32]) -> Vec<u8> {
+    let mut m = b"chorus signing key v1\0".to_vec();
+    m.extend_from_slice(node_name.as_bytes());
+    m.push(0);
+    m.extend_from_slice(public);
+    m
+}
+
+/// Largest CA signature a card may carry (ECDSA P-256 DER is at most 72).
+pub const SIGNING_CARD_SIGNATURE_BYTES_MAX: usize = 128;
+
+/// Whether `card` is the cluster CA's binding of its key to `node_name`.
+pub fn verify_signing_card(ca_pem: &str, node_name: &str, card: &SigningCard) -> bool {
+    if card.ca_signature.len() > SIGNING_CARD_SIGNATURE_BYTES_MAX {
+        return false;
+    }
+    let Ok(der) = pem_to_der(ca_pem) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { return false };
+    let public_key = &cert.public_key().subject_public_key.data;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, public_key.as_ref())
+        .verify(&signing_card_message(node_name, &card.public), &card.ca_signature)
+        .is_ok()
+}
+
+#[derive(Serialize, Deserialize)]
+struct SigningFile {
+    format: u32,
+    secret_hex: String,
+    public_hex: String,
+    ca_signature_hex: String,
 }
 
 fn ca_params(cluster_name: &str) -> Result<CertificateParams, CaError> {
@@ -227,6 +300,9 @@ pub struct NodeCredentials {
     pub key_pem: String,
     /// The cluster CA certificate.
     pub ca_pem: String,
+    /// The write-signing key (`signing.json`); `None` for credentials
+    /// issued before signed writes existed.
+    pub signing: Option<SigningCredentials>,
 }
 
 impl std::fmt::Debug for NodeCredentials {
@@ -242,6 +318,17 @@ impl NodeCredentials {
         write_file(&dir.join(NODE_CERT_FILE), self.cert_pem.as_bytes(), false)?;
         write_file(&dir.join(NODE_KEY_FILE), self.key_pem.as_bytes(), true)?;
         write_file(&dir.join(CA_CERT_FILE), self.ca_pem.as_bytes(), false)?;
+        if let Some(sc) = &self.signing {
+            let file = SigningFile {
+                format: SIGNING_FORMAT,
+                secret_hex: to_hex(&sc.secret),
+                public_hex: to_hex(&sc.card.public),
+                ca_signature_hex: to_hex(&sc.card.ca_signature),
+            };
+            let json =
+                serde_json::to_string_pretty(&file).map_err(|e| CaError::Malformed(format!("signing key: {e}")))?;
+            write_file(&dir.join(SIGNING_FILE), json.as_bytes(), true)?;
+        }
         Ok(())
     }
 
@@ -252,6 +339,7 @@ impl NodeCredentials {
             cert_pem: read_file(&dir.join(NODE_CERT_FILE))?,
             key_pem: read_file(&dir.join(NODE_KEY_FILE))?,
             ca_pem: read_file(&dir.join(CA_CERT_FILE))?,
+            signing: load_signing(&dir.join(SIGNING_FILE))?,
         };
         creds.node_name()?;
         KeyPair::from_pem(&creds.key_pem)?;
@@ -268,6 +356,29 @@ impl NodeCredentials {
     pub fn serial_hex(&self) -> Result<String, CaError> {
         cert_serial_hex(&pem_to_der(&self.cert_pem)?)
     }
+}
+
+/// Reads `signing.json` if it exists; a damaged file is an error naming it.
+fn load_signing(path: &Path) -> Result<Option<SigningCredentials>, CaError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = read_file(path)?;
+    let bad = |what: &str| CaError::Malformed(format!("{}: {what}", path.display()));
+    let file: SigningFile = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+    if file.format != SIGNING_FORMAT {
+        return Err(bad(&format!("format {}; this build reads {SIGNING_FORMAT}", file.format)));
+    }
+    let secret: [u8; 32] =
+        from_hex(&file.secret_hex).and_then(|v| v.try_into().ok()).ok_or_else(|| bad("secret is not 32 hex bytes"))?;
+    let public: [u8; 32] = from_hex(&file.public_hex)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad("public key is not 32 hex bytes"))?;
+    if ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key().to_bytes() != public {
+        return Err(bad("the public key is not the secret's"));
+    }
+    let ca_signature = from_hex(&file.ca_signature_hex).ok_or_else(|| bad("CA signature is not hex"))?;
+    Ok(Some(SigningCredentials { secret, card: SigningCard { public, ca_signature } }))
 }
 
 /// Names and certificate serials that must not be accepted, whatever the
@@ -288,6 +399,19 @@ pub struct RevocationList {
     /// [`NodeCredentials::serial_hex`]): only that certificate is refused,
     /// so the node can be re-issued under the same name.
     pub serials_hex: BTreeSet<String>,
+    /// When each name was revoked (ms since the Unix epoch): writes its
+    /// node signed after that are refused even through relays
+    /// (`docs/design/signing.md`). A name missing here counts from
+    /// `issued_ms`.
+    #[serde(default)]
+    pub revoked_at_ms: std::collections::BTreeMap<String, u64>,
+}
+
+impl RevocationList {
+    /// When `name` was revoked (ms), if it is.
+    pub fn revoked_at_ms(&self, name: &str) -> Option<u64> {
+        self.names.contains(name).then(|| self.revoked_at_ms.get(name).copied().unwrap_or(self.issued_ms))
+    }
 }
 
 impl RevocationList {

@@ -15,8 +15,9 @@ pub mod tls;
 pub mod transport;
 
 pub use ca::{
-    CaError, ClusterCa, NodeCredentials, REVOCATIONS_FILE, RevocationList, SignedRevocations, load_revocations,
-    load_signed_revocations, save_revocations, verify_revocations,
+    CaError, ClusterCa, NodeCredentials, REVOCATIONS_FILE, RevocationList, SignedRevocations, SigningCard,
+    SigningCredentials, load_revocations, load_signed_revocations, save_revocations, verify_revocations,
+    verify_signing_card,
 };
 pub use membership::{
     MemberInfo, MemberState, Membership, MembershipConfig, MembershipError, MembershipEvent, NodeIdentity,

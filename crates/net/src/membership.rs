@@ -67,6 +67,9 @@ pub struct NodeIdentity {
     /// who may exchange data. SWIM itself ignores it (membership is
     /// cluster-wide).
     pub tier: u8,
+    /// The member's write-signing key with the CA's signature over it
+    /// (`docs/design/signing.md`, "Keys"): SWIM spreads it to every member.
+    pub signing_key: Option<crate::ca::SigningCard>,
 }
 
 impl Identity for NodeIdentity {
@@ -111,6 +114,8 @@ pub struct MemberInfo {
     pub generation: u64,
     /// Its declared tier (see [`NodeIdentity::tier`]).
     pub tier: u8,
+    /// Its write-signing card (see [`NodeIdentity::signing_key`]).
+    pub signing_key: Option<crate::ca::SigningCard>,
 }
 
 impl MemberInfo {
@@ -389,7 +394,7 @@ impl Driver {
                     // Placeholder identity for the announce only: foca learns
                     // the seed's real identity (generation, tier, API address)
                     // from its reply.
-                    let seed = NodeIdentity { name, addr, api_addr: None, generation: 0, tier: 0 };
+                    let seed = NodeIdentity { name, addr, api_addr: None, generation: 0, tier: 0, signing_key: None };
                     if let Err(e) = self.foca.announce(seed, &mut self.runtime) {
                         debug!(error = %e, "announce to seed failed");
                     }
@@ -461,7 +466,14 @@ impl Driver {
                 continue;
             }
             if let Some(name) = self.seed_names.get(&addr) {
-                let seed = NodeIdentity { name: name.clone(), addr, api_addr: None, generation: 0, tier: 0 };
+                let seed = NodeIdentity {
+                    name: name.clone(),
+                    addr,
+                    api_addr: None,
+                    generation: 0,
+                    tier: 0,
+                    signing_key: None,
+                };
                 if let Err(e) = self.foca.announce(seed, &mut self.runtime) {
                     debug!(error = %e, "announce to seed failed");
                 }
@@ -530,6 +542,7 @@ impl Driver {
                 },
                 generation: member.id().generation,
                 tier: member.id().tier,
+                signing_key: member.id().signing_key.clone(),
             })
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));

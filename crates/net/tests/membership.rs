@@ -35,6 +35,8 @@ fn start(ca: &ClusterCa, name: &str, generation: u64, seeds: Vec<SocketAddr>) ->
         api_addr: Some(api_addr_of(name, generation)),
         generation,
         tier: 0,
+        // A real card, so SWIM packets carry identities at their real size.
+        signing_key: Some(ca.issue_signing_key(name).expect("signing key").card),
     };
     let config =
         MembershipConfig { rng_seed: Some(generation * 1000 + name.len() as u64), ..MembershipConfig::default() };
@@ -160,8 +162,14 @@ async fn a_graceful_leave_is_seen_as_down_by_the_others() {
 async fn membership_refuses_an_identity_that_is_not_the_transport_node() {
     let ca = ClusterCa::generate("test").expect("ca");
     let (transport, _rx) = bind(&ca, "real");
-    let identity =
-        NodeIdentity { name: "fake".into(), addr: local(&transport), api_addr: None, generation: 1, tier: 0 };
+    let identity = NodeIdentity {
+        name: "fake".into(),
+        addr: local(&transport),
+        api_addr: None,
+        generation: 1,
+        tier: 0,
+        signing_key: None,
+    };
     let result = Membership::start(transport.clone(), identity, vec![], MembershipConfig::default());
     assert!(result.is_err());
     transport.shutdown().await;

@@ -327,7 +327,8 @@ async fn a_quarantined_peer_is_disconnected_refused_with_the_quarantine_code_and
         Some((chorus_net::QUARANTINED_CLOSE_CODE, "quarantined: undecodable".to_owned()))
     );
     let counts: Vec<u64> = QuarantineReason::ALL.iter().map(|r| a.stats().quarantines(*r)).collect();
-    assert_eq!(counts, vec![0, 1, 1, 0], "framing, bad_checksum, undecodable, forged_dots");
+    assert_eq!(counts, vec![0, 1, 1, 0, 0], "framing, bad_checksum, undecodable, forged_dots, bad_signature");
+    assert_eq!(QuarantineReason::BadSignature.as_str(), "bad_signature");
     endpoint.close(0u32.into(), b"done");
     a.shutdown().await;
 }

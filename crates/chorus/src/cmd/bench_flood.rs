@@ -139,7 +139,7 @@ fn verify_ns() -> f64 {
 }
 
 /// This thread's CPU time.
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a plain syscall writing into a local struct.
     unsafe {

@@ -99,6 +99,10 @@ pub fn run(args: CaArgs) -> Result<ExitCode> {
             }
             list.issued_ms =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            if serial.is_none() {
+                // Its node's writes signed after this are refused everywhere.
+                list.revoked_at_ms.entry(node.clone()).or_insert(list.issued_ms);
+            }
             // The signing time in ms, unless that is not above the previous
             // sequence: a list started afresh at another --out path still
             // comes after every earlier one (nodes refuse lower sequences).

@@ -104,7 +104,8 @@ impl DevLayout {
             let dir = self.node_dir(i);
             let tls = dir.join("tls");
             let name = format!("node{i}");
-            if NodeCredentials::load(&tls).is_err() {
+            // Credentials from before signed writes lack signing.json: issue again.
+            if NodeCredentials::load(&tls).map_or(true, |c| c.signing.is_none()) {
                 ca.issue_node(&name, &[IpAddr::V4(self.ip)])?.save(&tls)?;
             }
             let config = format!(

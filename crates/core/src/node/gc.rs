@@ -35,10 +35,26 @@ impl Node {
             self.stats.tombstones_collected += collected.len() as u64;
             let space = persist::entries_space(&name);
             let any = !collected.is_empty();
+            let proofs_space = persist::proofs_space(&name);
+            let signed = self.signing.is_some();
             for (key, rewritten) in collected {
                 match rewritten {
-                    Some(entry) => batch.ops.push(entry_op(&name, &key, &entry)),
-                    None => batch.ops.push(StoreOp { space: space.clone(), key, value: None }),
+                    Some(entry) => {
+                        batch.ops.push(entry_op(&name, &key, &entry));
+                        if signed && let Some(p) = ns.proof(&key) {
+                            batch.ops.push(StoreOp {
+                                space: proofs_space.clone(),
+                                key: key.clone(),
+                                value: Some(persist::encode_proof(p)),
+                            });
+                        }
+                    }
+                    None => {
+                        if signed {
+                            batch.ops.push(StoreOp { space: proofs_space.clone(), key: key.clone(), value: None });
+                        }
+                        batch.ops.push(StoreOp { space: space.clone(), key, value: None });
+                    }
                 }
             }
             // Collected keys take their clock entries with them; the record

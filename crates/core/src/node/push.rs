@@ -101,6 +101,16 @@ impl Node {
                 self.stats.push_duplicates += 1;
                 continue;
             }
+            if let Err(e) = self.check_proof(&item.namespace, &item.key, &item.entry, item.proof.as_ref()) {
+                self.proof_refused(from, &e);
+                continue;
+            }
+            if self.signing.is_some() && !item_dot_attested(&item) {
+                // A real state under an invented dot would mark a write
+                // seen that no origin made.
+                self.proof_refused(from, &crate::signing::ProofError::Mismatch("push item's dot is not attested"));
+                continue;
+            }
             if !self.admit(now_us, from, &item.namespace, &item.entry) {
                 continue;
             }
@@ -117,14 +127,19 @@ impl Node {
                             }
                             batch.ops.push(entry_op(&item.namespace, &item.key, e));
                         }
+                        self.keep_proof(&item.namespace, &item.key, item.proof.as_ref(), true, &mut batch);
                     }
-                    Ok(MergeOutcome::Unchanged) => {}
+                    Ok(MergeOutcome::Unchanged) => {
+                        self.keep_proof(&item.namespace, &item.key, item.proof.as_ref(), false, &mut batch);
+                    }
                     Err(JoinError::TypeMismatch { .. }) => {
                         self.stats.rejected_type += 1;
                         continue;
                     }
                 }
-                ns.seen_mut().insert(item.dot);
+                if let Some(ns) = self.namespaces.get_mut(&item.namespace) {
+                    ns.seen_mut().insert(item.dot);
+                }
             }
             origins.insert(item.dot.node);
             forward.push(item);
@@ -138,4 +153,12 @@ impl Node {
             self.send_push(&targets, next_hops, forward);
         }
     }
+}
+
+/// Whether the item's own dot is one of the writes its proof attests, with
+/// the item's timestamp.
+fn item_dot_attested(item: &PushItem) -> bool {
+    item.proof
+        .as_ref()
+        .is_some_and(|p| p.attestations.iter().any(|a| a.record.dot == item.dot && a.record.ts == item.ts))
 }

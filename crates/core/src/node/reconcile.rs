@@ -88,10 +88,25 @@ impl Node {
                 // Send our version of every key found to differ; the peer
                 // sends its own for the same keys, and both join.
                 if !out.have.is_empty() {
-                    let entries: Vec<(Key, Entry)> =
-                        out.have.iter().filter_map(|k| ns.get(k).map(|e| (k.clone(), e.clone()))).collect();
+                    let signed = self.signing.is_some();
+                    let mut entries: Vec<(Key, Entry)> = Vec::new();
+                    let mut proofs: Vec<crate::signing::KeyProof> = Vec::new();
+                    for k in &out.have {
+                        let Some(e) = ns.get(k) else { continue };
+                        if signed {
+                            // Without a proof peers would refuse it.
+                            let Some(p) = ns.proof(k) else {
+                                self.stats.unprovable_entries += 1;
+                                continue;
+                            };
+                            proofs.push(p.clone());
+                        }
+                        entries.push((k.clone(), e.clone()));
+                    }
                     self.stats.reconcile_entries_sent += entries.len() as u64;
-                    for chunk in entries.chunks(self.config.sync_entries_max.max(1) as usize) {
+                    let per = self.config.sync_entries_max.max(1) as usize;
+                    for (i, chunk) in entries.chunks(per).enumerate() {
+                        let proofs = if signed { proofs[i * per..i * per + chunk.len()].to_vec() } else { Vec::new() };
                         self.out.hold(Action::Send {
                             to: from,
                             message: Message::SyncPush(SyncPush {
@@ -99,6 +114,8 @@ impl Node {
                                     namespace: step.namespace.clone(),
                                     value_type: ns.value_type(),
                                     entries: chunk.to_vec(),
+                                    proofs,
+                                    heads: Vec::new(),
                                     complete: false,
                                     seen: WireSeen::from(ns.seen()),
                                 }],

@@ -20,6 +20,12 @@ impl Node {
             let hw = persist::decode_hlc(bytes).map_err(|r| corrupt(persist::META_SPACE, persist::HLC_KEY, r))?;
             node.hlc = Hlc::resume(id, node.config.offset_max_us, hw);
         }
+        if let Some(bytes) = image.get(persist::META_SPACE).and_then(|m| m.get(persist::BLOCK_HEAD_KEY)) {
+            // Continuing the chain from a wrong head would sign a second
+            // block under a used sequence number: refuse to start instead.
+            node.block_head = persist::decode_block_head(bytes)
+                .map_err(|r| corrupt(persist::META_SPACE, persist::BLOCK_HEAD_KEY, r))?;
+        }
         if let Some(keys) = image.get(persist::IDEMPOTENCY_SPACE) {
             // A damaged record only loses its retry protection: skipped.
             let records =
@@ -60,6 +66,31 @@ impl Node {
                         }
                         ns.install(key.clone(), er.entry);
                     }
+                }
+                // Proofs and heads (`docs/design/signing.md`): a damaged
+                // proof only makes its entry unprovable here (peers hold
+                // it too); damaged heads are rebuilt from the proofs.
+                if let Some(proofs) = image.get(&persist::proofs_space(&name)) {
+                    for (key, bytes) in proofs {
+                        match persist::decode_proof(bytes) {
+                            Ok(p) if ns.get(key).is_some() => ns.set_proof(key.clone(), p),
+                            _ => node.stats.unprovable_entries += 1,
+                        }
+                    }
+                }
+                let heads_key = format!("{}{name}", persist::HEADS_PREFIX).into_bytes();
+                if let Some(Ok(heads)) =
+                    image.get(persist::META_SPACE).and_then(|m| m.get(&heads_key)).map(|b| persist::decode_heads(b))
+                {
+                    ns.set_heads(heads);
+                }
+                let attested: Vec<(Key, crate::signing::Attestation)> = ns
+                    .entries()
+                    .filter_map(|(k, _)| ns.proof(k).map(|p| (k.clone(), p)))
+                    .flat_map(|(k, p)| p.attestations.iter().map(move |a| (k.clone(), a.clone())))
+                    .collect();
+                for (k, a) in attested {
+                    ns.raise_head(&k, &a);
                 }
                 // The stored record may predate the entries: fold every
                 // entry's clock into it (each clock entry is a dot whose

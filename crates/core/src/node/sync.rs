@@ -102,6 +102,23 @@ impl Node {
                     let stream_key = (peer, name.clone());
                     let resume = self.streams.get(&stream_key).map(|s| s.cursor);
                     let (entries, stopped) = ns.missing_for(theirs, resume, budget_entries, budget_bytes);
+                    let (entries, proofs) = if self.signing.is_some() {
+                        let (mut kept, mut proofs) = (Vec::with_capacity(entries.len()), Vec::new());
+                        for (k, e) in entries {
+                            match ns.proof(&k) {
+                                Some(p) => {
+                                    proofs.push(p.clone());
+                                    kept.push((k, e));
+                                }
+                                // Stored before signing was on (or its proof
+                                // record was damaged): peers would refuse it.
+                                None => self.stats.unprovable_entries += 1,
+                            }
+                        }
+                        (kept, proofs)
+                    } else {
+                        (entries, Vec::new())
+                    };
                     budget_entries = budget_entries.saturating_sub(entries.len());
                     let bytes: usize = entries.iter().map(|(k, e)| k.len() + e.canonical_bytes().len()).sum();
                     budget_bytes = budget_bytes.saturating_sub(bytes);
@@ -124,10 +141,20 @@ impl Node {
                             (current, false)
                         }
                     };
+                    let heads = if self.signing.is_some() {
+                        let (contiguous, exceptions) = seen.parts();
+                        let origins: BTreeSet<NodeId> =
+                            contiguous.iter().map(|(n, _)| n).chain(exceptions.keys().copied()).collect();
+                        origins.iter().filter_map(|o| ns.heads().get(o).cloned()).collect()
+                    } else {
+                        Vec::new()
+                    };
                     deltas.push(NamespaceDelta {
                         namespace: name.clone(),
                         value_type,
                         entries,
+                        proofs,
+                        heads,
                         complete,
                         seen: WireSeen::from(&seen),
                     });
@@ -139,6 +166,8 @@ impl Node {
                             namespace: name.clone(),
                             value_type: *ty,
                             entries: Vec::new(),
+                            proofs: Vec::new(),
+                            heads: Vec::new(),
                             complete: true,
                             seen: WireSeen::from(&empty),
                         });
@@ -243,8 +272,18 @@ impl Node {
         }
         let mut all_admitted = true;
         let mut seen_changed = false;
-        for (key, entry) in &delta.entries {
+        if self.signing.is_some() && delta.proofs.len() != delta.entries.len() {
+            self.proof_refused(from, &crate::signing::ProofError::Mismatch("a delta without proofs"));
+            return;
+        }
+        for (i, (key, entry)) in delta.entries.iter().enumerate() {
             self.stats.sync_entries_received += 1;
+            let proof = delta.proofs.get(i);
+            if let Err(e) = self.check_proof(&delta.namespace, key, entry, proof) {
+                self.proof_refused(from, &e);
+                all_admitted = false;
+                continue;
+            }
             if !self.admit(now_us, from, &delta.namespace, entry) {
                 all_admitted = false;
                 continue;
@@ -256,13 +295,20 @@ impl Node {
                     if let Some(e) = ns.get(key) {
                         batch.ops.push(entry_op(&delta.namespace, key, e));
                     }
+                    self.keep_proof(&delta.namespace, key, proof, true, batch);
                 }
-                Ok(MergeOutcome::Unchanged) => {}
+                Ok(MergeOutcome::Unchanged) => self.keep_proof(&delta.namespace, key, proof, false, batch),
                 Err(_) => {
                     self.stats.rejected_type += 1;
                     all_admitted = false;
                 }
             }
+        }
+        if delta.complete
+            && all_admitted
+            && !self.back_seen_claims(from, &delta.namespace, &mut seen, &delta.heads, batch)
+        {
+            all_admitted = false;
         }
         let Some(ns) = self.namespaces.get_mut(&delta.namespace) else { return };
         ns.gc.report(from, seen.contiguous());

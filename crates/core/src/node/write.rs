@@ -49,6 +49,8 @@ impl Node {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut batch = PersistBatch::default();
         let mut items: Vec<PushItem> = Vec::new();
+        // With signing on, each item's record, for this turn's block.
+        let mut records: Vec<crate::signing::WriteRecord> = Vec::new();
         for (request, w) in writes {
             if let Some(h) = &self.out.halted {
                 outcomes.push(Action::WriteDone { request, result: Err(WriteError::Halted(h.clone())) });
@@ -75,6 +77,13 @@ impl Node {
                         self.remember_request(now_us, rid, &w, &receipt, &mut batch);
                     }
                     let value_type = entry.value_type();
+                    if self.signing.is_some() {
+                        records.push(crate::signing::WriteRecord {
+                            dot: receipt.dot,
+                            ts: receipt.ts,
+                            claim: crate::signing::claim_of(&w.op, &entry, self.id),
+                        });
+                    }
                     items.push(PushItem {
                         namespace: w.namespace,
                         value_type,
@@ -82,12 +91,16 @@ impl Node {
                         ts: receipt.ts,
                         key: w.key,
                         entry,
+                        proof: None,
                     });
                     self.stats.local_writes += 1;
                     outcomes.push(Action::WriteDone { request, result: Ok(receipt) });
                 }
                 Err(e) => outcomes.push(Action::WriteDone { request, result: Err(e) }),
             }
+        }
+        if !records.is_empty() {
+            self.sign_items(&mut items, &records, &mut batch);
         }
         if !items.is_empty() {
             // The namespace record is not rewritten here: the new dot is the
@@ -99,6 +112,11 @@ impl Node {
         for outcome in outcomes {
             self.out.hold(outcome);
         }
+        if self.signing.is_some() {
+            // An item whose key holds state from before signing was on has
+            // no proof: peers would refuse it (anti-entropy skips it too).
+            items.retain(|it| it.proof.is_some());
+        }
         if !items.is_empty() {
             let fanout = self.fanout();
             let targets = self.rng.sample_where(&self.live, fanout, |_| true);
@@ -109,6 +127,36 @@ impl Node {
     /// The first outcome of a write carrying idempotency key `rid`, when it
     /// is remembered and still inside the window. The retry applies nothing:
     /// its answer is held like any other, behind the first write's batch.
+    /// Seal this turn's writes into one signed block and give each pushed
+    /// item the proof of its state; keep each key's new proof.
+    fn sign_items(
+        &mut self,
+        items: &mut [PushItem],
+        records: &[crate::signing::WriteRecord],
+        batch: &mut PersistBatch,
+    ) {
+        use crate::signing::{KeyProof, rebuild};
+        let named: Vec<(String, Key, crate::signing::WriteRecord)> =
+            items.iter().zip(records).map(|(it, r)| (it.namespace.clone(), it.key.clone(), *r)).collect();
+        let attestations = self.seal_block(&named, batch);
+        let mut turn: BTreeMap<(String, Key), KeyProof> = BTreeMap::new();
+        for (it, a) in items.iter().zip(attestations) {
+            turn.entry((it.namespace.clone(), it.key.clone())).or_default().attestations.push(a);
+        }
+        let empty = KeyProof::default();
+        for it in items.iter_mut() {
+            let stored = self.namespaces.get(&it.namespace).and_then(|ns| ns.proof(&it.key)).unwrap_or(&empty);
+            let pool = turn.get(&(it.namespace.clone(), it.key.clone())).unwrap_or(&empty);
+            it.proof = rebuild(&it.entry, [stored, pool]);
+            if it.proof.is_none() {
+                self.stats.unprovable_entries += 1;
+            }
+        }
+        for ((namespace, key), pool) in &turn {
+            self.keep_proof(namespace, key, Some(pool), true, batch);
+        }
+    }
+
     fn remembered(&self, now_us: u64, rid: &[u8], w: &LocalWrite) -> Result<Option<WriteReceipt>, WriteError> {
         if rid.len() > IDEMPOTENCY_KEY_BYTES_MAX {
             return Err(WriteError::RequestIdTooLarge { len: rid.len(), max: IDEMPOTENCY_KEY_BYTES_MAX });

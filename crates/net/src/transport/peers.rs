@@ -82,25 +82,29 @@ pub enum QuarantineReason {
     Undecodable,
     /// Entries or seen sets claiming writes of ours we never issued.
     ForgedDots,
+    /// Data its origin did not sign, or seen claims no signature backs.
+    BadSignature,
 }
 
 impl QuarantineReason {
     /// Every reason, in counter order.
-    pub const ALL: [QuarantineReason; 4] = [
+    pub const ALL: [QuarantineReason; 5] = [
         QuarantineReason::Framing,
         QuarantineReason::BadChecksum,
         QuarantineReason::Undecodable,
         QuarantineReason::ForgedDots,
+        QuarantineReason::BadSignature,
     ];
 
     /// The metric label: `framing`, `bad_checksum`, `undecodable`,
-    /// `forged_dots`.
+    /// `forged_dots`, `bad_signature`.
     pub fn as_str(self) -> &'static str {
         match self {
             QuarantineReason::Framing => "framing",
             QuarantineReason::BadChecksum => "bad_checksum",
             QuarantineReason::Undecodable => "undecodable",
             QuarantineReason::ForgedDots => "forged_dots",
+            QuarantineReason::BadSignature => "bad_signature",
         }
     }
 
@@ -110,6 +114,7 @@ impl QuarantineReason {
             QuarantineReason::BadChecksum => 1,
             QuarantineReason::Undecodable => 2,
             QuarantineReason::ForgedDots => 3,
+            QuarantineReason::BadSignature => 4,
         }
     }
 }
