@@ -424,6 +424,8 @@ pub struct Node {
     signing: Option<sign::SigningState>,
     /// Our last signed block `(seq, header hash)`, durable in META.
     block_head: (u64, [u8; 32]),
+    /// Namespaces whose origin heads changed since the last batch.
+    heads_dirty: BTreeSet<String>,
 }
 
 impl Node {
@@ -464,6 +466,7 @@ impl Node {
             stats: NodeStats::default(),
             signing: None,
             block_head: (0, [0; 32]),
+            heads_dirty: BTreeSet::new(),
         }
     }
 
@@ -666,6 +669,7 @@ impl Node {
     /// Hand `batch` (with the HLC high-water mark) to the driver, unless
     /// it is empty.
     fn finish_persist(&mut self, mut batch: PersistBatch) {
+        self.flush_heads(&mut batch);
         if batch.ops.is_empty() {
             return;
         }

@@ -136,21 +136,22 @@ impl Node {
                 None => self.stats.unprovable_entries += 1,
             }
         }
-        if heads_changed {
-            self.persist_heads(batch, namespace);
+        if heads_changed && !self.heads_dirty.contains(namespace) {
+            self.heads_dirty.insert(namespace.to_string());
         }
     }
 
-    pub(super) fn persist_heads(&self, batch: &mut PersistBatch, namespace: &str) {
-        if let Some(ns) = self.namespaces.get(namespace) {
-            let key = format!("{}{namespace}", persist::HEADS_PREFIX).into_bytes();
-            // Replace an earlier op of the same batch instead of repeating it.
-            batch.ops.retain(|op| !(op.space == persist::META_SPACE && op.key == key));
-            batch.ops.push(StoreOp {
-                space: persist::META_SPACE.to_string(),
-                key,
-                value: Some(persist::encode_heads(ns.heads())),
-            });
+    /// Queue the heads that changed since the last batch (once per
+    /// namespace and batch, however many items raised them).
+    pub(super) fn flush_heads(&mut self, batch: &mut PersistBatch) {
+        for namespace in std::mem::take(&mut self.heads_dirty) {
+            if let Some(ns) = self.namespaces.get(&namespace) {
+                batch.ops.push(StoreOp {
+                    space: persist::META_SPACE.to_string(),
+                    key: format!("{}{namespace}", persist::HEADS_PREFIX).into_bytes(),
+                    value: Some(persist::encode_heads(ns.heads())),
+                });
+            }
         }
     }
 
@@ -164,7 +165,6 @@ impl Node {
         namespace: &str,
         seen: &mut SeenSet,
         heads: &[Head],
-        batch: &mut PersistBatch,
     ) -> bool {
         let Some(s) = self.signing.as_mut() else { return true };
         let mut refused: Option<ProofError> = None;
@@ -182,8 +182,8 @@ impl Node {
             }
         }
         self.stats.signatures_checked = s.verified.signatures_checked;
-        if raised {
-            self.persist_heads(batch, namespace);
+        if raised && !self.heads_dirty.contains(namespace) {
+            self.heads_dirty.insert(namespace.to_string());
         }
         let mut honest = true;
         if let Some(e) = refused {

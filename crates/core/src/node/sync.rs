@@ -304,10 +304,7 @@ impl Node {
                 }
             }
         }
-        if delta.complete
-            && all_admitted
-            && !self.back_seen_claims(from, &delta.namespace, &mut seen, &delta.heads, batch)
-        {
+        if delta.complete && all_admitted && !self.back_seen_claims(from, &delta.namespace, &mut seen, &delta.heads) {
             all_admitted = false;
         }
         let Some(ns) = self.namespaces.get_mut(&delta.namespace) else { return };

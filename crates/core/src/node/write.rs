@@ -101,6 +101,7 @@ impl Node {
         }
         if !records.is_empty() {
             self.sign_items(&mut items, &records, &mut batch);
+            self.flush_heads(&mut batch);
         }
         if !items.is_empty() {
             // The namespace record is not rewritten here: the new dot is the
