@@ -89,6 +89,10 @@ fn replication() -> (Vec<wire::Message>, RecoveryImage) {
     ];
     let mut a = Node::new(NodeId(1), NodeConfig::default(), 1);
     let mut b = Node::new(NodeId(2), NodeConfig::default(), 2);
+    // Signed, so messages and records carry proofs (the test signer: seeds
+    // need no real keys).
+    a.enable_signing(std::sync::Arc::new(chorus_core::signing::TestSigning::new(NodeId(1))));
+    b.enable_signing(std::sync::Arc::new(chorus_core::signing::TestSigning::new(NodeId(2))));
     let (mut messages, mut image) = (Vec::new(), RecoveryImage::new());
     let kinds = [("a", ValueType::Lww), ("b", ValueType::Mv), ("c", ValueType::Counter), ("d", ValueType::Set)];
     for node in [&mut a, &mut b] {
@@ -320,7 +324,33 @@ fn main() {
     write_seeds("wire_decode_body", &bodies);
 
     let mut records = Vec::new();
+    let mut signing = Vec::new();
     for (space, keys) in &image {
+        if let Some(namespace) = space.strip_prefix("p.") {
+            for (key, bytes) in keys {
+                signing.push([vec![0], bytes.clone()].concat());
+                let entry = image
+                    .get(&persist::entries_space(namespace))
+                    .and_then(|e| e.get(key))
+                    .and_then(|b| persist::decode_entry(b).ok());
+                if let (Some(er), Ok(proof)) = (entry, persist::decode_proof(bytes)) {
+                    let tuple = postcard::to_stdvec(&(namespace, key, &er.entry, &proof)).expect("encodes");
+                    signing.push([vec![3], tuple.clone()].concat());
+                    // Bit 3: re-signed by the target (reaches the state checks).
+                    signing.push([vec![11], tuple].concat());
+                }
+            }
+            continue;
+        }
+        if space == persist::META_SPACE {
+            for (key, bytes) in keys {
+                if key.starts_with(persist::HEADS_PREFIX.as_bytes()) {
+                    signing.push([vec![1], bytes.clone()].concat());
+                } else if key == persist::BLOCK_HEAD_KEY {
+                    signing.push([vec![2], bytes.clone()].concat());
+                }
+            }
+        }
         let mode = match space.as_str() {
             persist::NAMESPACES_SPACE => 1,
             persist::META_SPACE => 2,
@@ -330,6 +360,7 @@ fn main() {
         records.extend(keys.values().map(|v| [vec![mode], v.clone()].concat()));
     }
     write_seeds("persist_record", &records);
+    write_seeds("signing_proof", &signing);
     write_seeds("persist_recover", &[recover_input(&image), Vec::new()]);
 
     write_seeds("reconcile_decode_message", &reconcile_messages());

@@ -9,18 +9,7 @@
 
 mod common;
 
-use common::{CONVERGE, Cluster, eventually};
-
-/// The value of a Prometheus sample line `name{labels} value` (absent = 0).
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
-}
-
-fn metrics(c: &Cluster, i: usize) -> String {
-    let (status, v) = c.http.get(&c.agents[i].url("/metrics")).expect("metrics");
-    assert_eq!(status, 200);
-    v.as_str().unwrap_or_default().to_string()
-}
+use common::{CONVERGE, Cluster, eventually, metric, metrics};
 
 fn counter(c: &Cluster, i: usize, key: &str) -> Option<i64> {
     c.http

@@ -4,19 +4,8 @@
 
 mod common;
 
-use common::{CONVERGE, Cluster, eventually};
+use common::{CONVERGE, Cluster, eventually, metric, metrics};
 use serde_json::Value;
-
-/// The value of a Prometheus sample line `name{labels} value` (absent = 0).
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
-}
-
-fn metrics(c: &Cluster, i: usize) -> String {
-    let (status, v) = c.http.get(&c.agents[i].url("/metrics")).expect("metrics");
-    assert_eq!(status, 200);
-    v.as_str().unwrap_or_default().to_string()
-}
 
 #[test]
 fn a_tier_0_and_a_tier_2_node_never_exchange_data_yet_a_write_converges_through_tier_1() {

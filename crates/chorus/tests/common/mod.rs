@@ -295,3 +295,15 @@ impl Cluster {
         }
     }
 }
+
+/// The value of a Prometheus sample line `name{labels} value` (absent = 0).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// The `/metrics` text of agent `i` of `c`.
+pub fn metrics(c: &Cluster, i: usize) -> String {
+    let (status, v) = c.http.get(&c.agents[i].url("/metrics")).expect("metrics");
+    assert_eq!(status, 200);
+    v.as_str().unwrap_or_default().to_string()
+}
