@@ -62,21 +62,18 @@ fn a_relay_that_forges_third_nodes_writes_is_refused_by_every_honest_node_and_qu
     increment(&c, 1, "clicks", 5);
     increment(&c, 2, "clicks", 7);
 
+    // Each end refuses forged items more than once: before the quarantine,
+    // and again when the relay is back after it (pushes and anti-entropy
+    // deltas each count). The relay is the ends' only data peer, so their
+    // own rounds may stop meanwhile: nothing here counts rounds.
     for i in [1usize, 2] {
-        eventually(&format!("node{} to refuse forged data and quarantine the relay", i + 1), CONVERGE, || {
+        eventually(&format!("node{} to refuse both forged items and quarantine the relay", i + 1), CONVERGE, || {
             let m = metrics(&c, i);
-            (metric(&m, "chorus_rejected_total{reason=\"bad_signature\"}") > 0.0
+            (metric(&m, "chorus_rejected_total{reason=\"bad_signature\"}") >= 2.0
                 && metric(&m, "chorus_peer_quarantines_total{reason=\"bad_signature\"}") > 0.0)
                 .then_some(())
         });
     }
-    // Let the relay start several more anti-entropy rounds (every 300 ms)
-    // towards both ends, so that any forged item that could get through
-    // would have. (The ends may stop their own rounds: their only data
-    // peer is the quarantined relay.)
-    let rounds = || metric(&metrics(&c, 0), "chorus_anti_entropy_rounds_total");
-    let before = rounds();
-    eventually("five more anti-entropy rounds on the relay", CONVERGE, || (rounds() >= before + 5.0).then_some(()));
 
     // Nothing forged was applied anywhere honest, and each end's own state
     // is what it wrote.
@@ -90,10 +87,6 @@ fn a_relay_that_forges_third_nodes_writes_is_refused_by_every_honest_node_and_qu
     }
     assert_eq!(counter(&c, 1, "clicks"), Some(5), "node2's own contribution changed");
     assert_eq!(counter(&c, 2, "clicks"), Some(7), "node3's own contribution changed");
-    // The relay itself is honest on receipt: it holds both ends' real data.
-    assert_eq!(lww(&c, 0, "from-2").as_deref(), Some("honest-2"));
-    assert_eq!(lww(&c, 0, "from-3").as_deref(), Some("honest-3"));
-    assert_eq!(counter(&c, 0, "clicks"), Some(12));
     // Every origin's key was known (learned from SWIM, checked against the
     // CA): the refusals were for bad signatures, not missing keys.
     for i in [1, 2] {
