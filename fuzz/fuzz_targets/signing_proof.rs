@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
             }
             if mode & 8 != 0 {
                 for a in &mut proof.attestations {
-                    a.block.signature = TestSigning::new(a.block.header.origin).sign(&a.block.header.hash());
+                    let resigned = TestSigning::new(a.block.header.origin).sign(&a.block.header.hash());
+                    std::sync::Arc::make_mut(&mut a.block).signature = resigned;
                 }
             }
             let verifier = TestSigning::new(NodeId(0));

@@ -232,6 +232,10 @@ impl Namespace {
         self.proofs.get(key)
     }
 
+    pub(crate) fn take_proof(&mut self, key: &[u8]) -> Option<KeyProof> {
+        self.proofs.remove(key)
+    }
+
     pub(crate) fn set_proof(&mut self, key: Key, proof: KeyProof) {
         self.proofs.insert(key, proof);
     }

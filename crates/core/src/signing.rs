@@ -29,7 +29,7 @@ use crate::hlc::Timestamp;
 use crate::types::{Key, NodeId, limits};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// Bytes of a signature accepted at most (ML-DSA-87 signatures are 4,627).
 pub const SIGNATURE_BYTES_MAX: usize = 4_864;
@@ -96,7 +96,9 @@ pub struct SignedBlock {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attestation {
     pub record: WriteRecord,
-    pub block: SignedBlock,
+    /// Shared by every attestation of the block (in memory; on the wire and
+    /// on disk each attestation carries its own copy).
+    pub block: Arc<SignedBlock>,
     /// The record's leaf position in the block.
     pub index: u32,
     pub path: Vec<[u8; 32]>,

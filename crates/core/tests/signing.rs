@@ -446,7 +446,7 @@ fn a_relay_that_replaces_the_origins_signature_is_refused() {
         |m| {
             let flip = |p: &mut chorus_core::signing::KeyProof| {
                 for a in &mut p.attestations {
-                    a.block.signature[0] ^= 1;
+                    std::sync::Arc::make_mut(&mut a.block).signature[0] ^= 1;
                 }
             };
             match m {

@@ -13,7 +13,9 @@
 //!    [`INCOMING_PER_TURN_MAX`] peer messages, `group_commit_writes_max`
 //!    client writes or [`WRITE_GROUP_BYTES_MAX`] bytes);
 //! 2. hands all drained client writes to ONE `handle_local_writes` call
-//!    (group commit is handing many writes in at once);
+//!    (group commit is handing many writes in at once) — unless
+//!    [`GATHER_BEHIND_IN_FLIGHT`] store batches are in flight: then they are
+//!    gathered across turns and handed in when a commit completes;
 //! 3. executes the node's actions in order: consecutive Persists are handed
 //!    to the group committer as one store batch without waiting (several
 //!    are in flight; the committer merges those queued during one fsync),
@@ -54,6 +56,14 @@ pub const WRITE_GROUP_BYTES_MAX: usize = 8 << 20;
 /// taking new input. Each turn adds about one; the committer merges the
 /// batches queued during one fsync, so a few in flight keep the disk busy.
 pub const PERSISTS_IN_FLIGHT_MAX: u64 = 8;
+
+/// Store batches in flight at or above which client writes are gathered
+/// instead of handed in: one batch queued behind the running commit keeps
+/// the disk busy, and writes that arrive meanwhile could only queue behind
+/// it. Gathering them makes the next group (and its signed block) larger,
+/// which is what makes signing cheap per write (`docs/design/signing.md`,
+/// "Cost"). They are handed in when a commit completes or the group is full.
+pub const GATHER_BEHIND_IN_FLIGHT: usize = 2;
 
 /// Where a write is answered.
 pub type WriteReply = oneshot::Sender<Result<WriteReceipt, WriteError>>;
@@ -329,6 +339,8 @@ impl Driver {
         let mut exec = Exec { peers: HashMap::new(), pending: Pending::default(), in_flight: VecDeque::new() };
         // The first membership view, even if empty, starts the anti-entropy timer.
         members.mark_changed();
+        // Client writes gathered across turns (see GATHER_BEHIND_IN_FLIGHT).
+        let mut turn = Turn::default();
         loop {
             let accepting = self.node.persists_in_flight() < PERSISTS_IN_FLIGHT_MAX;
             let timer = self.node.poll_timeout().map(|due_us| {
@@ -353,15 +365,16 @@ impl Driver {
                 _ = sleep_until_opt(timer), if timer_armed => Wake::Timer,
                 _ = shutdown.changed() => Wake::Stop,
             };
-            let mut turn = Turn::default();
             let mut members_changed = false;
             match wake {
                 Wake::Done(result) => {
                     self.completed(&mut exec, result);
                     self.execute(&mut exec).await?;
+                    self.hand_in(&mut exec, &mut turn, false).await?;
                     continue;
                 }
                 Wake::Stop => {
+                    self.hand_in(&mut exec, &mut turn, true).await?;
                     // Finish what is in flight: acknowledged means durable.
                     while !exec.in_flight.is_empty() {
                         let result = head_done(&mut exec.in_flight).await;
@@ -399,11 +412,25 @@ impl Driver {
             if self.node.poll_timeout().is_some_and(|due| due <= now_us) {
                 self.node.handle_timeout(now_us);
             }
-            if !turn.writes.is_empty() {
-                self.node.handle_local_writes(now_us, std::mem::take(&mut turn.writes));
-            }
             self.execute(&mut exec).await?;
+            self.hand_in(&mut exec, &mut turn, false).await?;
         }
+    }
+
+    /// Hand the gathered client writes to the node as one group, unless
+    /// enough is in flight to gather more (`force` hands them in anyway).
+    async fn hand_in(&mut self, exec: &mut Exec, turn: &mut Turn, force: bool) -> Result<(), DriverError> {
+        if turn.writes.is_empty() {
+            return Ok(());
+        }
+        let full = turn.writes.len() >= self.group_writes_max || turn.write_bytes >= WRITE_GROUP_BYTES_MAX;
+        if !force && !full && exec.in_flight.len() >= GATHER_BEHIND_IN_FLIGHT {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut turn.writes);
+        turn.write_bytes = 0;
+        self.node.handle_local_writes(self.clock.now_us(), writes);
+        self.execute(exec).await
     }
 
     /// The oldest in-flight batch completed: tell the node, and take every

@@ -323,7 +323,8 @@ fn signature_costs() -> SignatureCosts {
     let leaves: Vec<[u8; 32]> = writes.iter().map(|(k, _, r)| leaf_hash("default", k, r)).collect();
     let (root, paths) = merkle_tree(&leaves);
     let header = BlockHeader { origin: me, seq: 1, prev: [0; 32], root, leaves: BLOCK as u32 };
-    let block = chorus_core::signing::SignedBlock { header, signature: signer.sign(&header.hash()) };
+    let block =
+        std::sync::Arc::new(chorus_core::signing::SignedBlock { header, signature: signer.sign(&header.hash()) });
     let proofs: Vec<KeyProof> = writes
         .iter()
         .zip(paths)

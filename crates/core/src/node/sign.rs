@@ -41,7 +41,7 @@ impl Node {
         let (root, paths) = signing::merkle_tree(&leaves);
         let header = BlockHeader { origin: self.id, seq: s.seq + 1, prev: s.prev, root, leaves: leaves.len() as u32 };
         let hash = header.hash();
-        let block = SignedBlock { header, signature: s.signer.sign(&hash) };
+        let block = Arc::new(SignedBlock { header, signature: s.signer.sign(&hash) });
         s.seq += 1;
         s.prev = hash;
         self.block_head = (s.seq, hash);
@@ -119,10 +119,12 @@ impl Node {
                 heads_changed |= ns.raise_head(key, a);
             }
         }
-        if changed && let Some(entry) = ns.get(key) {
-            let stored = ns.proof(key).cloned().unwrap_or_default();
-            let pools = std::iter::once(&stored).chain(incoming);
-            match signing::rebuild(entry, pools) {
+        if changed && ns.get(key).is_some() {
+            // Taken out rather than cloned: the rebuilt proof replaces it.
+            let stored = ns.take_proof(key).unwrap_or_default();
+            let rebuilt =
+                ns.get(key).and_then(|entry| signing::rebuild(entry, std::iter::once(&stored).chain(incoming)));
+            match rebuilt {
                 Some(proof) => {
                     batch.ops.push(StoreOp {
                         space: persist::proofs_space(namespace),
@@ -133,7 +135,10 @@ impl Node {
                 }
                 // Cannot happen for checked inputs (a join keeps only parts
                 // of its two sides); counted rather than trusted.
-                None => self.stats.unprovable_entries += 1,
+                None => {
+                    self.stats.unprovable_entries += 1;
+                    ns.set_proof(key.to_vec(), stored);
+                }
             }
         }
         if heads_changed && !self.heads_dirty.contains(namespace) {

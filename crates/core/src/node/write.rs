@@ -140,21 +140,50 @@ impl Node {
         let named: Vec<(String, Key, crate::signing::WriteRecord)> =
             items.iter().zip(records).map(|(it, r)| (it.namespace.clone(), it.key.clone(), *r)).collect();
         let attestations = self.seal_block(&named, batch);
+        if attestations.is_empty() {
+            return;
+        }
         let mut turn: BTreeMap<(String, Key), KeyProof> = BTreeMap::new();
-        for (it, a) in items.iter().zip(attestations) {
-            turn.entry((it.namespace.clone(), it.key.clone())).or_default().attestations.push(a);
+        for ((namespace, key, _), a) in named.into_iter().zip(attestations) {
+            turn.entry((namespace, key)).or_default().attestations.push(a);
         }
-        let empty = KeyProof::default();
-        for it in items.iter_mut() {
-            let stored = self.namespaces.get(&it.namespace).and_then(|ns| ns.proof(&it.key)).unwrap_or(&empty);
-            let pool = turn.get(&(it.namespace.clone(), it.key.clone())).unwrap_or(&empty);
-            it.proof = rebuild(&it.entry, [stored, pool]);
-            if it.proof.is_none() {
-                self.stats.unprovable_entries += 1;
+        // The last item of each key holds the key's state after this turn;
+        // the last item of each namespace holds its highest own dot.
+        let (last_of_key, last_of_ns) = {
+            let mut keys: std::collections::HashSet<(&str, &[u8])> = Default::default();
+            let mut namespaces: std::collections::HashSet<&str> = Default::default();
+            let mut of_key = vec![false; items.len()];
+            let mut of_ns = vec![false; items.len()];
+            for (i, it) in items.iter().enumerate().rev() {
+                of_key[i] = keys.insert((it.namespace.as_str(), it.key.as_slice()));
+                of_ns[i] = namespaces.insert(it.namespace.as_str());
             }
-        }
-        for ((namespace, key), pool) in &turn {
-            self.keep_proof(namespace, key, Some(pool), true, batch);
+            (of_key, of_ns)
+        };
+        let empty = KeyProof::default();
+        for (i, it) in items.iter_mut().enumerate() {
+            let Some(ns) = self.namespaces.get_mut(&it.namespace) else { continue };
+            let pool = turn.get(&(it.namespace.clone(), it.key.clone())).unwrap_or(&empty);
+            if last_of_ns[i]
+                && let Some(a) = pool.attestations.last()
+                && ns.raise_head(&it.key, a)
+                && !self.heads_dirty.contains(&it.namespace)
+            {
+                self.heads_dirty.insert(it.namespace.clone());
+            }
+            it.proof = rebuild(&it.entry, [ns.proof(&it.key).unwrap_or(&empty), pool]);
+            match &it.proof {
+                None => self.stats.unprovable_entries += 1,
+                Some(proof) if last_of_key[i] => {
+                    batch.ops.push(StoreOp {
+                        space: persist::proofs_space(&it.namespace),
+                        key: it.key.clone(),
+                        value: Some(persist::encode_proof(proof)),
+                    });
+                    ns.set_proof(it.key.clone(), proof.clone());
+                }
+                Some(_) => {}
+            }
         }
     }
 
