@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chorus_core::persist::{self, RecoveryImage};
+use chorus_core::persist::{self, RecoveryImage, fuzz_api};
 use chorus_core::wire::{self, WIRE_MAGIC};
 use chorus_core::{
     Action, LocalWrite, Member, MemberState, Node, NodeConfig, NodeId, Op, RequestId, ValueType, VersionVector,
@@ -326,21 +326,18 @@ fn main() {
     let mut records = Vec::new();
     let mut signing = Vec::new();
     for (space, keys) in &image {
-        if let Some(namespace) = space.strip_prefix("p.") {
+        // Signed entries carry their proofs (record version 3).
+        if let Some(namespace) = space.strip_prefix("e.") {
             for (key, bytes) in keys {
-                signing.push([vec![0], bytes.clone()].concat());
-                let entry = image
-                    .get(&persist::entries_space(namespace))
-                    .and_then(|e| e.get(key))
-                    .and_then(|b| persist::decode_entry(b).ok());
-                if let (Some(er), Ok(proof)) = (entry, persist::decode_proof(bytes)) {
-                    let tuple = postcard::to_stdvec(&(namespace, key, &er.entry, &proof)).expect("encodes");
-                    signing.push([vec![3], tuple.clone()].concat());
-                    // Bit 3: re-signed by the target (reaches the state checks).
-                    signing.push([vec![11], tuple].concat());
-                }
+                let Ok(persist::EntryRecord { entry, proof: Some(proof), .. }) = persist::decode_entry(bytes) else {
+                    continue;
+                };
+                signing.push([vec![0], fuzz_api::encode_proof(&proof)].concat());
+                let tuple = postcard::to_stdvec(&(namespace, key, &entry, &proof)).expect("encodes");
+                signing.push([vec![3], tuple.clone()].concat());
+                // Bit 3: re-signed by the target (reaches the state checks).
+                signing.push([vec![11], tuple].concat());
             }
-            continue;
         }
         if space == persist::META_SPACE {
             for (key, bytes) in keys {

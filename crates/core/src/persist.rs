@@ -10,7 +10,8 @@
 //! Spaces:
 //! * `meta`: `hlc` → the HLC high-water mark (a [`Timestamp`]).
 //! * `namespaces`: namespace name → [`NamespaceRecord`] (type, seen set).
-//! * `e.<namespace>`: key → [`EntryRecord`] (the key's CRDT state).
+//! * `e.<namespace>`: key → [`EntryRecord`] (the key's CRDT state and, with
+//!   signing on, the proof of that state by its origins' signatures).
 //! * `idem`: a client's `request_id` → [`IdempotencyRecord`].
 //!
 //! Every record carries a version byte and a checksum.
@@ -66,6 +67,9 @@ pub struct NamespaceRecord {
 pub struct EntryRecord {
     pub version: u8,
     pub entry: Entry,
+    /// The proof of `entry` by its origins' signatures (version
+    /// [`RECORD_VERSION_PROVEN`]; `docs/design/signing.md`, "Storage").
+    pub proof: Option<crate::signing::KeyProof>,
 }
 
 /// The first version, without checksums on the HLC and namespace records
@@ -76,6 +80,10 @@ const RECORD_VERSION_LEGACY: u8 = 1;
 /// flipped bit anywhere is detected at recovery (docs/design/storage.md,
 /// "Records of the core").
 const RECORD_VERSION_CHECKED: u8 = 2;
+/// An entry stored with its proof: the body is `postcard((entry, proof))`,
+/// sealed like version 2. One record per key keeps a signed write at one
+/// store operation (`docs/design/signing.md`, "Storage").
+pub const RECORD_VERSION_PROVEN: u8 = 3;
 const RECORD_CHECK_BYTES: usize = 8;
 
 fn sealed<T: Serialize>(version: u8, body: &T) -> Vec<u8> {
@@ -107,6 +115,11 @@ fn unseal(bytes: &[u8]) -> Result<&[u8], String> {
 pub(crate) fn encode_entry_record(entry: &Entry) -> Vec<u8> {
     // Entries keep version 1: their layout has had a checksum from the start.
     sealed(RECORD_VERSION_LEGACY, entry)
+}
+
+/// An entry with the proof of its state, as one record.
+pub(crate) fn encode_proven_entry(entry: &Entry, proof: &crate::signing::KeyProof) -> Vec<u8> {
+    sealed(RECORD_VERSION_PROVEN, &(entry, proof))
 }
 
 /// Why the stored state could not be loaded. Nothing was changed; the node
@@ -155,11 +168,18 @@ pub fn decode_namespace(bytes: &[u8]) -> Result<NamespaceRecord, String> {
 /// Decode a stored entry, checking its checksum.
 pub fn decode_entry(bytes: &[u8]) -> Result<EntryRecord, String> {
     let Some(&version) = bytes.first() else { return Err("empty record".into()) };
-    if version != RECORD_VERSION_LEGACY {
-        return Err(format!("unknown record version {version}"));
+    match version {
+        RECORD_VERSION_LEGACY => {
+            let entry: Entry = postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string())?;
+            Ok(EntryRecord { version, entry, proof: None })
+        }
+        RECORD_VERSION_PROVEN => {
+            let (entry, proof): (Entry, crate::signing::KeyProof) =
+                postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string())?;
+            Ok(EntryRecord { version, entry, proof: Some(proof) })
+        }
+        v => Err(format!("unknown record version {v}")),
     }
-    let entry: Entry = postcard::from_bytes(unseal(bytes)?).map_err(|e| e.to_string())?;
-    Ok(EntryRecord { version, entry })
 }
 
 /// One remembered idempotency key (space `idem`, keyed by the client's
@@ -201,8 +221,10 @@ pub fn decode_gc_floor(bytes: &[u8]) -> Result<crate::causal::VersionVector, Str
     }
 }
 
-/// Space of each key's origin signatures (`p.<namespace>`: key →
-/// [`crate::signing::KeyProof`]; `docs/design/signing.md`).
+/// Space of each key's origin signatures as stores before record version 3
+/// kept them (`p.<namespace>`: key → [`crate::signing::KeyProof`];
+/// `docs/design/signing.md`, "Storage"). Read at recovery for entries
+/// whose record carries no proof; no longer written, only cleared.
 pub fn proofs_space(namespace: &str) -> String {
     format!("p.{namespace}")
 }
@@ -261,6 +283,14 @@ pub mod fuzz_api {
 
     pub fn encode_entry_record(entry: &Entry) -> Vec<u8> {
         super::encode_entry_record(entry)
+    }
+
+    /// The record [`super::decode_entry`] reads back as `entry` and `proof`.
+    pub fn encode_entry_with(entry: &Entry, proof: Option<&crate::signing::KeyProof>) -> Vec<u8> {
+        match proof {
+            Some(p) => super::encode_proven_entry(entry, p),
+            None => super::encode_entry_record(entry),
+        }
     }
 
     /// `raw` (a version byte, then a body) with the checksum a record of

@@ -39,17 +39,12 @@ impl Node {
             let signed = self.signing.is_some();
             for (key, rewritten) in collected {
                 match rewritten {
-                    Some(entry) => {
-                        batch.ops.push(entry_op(&name, &key, &entry));
-                        if signed && let Some(p) = ns.proof(&key) {
-                            batch.ops.push(StoreOp {
-                                space: proofs_space.clone(),
-                                key: key.clone(),
-                                value: Some(persist::encode_proof(p)),
-                            });
-                        }
-                    }
+                    Some(entry) => match ns.proof(&key) {
+                        Some(p) if signed => batch.ops.push(proven_entry_op(&name, &key, &entry, p)),
+                        _ => batch.ops.push(entry_op(&name, &key, &entry)),
+                    },
                     None => {
+                        // The legacy proof record, if the store has one.
                         if signed {
                             batch.ops.push(StoreOp { space: proofs_space.clone(), key: key.clone(), value: None });
                         }

@@ -718,6 +718,16 @@ fn entry_op(namespace: &str, key: &[u8], entry: &Entry) -> StoreOp {
     }
 }
 
+/// An entry and the proof of its state as one record (signing on): one
+/// store operation per key (`docs/design/signing.md`, "Storage").
+fn proven_entry_op(namespace: &str, key: &[u8], entry: &Entry, proof: &crate::signing::KeyProof) -> StoreOp {
+    StoreOp {
+        space: persist::entries_space(namespace),
+        key: key.to_vec(),
+        value: Some(persist::encode_proven_entry(entry, proof)),
+    }
+}
+
 fn lww_value_ts(entry: Option<&Entry>) -> Option<Timestamp> {
     match entry {
         Some(Entry::Lww(r)) if r.value.is_some() => Some(r.ts),

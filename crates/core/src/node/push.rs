@@ -125,8 +125,11 @@ impl Node {
                             if before.is_some_and(|b| Some(b) != lww_value_ts(Some(e))) {
                                 self.stats.lww_overwrites += 1;
                             }
-                            batch.ops.push(entry_op(&item.namespace, &item.key, e));
+                            if self.signing.is_none() {
+                                batch.ops.push(entry_op(&item.namespace, &item.key, e));
+                            }
                         }
+                        // With signing on, the entry is stored with its proof.
                         self.keep_proof(&item.namespace, &item.key, item.proof.as_ref(), true, &mut batch);
                     }
                     Ok(MergeOutcome::Unchanged) => {

@@ -65,13 +65,22 @@ impl Node {
                             node.hlc = Hlc::resume(id, node.config.offset_max_us, ts);
                         }
                         ns.install(key.clone(), er.entry);
+                        if let Some(p) = er.proof {
+                            ns.set_proof(key.clone(), p);
+                        }
                     }
                 }
-                // Proofs and heads (`docs/design/signing.md`): a damaged
-                // proof only makes its entry unprovable here (peers hold
-                // it too); damaged heads are rebuilt from the proofs.
+                // Proofs and heads (`docs/design/signing.md`, "Storage"):
+                // an entry's record carries its proof; stores written before
+                // record version 3 keep proofs in their own space, read for
+                // entries whose record has none. A damaged proof only makes
+                // its entry unprovable here (peers hold it too); damaged
+                // heads are rebuilt from the proofs.
                 if let Some(proofs) = image.get(&persist::proofs_space(&name)) {
                     for (key, bytes) in proofs {
+                        if ns.proof(key).is_some() {
+                            continue;
+                        }
                         match persist::decode_proof(bytes) {
                             Ok(p) if ns.get(key).is_some() => ns.set_proof(key.clone(), p),
                             _ => node.stats.unprovable_entries += 1,

@@ -100,7 +100,8 @@ impl Node {
 
     /// After a checked state proven by `incoming` was joined into `key`:
     /// raise the heads its attestations show and, when the key `changed`,
-    /// keep the proof of the joined state; queue both for the store.
+    /// keep the proof of the joined state; queue the heads and the entry
+    /// with its proof (one record) for the store.
     pub(super) fn keep_proof(
         &mut self,
         namespace: &str,
@@ -119,26 +120,26 @@ impl Node {
                 heads_changed |= ns.raise_head(key, a);
             }
         }
-        if changed && ns.get(key).is_some() {
+        if changed {
             // Taken out rather than cloned: the rebuilt proof replaces it.
             let stored = ns.take_proof(key).unwrap_or_default();
-            let rebuilt =
-                ns.get(key).and_then(|entry| signing::rebuild(entry, std::iter::once(&stored).chain(incoming)));
-            match rebuilt {
-                Some(proof) => {
-                    batch.ops.push(StoreOp {
-                        space: persist::proofs_space(namespace),
-                        key: key.to_vec(),
-                        value: Some(persist::encode_proof(&proof)),
-                    });
-                    ns.set_proof(key.to_vec(), proof);
-                }
-                // Cannot happen for checked inputs (a join keeps only parts
-                // of its two sides); counted rather than trusted.
-                None => {
-                    self.stats.unprovable_entries += 1;
-                    ns.set_proof(key.to_vec(), stored);
-                }
+            if let Some(entry) = ns.get(key) {
+                let proof = match signing::rebuild(entry, std::iter::once(&stored).chain(incoming)) {
+                    Some(proof) => proof,
+                    // Cannot happen for checked inputs (a join keeps only parts
+                    // of its two sides); counted rather than trusted. The entry
+                    // is stored all the same, unprovable (never sent).
+                    None => {
+                        self.stats.unprovable_entries += 1;
+                        stored
+                    }
+                };
+                batch.ops.push(proven_entry_op(namespace, key, entry, &proof));
+                ns.set_proof(key.to_vec(), proof);
+            } else {
+                // No entry to prove (cannot happen after a join): keep
+                // what was stored.
+                ns.set_proof(key.to_vec(), stored);
             }
         }
         if heads_changed && !self.heads_dirty.contains(namespace) {

@@ -292,9 +292,12 @@ impl Node {
             match ns.merge(key, entry) {
                 Ok(MergeOutcome::Changed) => {
                     self.stats.sync_entries_repaired += 1;
-                    if let Some(e) = ns.get(key) {
+                    if let Some(e) = ns.get(key)
+                        && self.signing.is_none()
+                    {
                         batch.ops.push(entry_op(&delta.namespace, key, e));
                     }
+                    // With signing on, the entry is stored with its proof.
                     self.keep_proof(&delta.namespace, key, proof, true, batch);
                 }
                 Ok(MergeOutcome::Unchanged) => self.keep_proof(&delta.namespace, key, proof, false, batch),

@@ -72,7 +72,11 @@ impl Node {
             }
             match self.apply_local(now_us, &w) {
                 Ok((receipt, entry)) => {
-                    batch.ops.push(entry_op(&w.namespace, &w.key, &entry));
+                    // With signing on, sign_items stores each key's last
+                    // state with its proof (one record).
+                    if self.signing.is_none() {
+                        batch.ops.push(entry_op(&w.namespace, &w.key, &entry));
+                    }
                     if let Some(rid) = w.request_id.clone() {
                         self.remember_request(now_us, rid, &w, &receipt, &mut batch);
                     }
@@ -129,7 +133,8 @@ impl Node {
     /// is remembered and still inside the window. The retry applies nothing:
     /// its answer is held like any other, behind the first write's batch.
     /// Seal this turn's writes into one signed block and give each pushed
-    /// item the proof of its state; keep each key's new proof.
+    /// item the proof of its state; keep each key's new proof and store
+    /// each key's last state with it.
     fn sign_items(
         &mut self,
         items: &mut [PushItem],
@@ -140,9 +145,6 @@ impl Node {
         let named: Vec<(String, Key, crate::signing::WriteRecord)> =
             items.iter().zip(records).map(|(it, r)| (it.namespace.clone(), it.key.clone(), *r)).collect();
         let attestations = self.seal_block(&named, batch);
-        if attestations.is_empty() {
-            return;
-        }
         let mut turn: BTreeMap<(String, Key), KeyProof> = BTreeMap::new();
         for ((namespace, key, _), a) in named.into_iter().zip(attestations) {
             turn.entry((namespace, key)).or_default().attestations.push(a);
@@ -172,17 +174,22 @@ impl Node {
                 self.heads_dirty.insert(it.namespace.clone());
             }
             it.proof = rebuild(&it.entry, [ns.proof(&it.key).unwrap_or(&empty), pool]);
-            match &it.proof {
-                None => self.stats.unprovable_entries += 1,
-                Some(proof) if last_of_key[i] => {
-                    batch.ops.push(StoreOp {
-                        space: persist::proofs_space(&it.namespace),
-                        key: it.key.clone(),
-                        value: Some(persist::encode_proof(proof)),
-                    });
-                    ns.set_proof(it.key.clone(), proof.clone());
+            if it.proof.is_none() {
+                self.stats.unprovable_entries += 1;
+            }
+            if last_of_key[i] {
+                match &it.proof {
+                    Some(proof) => {
+                        batch.ops.push(proven_entry_op(&it.namespace, &it.key, &it.entry, proof));
+                        ns.set_proof(it.key.clone(), proof.clone());
+                    }
+                    // Unprovable (state from before signing was on): stored
+                    // with the proof it had, never sent.
+                    None => {
+                        let kept = ns.proof(&it.key).unwrap_or(&empty);
+                        batch.ops.push(proven_entry_op(&it.namespace, &it.key, &it.entry, kept));
+                    }
                 }
-                Some(_) => {}
             }
         }
     }
