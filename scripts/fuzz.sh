@@ -33,6 +33,7 @@ logs=${FUZZ_LOG_DIR:-fuzz/logs}
 mkdir -p "$logs"
 logs=$(cd "$logs" && pwd)
 printf '%-26s %12s %9s %7s %8s %7s %10s %s\n' target executions exec/s time_s crashes files bytes stopped_by
+not_run=0
 for target in "${targets[@]}"; do
     log=$logs/$target.log
     started=$SECONDS
@@ -55,9 +56,19 @@ for target in "${targets[@]}"; do
     if grep -q -e '^==[0-9]*== ERROR' -e 'deadly signal' -e 'panicked at' "$log"; then
         crashes=1
     fi
-    if ((${executions:-0} >= runs)); then stopped_by=runs; else stopped_by=time; fi
+    if [[ -z ${executions:-} ]] && ! grep -q -e '^==[0-9]*== ERROR' -e 'deadly signal' -e 'panicked at' "$log"; then
+        crashes=0
+        # No libFuzzer statistics: the fuzzer never ran (cargo-fuzz missing,
+        # a build error). Say so instead of reporting a crash or a clean run.
+        stopped_by="not run (see $target.driver.log)"
+        not_run=$((not_run + 1))
+    elif ((${executions:-0} >= runs)); then stopped_by=runs; else stopped_by=time; fi
     files=$(find "fuzz/corpus/$target" -type f | wc -l)
     bytes=$(find "fuzz/corpus/$target" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
     printf '%-26s %12s %9s %7s %8s %7s %10s %s\n' "$target" "${executions:-?}" "${per_second:-?}" \
         "$elapsed" "$crashes" "$files" "$bytes" "$stopped_by"
 done
+if ((not_run > 0)); then
+    echo "fuzz.sh: $not_run target(s) did not run (logs in $logs)" >&2
+    exit 1
+fi

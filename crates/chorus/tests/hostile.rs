@@ -52,7 +52,7 @@ fn one_valid_push_of_the_most_items_a_message_may_carry_is_applied_and_the_node_
             }
         })
         .collect();
-    let frame = chorus_core::wire::encode(&Message::Push(Push { hops: 0, items }));
+    let frame = chorus_core::wire::encode(&Message::Push(Push { hops: 0, items, covered: Vec::new() }));
     let target: SocketAddr = c.agents[0].peer_addr.parse().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub const WIRE_MAGIC: [u8; 3] = *b"CHR";
 /// 2: push items and deltas carry origin signatures (`docs/design/signing.md`).
-pub const WIRE_VERSION: u8 = 2;
+/// 3: a push names the nodes it was already sent to (`Push::covered`).
+pub const WIRE_VERSION: u8 = 3;
 const HEADER_BYTES: usize = 3 + 1 + 4;
 const CHECK_BYTES: usize = 8;
 
@@ -116,7 +117,16 @@ pub struct Push {
     /// Hops this batch has travelled; receivers forward while below the limit.
     pub hops: u8,
     pub items: Vec<PushItem>,
+    /// Nodes this batch was already sent to (by its origin and the relays
+    /// before this hop, at most [`PUSH_COVERED_MAX`]). A receiver for
+    /// which it names every peer it could forward to does not forward
+    /// (`docs/design/replication.md`, "Messages").
+    pub covered: Vec<NodeId>,
 }
+
+/// Node ids one push names as already sent to. A relay adds its own targets
+/// while the list is shorter; past it, relays only forward more often.
+pub const PUSH_COVERED_MAX: usize = 256;
 
 /// One write: its dot and timestamp, and the key's full state after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +348,9 @@ pub fn validate(message: &Message, value_bytes_max: usize) -> Result<(), DecodeE
         Message::Push(p) => {
             if p.items.len() > ITEMS_PER_MESSAGE_MAX {
                 return Err(DecodeError::Invalid("too many push items".into()));
+            }
+            if p.covered.len() > PUSH_COVERED_MAX {
+                return Err(DecodeError::Invalid(format!("push names {} covered nodes", p.covered.len())));
             }
             for item in &p.items {
                 validate_name(&item.namespace)?;

@@ -329,7 +329,7 @@ fn a_push_of_the_most_items_a_message_may_carry_is_persisted_in_pieces_within_th
         })
         .collect();
     let mut node = node();
-    node.handle_message(T0, id(2), Message::Push(Push { hops: 0, items }));
+    node.handle_message(T0, id(2), Message::Push(Push { hops: 0, items, covered: Vec::new() }));
     let actions = poll(&mut node);
     let pieces: Vec<&chorus_core::PersistBatch> =
         actions.iter().filter_map(|a| if let Action::Persist { batch, .. } = a { Some(batch) } else { None }).collect();

@@ -179,7 +179,9 @@ fn a_duplicate_push_is_neither_persisted_nor_forwarded() {
     let mut a = node_with(1, NodeConfig::default(), ValueType::Lww, &[2, 3, 4]);
     let mut b = node_with(2, NodeConfig::default(), ValueType::Lww, &[1, 3, 4]);
     write(&mut a, T0, put(b"k", b"v"));
-    let push = the_push(&drain(&mut a));
+    let mut push = the_push(&drain(&mut a));
+    // As if the origin had sent it to b alone: b forwards to 3 or 4.
+    push.covered = vec![id(2)];
 
     b.handle_message(T0, id(1), Message::Push(push.clone()));
     let first = drain(&mut b);
@@ -198,6 +200,65 @@ fn a_duplicate_push_is_neither_persisted_nor_forwarded() {
 }
 
 #[test]
+fn a_push_names_its_targets_and_relays_name_theirs() {
+    // Five nodes: the origin's fanout is ceil(log2(5)) = 3 of its 4 peers.
+    let mut a = node_with(1, NodeConfig::default(), ValueType::Lww, &[2, 3, 4, 5]);
+    write(&mut a, T0, put(b"k", b"v"));
+    let actions = drain(&mut a);
+    let targets: BTreeSet<NodeId> = sends(&actions).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(targets.len(), 3);
+    let push = the_push(&actions);
+    assert_eq!(push.covered.iter().copied().collect::<BTreeSet<_>>(), targets, "the push names its targets");
+
+    // One node is left uncovered, so a target forwards as before (covered
+    // nodes stay candidates: that redundancy carries pushes past loss) and
+    // adds its own targets to the list.
+    let first = *targets.iter().next().unwrap();
+    let mut b = node_with(first.0, NodeConfig::default(), ValueType::Lww, &[1, 2, 3, 4, 5]);
+    b.handle_message(T0, id(1), Message::Push(push));
+    let forwarded = drain(&mut b);
+    let sent = sends(&forwarded);
+    assert!(!sent.is_empty(), "forwarded");
+    let mut want = targets.clone();
+    for (to, m) in &sent {
+        assert!(*to != id(1) && *to != first);
+        want.insert(*to);
+        assert!(matches!(m, Message::Push(p) if p.hops == 1));
+    }
+    for (_, m) in &sent {
+        let Message::Push(p) = m else { unreachable!() };
+        assert_eq!(p.covered.iter().copied().collect::<BTreeSet<_>>(), want);
+    }
+    assert_eq!(b.stats().push_items_forwarded, 1);
+}
+
+#[test]
+fn a_push_that_reached_every_live_peer_is_not_forwarded() {
+    // Three nodes: fanout ceil(log2(3)) = 2, so the origin reaches both
+    // peers itself and forwarding would only send duplicates.
+    let mut a = node_with(1, NodeConfig::default(), ValueType::Lww, &[2, 3]);
+    write(&mut a, T0, put(b"k", b"v"));
+    let actions = drain(&mut a);
+    assert_eq!(sends(&actions).len(), 2);
+    let push = the_push(&actions);
+    let mut b = node_with(2, NodeConfig::default(), ValueType::Lww, &[1, 3]);
+    b.handle_message(T0, id(1), Message::Push(push.clone()));
+    let got = drain(&mut b);
+    assert_eq!(persists(&got).len(), 1, "applied and persisted");
+    assert_eq!(sends(&got), vec![], "not forwarded");
+    assert_eq!(b.stats().push_items_forwarded, 0);
+
+    // The same push without its covered list (as a relay that lost track
+    // would send it) is forwarded to the third node.
+    let mut c = node_with(2, NodeConfig::default(), ValueType::Lww, &[1, 3]);
+    c.handle_message(T0, id(1), Message::Push(Push { covered: Vec::new(), ..push }));
+    let got = drain(&mut c);
+    let sent = sends(&got);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, id(3));
+}
+
+#[test]
 fn a_push_at_the_last_hop_is_applied_but_not_forwarded() {
     let config = NodeConfig { hop_limit: 4, ..NodeConfig::default() };
     let mut a = node_with(1, config.clone(), ValueType::Lww, &[2, 3, 4, 5]);
@@ -206,6 +267,7 @@ fn a_push_at_the_last_hop_is_applied_but_not_forwarded() {
 
     let mut b = node_with(2, config.clone(), ValueType::Lww, &[1, 3, 4, 5]);
     push.hops = 2;
+    push.covered.clear();
     b.handle_message(T0, id(3), Message::Push(push.clone()));
     let actions = drain(&mut b);
     assert!(!sends(&actions).is_empty(), "below the last hop it is forwarded");
@@ -355,7 +417,7 @@ fn a_message_from_a_member_two_tiers_away_is_rejected_and_counted() {
     b.create_namespace(NS, ValueType::Lww).unwrap();
     b.set_members(T0, &[member(2, 0), member(9, 2), member(1, 1)]);
     drain(&mut b);
-    b.handle_message(T0, id(9), Message::Push(Push { hops: 0, items: far_push }));
+    b.handle_message(T0, id(9), Message::Push(Push { hops: 0, items: far_push, covered: Vec::new() }));
     assert_eq!(drain(&mut b), vec![]);
     b.handle_message(T0, id(9), Message::SyncRequest(SyncRequest { summaries: vec![] }));
     assert_eq!(drain(&mut b), vec![], "no reply to a node two tiers away");

@@ -153,8 +153,13 @@ fn delta() -> impl Strategy<Value = NamespaceDelta> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u8>(), prop::collection::vec(push_item(), 0..4))
-            .prop_map(|(hops, items)| Message::Push(Push { hops, items })),
+        (any::<u8>(), prop::collection::vec(push_item(), 0..4), prop::collection::vec(any::<u64>(), 0..4)).prop_map(
+            |(hops, items, covered)| Message::Push(Push {
+                hops,
+                items,
+                covered: covered.into_iter().map(NodeId).collect()
+            })
+        ),
         prop::collection::vec(
             (namespace_name(), value_type(), wire_seen()).prop_map(|(namespace, value_type, seen)| NamespaceSummary {
                 fingerprint: Default::default(),
@@ -381,6 +386,7 @@ fn an_entry_whose_value_exceeds_the_receivers_limit_is_refused() {
             entry,
             proof: None,
         }],
+        covered: Vec::new(),
     });
     let bytes = wire::encode(&m);
     assert_eq!(wire::decode(&bytes, 100), Ok(m));

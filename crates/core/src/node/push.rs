@@ -3,9 +3,22 @@
 use super::*;
 
 impl Node {
-    pub(super) fn send_push(&mut self, targets: &[NodeId], hops: u8, items: Vec<PushItem>) {
+    /// Send `items` to `targets`. The push names as covered the nodes in
+    /// `covered` (whom it was sent to before this hop) and `targets`, up to
+    /// `PUSH_COVERED_MAX`: a receiver that sees every peer it could forward
+    /// to covered does not forward.
+    pub(super) fn send_push(&mut self, targets: &[NodeId], hops: u8, items: Vec<PushItem>, covered: &[NodeId]) {
         if items.is_empty() {
             return;
+        }
+        let mut now_covered: Vec<NodeId> = covered.to_vec();
+        for &t in targets {
+            if now_covered.len() >= crate::wire::PUSH_COVERED_MAX {
+                break;
+            }
+            if !now_covered.contains(&t) {
+                now_covered.push(t);
+            }
         }
         // A message carries at most ITEMS_PER_MESSAGE_MAX items and about
         // `sync_bytes_max` bytes (soft: one item always goes), so a large
@@ -25,7 +38,10 @@ impl Node {
             }
             for &to in targets {
                 self.stats.push_messages_sent += 1;
-                self.send(to, Message::Push(Push { hops, items: items[start..end].to_vec() }));
+                self.send(
+                    to,
+                    Message::Push(Push { hops, items: items[start..end].to_vec(), covered: now_covered.clone() }),
+                );
             }
             start = end;
         }
@@ -88,10 +104,11 @@ impl Node {
     }
 
     pub(super) fn on_push(&mut self, now_us: u64, from: NodeId, push: Push) {
+        let Push { hops, items, covered } = push;
         let mut batch = PersistBatch::default();
         let mut forward: Vec<PushItem> = Vec::new();
         let mut origins: BTreeSet<NodeId> = BTreeSet::new();
-        for item in push.items {
+        for item in items {
             self.stats.push_items_received += 1;
             if !self.ensure_namespace(&item.namespace, item.value_type, &mut batch) {
                 continue;
@@ -148,12 +165,23 @@ impl Node {
             forward.push(item);
         }
         self.finish_persist(batch);
-        let next_hops = push.hops.saturating_add(1);
+        let next_hops = hops.saturating_add(1);
         if next_hops < self.hop_limit() && !forward.is_empty() {
+            // Never back to the sender or an origin. When the push was already
+            // sent to every peer we could forward it to (the origin reached
+            // every live peer itself: a small cluster), nobody forwards: the
+            // copies would all be duplicates. Otherwise covered nodes stay
+            // candidates: those duplicates are the redundancy that carries a
+            // push past lost messages (`crates/sim/tests/chaos.rs` measures
+            // it), and `docs/design/replication.md` ("Messages") says why.
+            let candidate = |p: &NodeId| *p != from && !origins.contains(p);
+            let all_covered = self.live.iter().filter(|p| candidate(p)).all(|p| covered.contains(p));
             let fanout = self.fanout();
-            let targets = self.rng.sample_where(&self.live, fanout, |p| *p != from && !origins.contains(p));
-            self.stats.push_items_forwarded += forward.len() as u64;
-            self.send_push(&targets, next_hops, forward);
+            let targets = if all_covered { Vec::new() } else { self.rng.sample_where(&self.live, fanout, candidate) };
+            if !targets.is_empty() {
+                self.stats.push_items_forwarded += forward.len() as u64;
+                self.send_push(&targets, next_hops, forward, &covered);
+            }
         }
     }
 }

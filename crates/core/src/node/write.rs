@@ -125,7 +125,7 @@ impl Node {
         if !items.is_empty() {
             let fanout = self.fanout();
             let targets = self.rng.sample_where(&self.live, fanout, |_| true);
-            self.send_push(&targets, 0, items);
+            self.send_push(&targets, 0, items, &[]);
         }
     }
 
