@@ -63,8 +63,12 @@ for target in "${targets[@]}"; do
         stopped_by="not run (see $target.driver.log)"
         not_run=$((not_run + 1))
     elif ((${executions:-0} >= runs)); then stopped_by=runs; else stopped_by=time; fi
-    files=$(find "fuzz/corpus/$target" -type f | wc -l)
-    bytes=$(find "fuzz/corpus/$target" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+    files=0
+    bytes=0
+    if [[ -d fuzz/corpus/$target ]]; then
+        files=$(find "fuzz/corpus/$target" -type f | wc -l)
+        bytes=$(find "fuzz/corpus/$target" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+    fi
     printf '%-26s %12s %9s %7s %8s %7s %10s %s\n' "$target" "${executions:-?}" "${per_second:-?}" \
         "$elapsed" "$crashes" "$files" "$bytes" "$stopped_by"
 done
