@@ -369,6 +369,16 @@ fn a_body_declaring_a_huge_sequence_is_refused_without_allocating_it() {
 }
 
 #[test]
+fn a_push_naming_more_covered_nodes_than_the_bound_is_refused() {
+    let push = |n: u64| Message::Push(Push { hops: 0, items: Vec::new(), covered: (1..=n).map(NodeId).collect() });
+    let at_bound = push(wire::PUSH_COVERED_MAX as u64);
+    assert_eq!(wire::decode(&wire::encode(&at_bound), VALUE_MAX), Ok(at_bound));
+    let body = postcard::to_stdvec(&push(wire::PUSH_COVERED_MAX as u64 + 1)).unwrap();
+    let r = wire::decode(&frame(&body), VALUE_MAX);
+    assert!(matches!(&r, Err(DecodeError::Invalid(m)) if m.contains("covered")), "got {r:?}");
+}
+
+#[test]
 fn an_entry_whose_value_exceeds_the_receivers_limit_is_refused() {
     let node = NodeId(1);
     let mut entry = Entry::empty(ValueType::Lww);
